@@ -1,0 +1,131 @@
+"""Ground-truth-mask metrics (Log-Cosh Dice loss, MAE) and confident-sample selection."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gag_jax.metrics import _common as C
+from gag_jax.metrics._common import ModelFn
+
+
+def _check_maps(saliency, masks) -> None:
+    s, m = tuple(np.shape(saliency)), tuple(np.shape(masks))
+    if len(s) != 3:
+        raise ValueError(f"saliency must have shape (B, H, W); got {s}")
+    if s != m:
+        raise ValueError(f"masks shape {m} does not match saliency shape {s}; resize the masks to "
+                         f"the saliency resolution first")
+
+
+@functools.partial(jax.jit, static_argnames=("smooth",))
+def _log_cosh_dice_core(saliency, masks, smooth):
+    s = saliency.astype(jnp.float32).reshape(saliency.shape[0], -1)
+    m = masks.astype(jnp.float32).reshape(masks.shape[0], -1)
+    dice = (2.0 * jnp.sum(s * m, axis=1) + smooth) / (jnp.sum(s, axis=1) + jnp.sum(m, axis=1) + smooth)
+    x = jnp.abs(1.0 - dice)
+    # log(cosh(x)) = x + log1p(exp(-2x)) - log 2, stable for any x >= 0
+    loss = x + jnp.log1p(jnp.exp(-2.0 * x)) - jnp.log(2.0)
+    return loss, jnp.any(~jnp.isfinite(s))
+
+
+def log_cosh_dice(saliency, masks, smooth: float = 1.0):
+    """Log-Cosh Dice loss per image (lower is better).
+
+    ``dice = (2 sum(S * G) + smooth) / (sum(S) + sum(G) + smooth)`` over the ``H*W`` pixels of each
+    image, ``loss = log(cosh(1 - dice))`` (the authors' ``log((e^x + e^-x) / 2)``, computed stably).
+
+    Args:
+      saliency: ``(B, H, W)`` float (explainer maps are in ``[0, 1]``).
+      masks: ``(B, H, W)`` ground truth in ``{0, 1}`` (bool or numeric).
+      smooth: additive smoothing (1 in the paper's code).
+
+    Returns:
+      ``(B,)`` float32.
+
+    Raises:
+      ValueError: ``masks`` shape differs from ``saliency`` shape (both named); NaN / inf in
+        ``saliency``.
+    """
+    _check_maps(saliency, masks)
+    loss, bad = _log_cosh_dice_core(jnp.asarray(saliency), jnp.asarray(masks), float(smooth))
+    C.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
+    return loss
+
+
+@functools.partial(jax.jit, static_argnames=("sqrt",))
+def _mae_core(saliency, masks, sqrt):
+    s = saliency.astype(jnp.float32)
+    err = jnp.mean(jnp.abs(s - masks.astype(jnp.float32)), axis=(1, 2))
+    if sqrt:
+        err = jnp.sqrt(err)
+    return err, jnp.any(~jnp.isfinite(s))
+
+
+def mae(saliency, masks, *, sqrt: bool = False):
+    """Mean absolute error between saliency and ground-truth mask, per image (lower is better).
+
+    ``MAE = mean_{h,w} |S - G|``; ``sqrt=True`` returns ``sqrt(MAE)``, the number the authors' code
+    reports.
+
+    Args:
+      saliency: ``(B, H, W)`` float in ``[0, 1]``.
+      masks: ``(B, H, W)`` in ``{0, 1}``.
+      sqrt: authors' variant.
+
+    Returns:
+      ``(B,)`` float32.
+
+    Raises:
+      ValueError: ``masks`` shape differs from ``saliency`` shape (both named); NaN / inf in
+        ``saliency``.
+    """
+    _check_maps(saliency, masks)
+    err, bad = _mae_core(jnp.asarray(saliency), jnp.asarray(masks), bool(sqrt))
+    C.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
+    return err
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "batch_size"))
+def _target_probs_core(images, labels, *, model_fn, batch_size):
+    images = images.astype(jnp.float32)
+    return C.target_probs_of_items(model_fn, lambda bi: images[bi], (jnp.arange(images.shape[0]),),
+                                   labels.astype(jnp.int32), batch_size)
+
+
+def target_probs(model_fn: ModelFn, images, labels, *, batch_size: int | None = None):
+    """``softmax(model_fn(images))[label]`` per image, float32 ``(B,)`` (logits cast to float32).
+
+    Raises:
+      ValueError: images not ``(B, H, W, C)``, labels not ``(B,)`` ints or outside ``[0, K)``.
+    """
+    ishape = np.shape(images)
+    C.check_images_labels_saliency(images, labels, np.empty(ishape[:3]) if len(ishape) == 4 else
+                                   np.empty(()))
+    probs, bad = _target_probs_core(jnp.asarray(images), jnp.asarray(labels), model_fn=model_fn,
+                                    batch_size=C.check_batch_size(batch_size))
+    C.raise_if(bad, "labels must lie in [0, K) where K is the number of model outputs")
+    return probs
+
+
+def select_confident(model_fn: ModelFn, images, labels, threshold: float = 0.9, *,
+                     batch_size: int | None = None):
+    """Which images the model classifies confidently: ``softmax(model_fn(x))[label] > threshold``.
+
+    The paper evaluates only images with over 90% confidence on the ground-truth class.
+
+    Args:
+      model_fn: ``(b, H, W, C) -> logits (b, K)``.
+      images: ``(B, H, W, C)`` normalised; labels: ``(B,)`` int.
+      threshold: strict lower bound on the target probability.
+      batch_size: max images per model call (``None`` = all).
+
+    Returns:
+      bool ``(B,)`` device array.
+
+    Raises:
+      ValueError: as :func:`target_probs`.
+    """
+    return target_probs(model_fn, images, labels, batch_size=batch_size) > threshold
