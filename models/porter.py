@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 from flax import serialization, traverse_util
 
@@ -172,9 +173,25 @@ def template(module: Any, input_shape: Sequence[int] = (1, 224, 224, 3)) -> dict
     Returns:
       Nested dict ``{"params": ..., "batch_stats": ...}`` of ``ShapeDtypeStruct``.
     """
+    return _template_and_order(module, input_shape)[0]
+
+
+def _template_and_order(module: Any, input_shape: Sequence[int]) -> tuple[dict, dict[tuple[str, ...], int]]:
+    """Template plus the order in which submodules are first called (= torch definition order
+    for sequential nets), used to report "the first missing key" the way torch lists keys."""
+    order: dict[tuple[str, ...], int] = {}
+
+    def record(next_fun, args, kwargs, context):
+        try:
+            order.setdefault(tuple(context.module.path), len(order))
+        except Exception:  # noqa: BLE001 - ordering is cosmetic; never fail on it
+            pass
+        return next_fun(*args, **kwargs)
+
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
-    return dict(variables)
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+    return dict(variables), order
 
 
 def _flat(variables: Mapping) -> dict[tuple[str, ...], Any]:
@@ -208,6 +225,16 @@ def _torch_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
     if leaf == "kernel" and len(flax_shape) == 2:
         return (flax_shape[1], flax_shape[0])
     return tuple(flax_shape)
+
+
+_LEAF_RANK = {"kernel": 0, "scale": 0, "bias": 1, "mean": 2, "var": 3}
+
+
+def _torch_order(flat: Mapping[tuple[str, ...], Any], call_order: Mapping[tuple[str, ...], int]) -> list:
+    """Template paths in torch ``state_dict`` order: module by module (in call order), then
+    weight, bias, running_mean, running_var; so "the first missing key" reads naturally."""
+    n = len(call_order)
+    return sorted(flat, key=lambda p: (call_order.get(tuple(p[1:-1]), n), _LEAF_RANK.get(p[-1], 9), p))
 
 
 def classifier_path(variables_template: Mapping, num_classes: int) -> tuple[str, ...] | None:
@@ -253,8 +280,9 @@ def convert(
         reported as ``classifier has K classes, model expects N``).
     """
     sd = normalize_state_dict(state_dict)
-    tmpl = _flat(template(module, input_shape))
-    keys = {path: _torch_key(path, torch_prefix) for path in tmpl}
+    tmpl_tree, call_order = _template_and_order(module, input_shape)
+    tmpl = _flat(tmpl_tree)
+    keys = {path: _torch_key(path, torch_prefix) for path in _torch_order(tmpl, call_order)}
 
     seen: dict[str, tuple[str, ...]] = {}
     for path, key in keys.items():
@@ -282,8 +310,8 @@ def convert(
     head_modules = {head[:-1]} if head else set()
 
     out: dict[tuple[str, ...], np.ndarray] = {}
-    for path, leaf in tmpl.items():
-        key = keys[path]
+    for path, key in keys.items():
+        leaf = tmpl[path]
         array = np.asarray(sd[key])
         expected = _torch_shape(tuple(leaf.shape), path[-1])
         if tuple(array.shape) != expected:
