@@ -50,12 +50,14 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
     lo, thr, exact = C.order_stats(jnp.sort(flat, axis=1), [p / 100.0 for p in percentiles])  # (B, j)
     keep = jnp.where(exact[:, :, None], flat[:, None, :] >= lo[:, :, None],
                      flat[:, None, :] > lo[:, :, None])  # (B, j, N)
-    num = jnp.sum(jnp.where(keep, flat[:, None, :], 0.0), axis=-1)
+    # ratio = sum(M[keep]) / sum(M) = 1 - sum(M[~keep]) / sum(M): exactly 1 when nothing is left out
+    # (constant maps), whatever the float32 summation order.
+    left_out = jnp.sum(jnp.where(keep, 0.0, flat[:, None, :]), axis=-1)
     total = jnp.sum(flat, axis=-1, keepdims=True)
     # sum(M) == 0 (all-zero map): every pixel is >= its percentile (0), the partition is the whole
     # map, and the ratio is scale invariant (ratio(cM) = ratio(M)), so the all-zero map takes the
     # value of every constant map: ratio = 1. No division by zero, no NaN.
-    ratios = jnp.where(total > 0, num / jnp.where(total > 0, total, 1.0), 1.0)
+    ratios = jnp.where(total > 0, 1.0 - left_out / jnp.where(total > 0, total, 1.0), 1.0)
 
     # baseline in pixel space, re-normalised; recovered pixels are the original normalised values
     mean_a = jnp.asarray(mean, jnp.float32)

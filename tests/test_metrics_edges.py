@@ -1,0 +1,268 @@
+"""gag_jax.metrics: edge cases, errors, compile caching, bfloat16 models, streaming evaluation."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gag_jax.metrics as gm
+
+B, H, W, C, K = 4, 16, 16, 3, 4
+_RNG = np.random.default_rng(0)
+_WEIGHTS = (_RNG.normal(size=(H * W * C, K)) * 0.05).astype(np.float32)
+TRACES = {"n": 0}
+
+
+def linear_model(x):
+    """Plain-jnp model; counts how often it is traced."""
+    TRACES["n"] += 1
+    return x.reshape(x.shape[0], -1) @ jnp.asarray(_WEIGHTS)
+
+
+def bf16_model(x):
+    w = jnp.asarray(_WEIGHTS, jnp.bfloat16)
+    return x.reshape(x.shape[0], -1).astype(jnp.bfloat16) @ w
+
+
+def _data(seed=0, b=B):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(b, H, W, C)).astype(np.float32)
+    labels = rng.integers(0, K, b).astype(np.int32)
+    sal = rng.uniform(size=(b, H, W)).astype(np.float32)
+    masks = (rng.uniform(size=(b, H, W)) > 0.5).astype(np.float32)
+    return images, labels, sal, masks
+
+
+# ------------------------------------------------------------------ degenerate maps
+
+@pytest.mark.parametrize("value", [0.0, 0.37])
+def test_constant_and_all_zero_maps_are_defined(value):
+    images, labels, _, _ = _data()
+    sal = np.full((B, H, W), value, np.float32)
+    out = gm.rcap(linear_model, images, labels, sal)
+    for key in ("rcap", "ratios", "probs"):
+        assert np.all(np.isfinite(out[key])), key
+    # every pixel is >= its percentile: the whole image is recovered and the ratio is 1
+    np.testing.assert_array_equal(out["ratios"], 1.0)
+    p_orig = np.asarray(gm.target_probs(linear_model, images, labels))
+    np.testing.assert_allclose(out["probs"], np.repeat(p_orig[:, None], 5, 1), atol=1e-6)
+    np.testing.assert_allclose(out["rcap"], p_orig, atol=1e-6)
+    di = gm.deletion_insertion(linear_model, images, labels, sal)
+    assert np.all(np.isfinite(di["dauc"])) and np.all(np.isfinite(di["iauc"]))
+    # nothing is strictly above the quantile of a constant map: deletion never deletes
+    np.testing.assert_allclose(di["deletion_curve"], np.repeat(p_orig[:, None], 10, 1), atol=1e-6)
+
+
+def test_mixed_zero_and_nonzero_maps_in_one_batch():
+    images, labels, sal, _ = _data(1)
+    sal[1] = 0.0
+    out = gm.rcap(linear_model, images, labels, sal)
+    np.testing.assert_array_equal(out["ratios"][1], 1.0)
+    assert np.all(out["ratios"][0] < 1.0)
+
+
+def test_rcap_is_scale_invariant_in_the_saliency():
+    images, labels, sal, _ = _data(2)
+    a = gm.rcap(linear_model, images, labels, sal)
+    b = gm.rcap(linear_model, images, labels, sal * 250.0)
+    np.testing.assert_allclose(a["rcap"], b["rcap"], atol=1e-6)
+
+
+# ------------------------------------------------------------------ errors
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_saliency_raises(bad):
+    images, labels, sal, masks = _data()
+    sal[2, 3, 4] = bad
+    with pytest.raises(ValueError, match="saliency"):
+        gm.rcap(linear_model, images, labels, sal)
+    with pytest.raises(ValueError, match="saliency"):
+        gm.deletion_insertion(linear_model, images, labels, sal)
+    with pytest.raises(ValueError, match="saliency"):
+        gm.mae(sal, masks)
+    with pytest.raises(ValueError, match="saliency"):
+        gm.log_cosh_dice(sal, masks)
+
+
+def test_negative_saliency_rejected_by_rcap_only():
+    images, labels, sal, _ = _data()
+    sal[0, 0, 0] = -0.5
+    with pytest.raises(ValueError, match="saliency.*negative"):
+        gm.rcap(linear_model, images, labels, sal)
+    gm.deletion_insertion(linear_model, images, labels, sal)  # only ranks matter there
+
+
+def test_shape_mismatches_name_both_shapes():
+    images, labels, sal, masks = _data()
+    with pytest.raises(ValueError, match=r"\(4, 16, 15\).*|.*\(4, 16, 15\)") as err:
+        gm.rcap(linear_model, images, labels, sal[:, :, :15])
+    assert "(4, 16, 16, 3)" in str(err.value) and "(4, 16, 15)" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        gm.deletion_insertion(linear_model, images, labels[:3], sal)
+    assert "(3,)" in str(err.value) and "(4, 16, 16, 3)" in str(err.value)
+    for fn in (gm.mae, gm.log_cosh_dice):
+        with pytest.raises(ValueError) as err:
+            fn(sal, masks[:, :8, :8])
+        assert "(4, 8, 8)" in str(err.value) and "(4, 16, 16)" in str(err.value)
+
+
+@pytest.mark.parametrize("lower_bound, interval", [(50, 15), (50, 0), (100, 10), (-10, 10), (50, -10),
+                                                   (33, 10)])
+def test_partition_that_does_not_divide_raises(lower_bound, interval):
+    images, labels, sal, _ = _data()
+    with pytest.raises(ValueError, match="interval|lower_bound"):
+        gm.rcap(linear_model, images, labels, sal, lower_bound=lower_bound, interval=interval)
+
+
+def test_valid_partitions():
+    assert gm.rcap_percentiles() == (90, 80, 70, 60, 50)
+    assert gm.rcap_percentiles(60, 20) == (80, 60)  # Figure 4 would use 20% steps
+    assert gm.rcap_percentiles(0, 25) == (75, 50, 25, 0)
+    assert gm.rcap_percentiles(50, 2.5)[-1] == 50
+
+
+def test_other_argument_errors():
+    images, labels, sal, _ = _data()
+    with pytest.raises(ValueError, match="baseline"):
+        gm.rcap(linear_model, images, labels, sal, baseline="white")
+    with pytest.raises(ValueError, match="labels"):
+        gm.rcap(linear_model, images, np.full(B, K, np.int32), sal)
+    with pytest.raises(ValueError, match="labels"):
+        gm.deletion_insertion(linear_model, images, labels.astype(np.float32), sal)
+    with pytest.raises(ValueError, match="mean"):
+        gm.rcap(linear_model, images, labels, sal, mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match="batch_size"):
+        gm.rcap(linear_model, images, labels, sal, batch_size=0)
+    with pytest.raises(ValueError, match="fractions"):
+        gm.deletion_insertion(linear_model, images, labels, sal, fractions=[0.5, 0.2])
+    with pytest.raises(ValueError, match="blur_kernel"):
+        gm.deletion_insertion(linear_model, images, labels, sal, blur_kernel=32)
+
+
+# ------------------------------------------------------------------ compile caching
+
+def test_repeated_calls_do_not_retrace():
+    images, labels, sal, masks = _data(3)
+    calls = [
+        lambda i, l, s: gm.rcap(linear_model, i, l, s),
+        lambda i, l, s: gm.rcap(linear_model, i, l, s, batch_size=3, baseline="blur"),
+        lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s),
+        lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s, batch_size=5),
+        lambda i, l, s: gm.select_confident(linear_model, i, l),
+    ]
+    for call in calls:
+        call(images, labels, sal)
+        before = TRACES["n"]
+        other_images, other_labels, other_sal, _ = _data(4)  # new values, same shapes
+        call(other_images, other_labels, other_sal)
+        call(jnp.asarray(other_images), jnp.asarray(other_labels), jnp.asarray(other_sal))
+        assert TRACES["n"] == before, "a second call with the same shapes re-traced the model"
+    # and a new shape does trace (the counter is live)
+    before = TRACES["n"]
+    i2, l2, s2, _ = _data(5, b=2)
+    gm.rcap(linear_model, i2, l2, s2)
+    assert TRACES["n"] > before
+
+
+def test_chunked_model_calls_are_bounded():
+    images, labels, sal, _ = _data(6)
+    seen = []
+
+    def spy(x):
+        seen.append(x.shape[0])
+        return linear_model(x)
+
+    gm.rcap(spy, images, labels, sal, batch_size=3)
+    assert seen and max(seen) == 3  # 5 * 4 = 20 copies, 3 at a time (padded last chunk)
+    seen.clear()
+    gm.rcap(spy, images, labels, sal)
+    assert seen == [5 * B]  # one big batch, not one call per image or per k
+    seen.clear()
+    gm.deletion_insertion(spy, images, labels, sal)
+    assert seen == [2 * 10 * B]
+
+
+# ------------------------------------------------------------------ bfloat16
+
+def test_bfloat16_model_accepted():
+    images, labels, sal, _ = _data(7)
+    out = gm.rcap(bf16_model, images, labels, sal)
+    ref = gm.rcap(linear_model, images, labels, sal)
+    assert out["rcap"].dtype == jnp.float32 and out["probs"].dtype == jnp.float32
+    np.testing.assert_allclose(out["probs"], ref["probs"], atol=3e-2)
+    di = gm.deletion_insertion(bf16_model, images, labels, sal, batch_size=8)
+    assert di["dauc"].dtype == jnp.float32 and np.all(np.isfinite(di["iauc"]))
+    assert gm.select_confident(bf16_model, images, labels, 0.0).dtype == bool
+
+
+# ------------------------------------------------------------------ streaming
+
+def _batches(sizes, seed=10):
+    for i, b in enumerate(sizes):
+        images, labels, sal, masks = _data(seed + i, b=b)
+        yield {"images": images, "labels": labels, "saliency": sal, "masks": masks}
+
+
+def test_streaming_matches_whole_dataset_statistics():
+    sizes = (4, 4, 3)
+    res = gm.evaluate_stream(linear_model, _batches(sizes))
+    allb = list(_batches(sizes))
+    cat = {k: np.concatenate([b[k] for b in allb]) for k in allb[0]}
+    per = {
+        "rcap": np.asarray(gm.rcap(linear_model, cat["images"], cat["labels"], cat["saliency"])["rcap"]),
+        "log_cosh_dice": np.asarray(gm.log_cosh_dice(cat["saliency"], cat["masks"])),
+        "mae": np.asarray(gm.mae(cat["saliency"], cat["masks"])),
+    }
+    di = gm.deletion_insertion(linear_model, cat["images"], cat["labels"], cat["saliency"])
+    per["dauc"], per["iauc"] = np.asarray(di["dauc"]), np.asarray(di["iauc"])
+    n = sum(sizes)
+    assert res["_counts"] == {"seen": n, "kept": n}
+    for k, v in per.items():
+        v = v.astype(np.float64)
+        assert res[k]["n"] == n
+        np.testing.assert_allclose(res[k]["mean"], v.mean(), atol=1e-6)
+        np.testing.assert_allclose(res[k]["sem"], v.std(ddof=1) / np.sqrt(n), atol=1e-6)
+
+
+def test_streaming_last_short_batch_does_not_recompile_and_selection_works():
+    ev = gm.StreamingEvaluator(linear_model, metrics=("rcap",), confidence_threshold=0.3)
+    batches = list(_batches((4, 4, 2), seed=20))
+    kept_vals = []
+    update_traces = []
+    for batch in batches:
+        before = TRACES["n"]
+        out = ev.update(batch)
+        update_traces.append(TRACES["n"] - before)
+        p = np.asarray(gm.target_probs(linear_model, batch["images"], batch["labels"]))
+        np.testing.assert_array_equal(out["kept"], p > 0.3)
+        full = np.asarray(gm.rcap(linear_model, batch["images"], batch["labels"], batch["saliency"])["rcap"])
+        np.testing.assert_allclose(out["rcap"], full[p > 0.3], atol=1e-6)
+        kept_vals.append(full[p > 0.3])
+    assert update_traces[1:] == [0, 0]  # the short batch was padded to the compiled shape
+    res = ev.result()
+    allv = np.concatenate(kept_vals)
+    assert res["_counts"] == {"seen": 10, "kept": len(allv)} and 0 < len(allv) < 10
+    np.testing.assert_allclose(res["rcap"]["mean"], allv.mean(), atol=1e-6)
+
+
+def test_streaming_requires_masks_for_mask_metrics():
+    batch = next(_batches((4,)))
+    del batch["masks"]
+    with pytest.raises(ValueError, match="masks"):
+        gm.StreamingEvaluator(linear_model, metrics=("mae",)).update(batch)
+    res = gm.evaluate_stream(linear_model, [batch])  # default: mask metrics skipped
+    assert set(res) == {"rcap", "dauc", "iauc", "_counts"}
+    with pytest.raises(ValueError, match="unknown"):
+        gm.StreamingEvaluator(linear_model, metrics=("pointing_game",))
+
+
+def test_running_stat_merge_is_exact():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=101) * 3 + 100
+    s = gm.RunningStat()
+    for chunk in np.array_split(v, 7):
+        s.update(chunk)
+    assert s.n == 101
+    np.testing.assert_allclose(s.mean, v.mean(), rtol=1e-12)
+    np.testing.assert_allclose(s.std, v.std(ddof=1), rtol=1e-10)
