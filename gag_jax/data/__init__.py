@@ -1,0 +1,49 @@
+"""Datasets for the paper's cases and the synthetic set, as fixed-size numpy batches.
+
+- :func:`load_case`: ``"imagenet_s"``, ``"isic"``, ``"places365"`` (a copy the user has; read via a
+  prepared tensorflow-datasets copy, or straight from the files) or ``"synthetic"``.
+- :func:`make_synthetic`: shapes on textured backgrounds with exact masks, from a seed.
+- :func:`load_image_files`: image files / a folder -> pixels, normalised images, names.
+
+Every loader records the files it leaves out (:class:`SkippedFile`) instead of dropping them
+silently; layout problems raise :class:`DatasetLayoutError`, undecodable files
+:class:`BadImageError` (both name the path).
+"""
+from gag_jax.data._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BadImageError,
+    DatasetLayoutError,
+    SkippedFile,
+    iterate_batches,
+    normalize,
+    pad_batch,
+)
+from gag_jax.data.layouts import ISIC_CLASSES, list_imagenet_s, list_isic, list_places365
+from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES, LAYOUTS, Batches, load_case, load_image_files
+from gag_jax.data.synthetic import SHAPES, make_synthetic, shape_mask, synthetic_batches
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BadImageError",
+    "DatasetLayoutError",
+    "SkippedFile",
+    "iterate_batches",
+    "normalize",
+    "pad_batch",
+    "ISIC_CLASSES",
+    "list_imagenet_s",
+    "list_isic",
+    "list_places365",
+    "CASE_IMAGE_SIZES",
+    "CASES",
+    "LAYOUTS",
+    "Batches",
+    "load_case",
+    "load_image_files",
+    "SHAPES",
+    "make_synthetic",
+    "shape_mask",
+    "synthetic_batches",
+]

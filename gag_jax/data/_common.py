@@ -1,0 +1,245 @@
+"""Shared pieces of the data package: constants, errors, Pillow decoding, normalisation, batching.
+
+Everything here is plain numpy + Pillow (no TensorFlow), so the synthetic data, ``load_image_files``
+and the ``backend="files"`` readers work without the ``data`` extra.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+RESIZE_MODES = ("squash", "center_crop")
+ON_ERROR = ("skip", "raise")
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset directory is missing or does not have the expected layout.
+
+    The message names the directory that was looked at and shows the layout expected there.
+    """
+
+
+class BadImageError(ValueError):
+    """An image or mask file that cannot be decoded (or does not fit its dataset).
+
+    Attributes:
+      path: the offending file.
+      reason: why it was rejected.
+    """
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot use image file {self.path}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a dataset, with the reason. Loaders record these, never drop silently.
+
+    Attributes:
+      name: the example name (path relative to the image folder).
+      path: the file that caused it.
+      reason: human-readable reason.
+    """
+
+    name: str
+    path: str
+    reason: str
+
+
+def as_hw(size) -> tuple[int, int]:
+    """``int`` or ``(H, W)`` -> ``(H, W)`` of positive ints; ``ValueError`` otherwise."""
+    if isinstance(size, (int, np.integer)):
+        hw = (int(size), int(size))
+    else:
+        try:
+            hw = tuple(int(s) for s in size)
+        except TypeError:
+            raise ValueError(f"image size must be an int or (H, W), got {size!r}") from None
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"image size must be an int or (H, W) of positive ints, got {size!r}")
+    return hw
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    """Raise ``ValueError`` naming the option and its allowed values when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 pixels ``(..., H, W, 3)`` -> float32 ``(pixels / 255 - mean) / std``, same shape."""
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    return ((np.asarray(pixels, np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def _resize(img: Image.Image, hw: tuple[int, int], mode: str, resample) -> Image.Image:
+    """Resize a PIL image to ``hw`` = (H, W): ``squash`` (aspect ignored) or ``center_crop``
+    (shorter side scaled to fit, then the centre cut out)."""
+    height, width = hw
+    if mode == "center_crop":
+        scale = max(height / img.height, width / img.width)
+        new_w = max(width, round(img.width * scale))
+        new_h = max(height, round(img.height * scale))
+        img = img.resize((new_w, new_h), resample=resample)
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        return img.crop((left, top, left + width, top + height))
+    return img.resize((width, height), resample=resample)
+
+
+def _open(path: str, kind: str) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise BadImageError(path, f"{kind} file does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImageError(path, f"{kind} cannot be decoded ({type(err).__name__}: {err})") from None
+    return img
+
+
+def read_image(path: str, size, resize_mode: str = "squash", *, exif_transpose: bool = False) -> np.ndarray:
+    """Decode an image file with Pillow, convert to RGB and resize.
+
+    Args:
+      path: image file.
+      size: ``int`` or ``(H, W)``.
+      resize_mode: ``"squash"`` (resize to exactly ``(H, W)``, bilinear) or ``"center_crop"``.
+      exif_transpose: apply the EXIF orientation tag first (camera photos).
+
+    Returns:
+      uint8 ``(H, W, 3)``.
+
+    Raises:
+      BadImageError: naming ``path`` when it cannot be decoded.
+    """
+    img = _open(path, "image")
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    img = _resize(img.convert("RGB"), as_hw(size), resize_mode, Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_mask(path: str, size, resize_mode: str = "squash", *, kind: str = "binary", class_id: int = 0) -> np.ndarray:
+    """Decode a segmentation PNG into a binary mask, resized with nearest-neighbour.
+
+    Args:
+      path: mask file.
+      size: ``int`` or ``(H, W)``.
+      resize_mode: as in :func:`read_image` (the same geometry is applied to image and mask).
+      kind: ``"binary"`` (grey level > 127 is the object, e.g. ISIC ``*_segmentation.png``);
+        ``"imagenet_s"`` (RGB, id = R + 256 G; the object is ``id == class_id``);
+        ``"imagenet_s_foreground"`` (every id except 0 = other and 1000 = ignored).
+      class_id: the ImageNet-S class id of the image (``kind="imagenet_s"``).
+
+    Returns:
+      uint8 ``(H, W)`` with values in {0, 1}.
+
+    Raises:
+      BadImageError: naming ``path`` when it cannot be decoded, or (``imagenet_s``) when the mask
+        holds no pixel of ``class_id`` although it holds other objects.
+    """
+    img = _open(path, "mask")
+    if kind == "binary":
+        binary = np.asarray(img.convert("L")) > 127
+    else:
+        rgb = np.asarray(img.convert("RGB")).astype(np.int32)
+        ids = rgb[..., 0] + 256 * rgb[..., 1]
+        if kind == "imagenet_s":
+            binary = ids == class_id
+            others = np.setdiff1d(np.unique(ids), [0, 1000])
+            if not binary.any() and others.size:
+                raise BadImageError(
+                    path,
+                    f"mask holds no pixel of class id {class_id} but ids {others.tolist()}; the class id "
+                    "comes from the sorted category folders: is the category list complete? "
+                    "(mask_mode='foreground' uses every object instead)",
+                )
+        elif kind == "imagenet_s_foreground":
+            binary = (ids != 0) & (ids != 1000)
+        else:
+            raise ValueError(f"unknown mask kind {kind!r}")
+    mask = Image.fromarray(binary.astype(np.uint8) * 255)
+    mask = _resize(mask, as_hw(size), resize_mode, Image.NEAREST)
+    return (np.asarray(mask) > 127).astype(np.uint8)
+
+
+def warn_skipped(skipped: Sequence[SkippedFile], where: str) -> None:
+    """One warning listing every skipped file with its reason (nothing when the list is empty)."""
+    if skipped:
+        lines = "\n".join(f"  {s.path}: {s.reason}" for s in skipped[:20])
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        warnings.warn(f"{where}: skipped {len(skipped)} file(s):\n{lines}{more}", stacklevel=3)
+
+
+def pad_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Pad every array's leading axis from ``n <= batch_size`` to ``batch_size`` and add ``valid``.
+
+    Padding is zeros (``""`` for strings), so a padded image is the zero image of the normalised space.
+
+    Args:
+      arrays: arrays that share a leading axis of length ``n``.
+      batch_size: the fixed batch size ``B``.
+
+    Returns:
+      the arrays padded to ``(B, ...)`` and ``valid``: bool ``(B,)``, True for the ``n`` real rows.
+    """
+    lengths = {len(v) for v in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"arrays must share their leading axis, got lengths {sorted(lengths)}")
+    (n,) = lengths
+    if n > batch_size:
+        raise ValueError(f"{n} rows do not fit a batch of {batch_size}")
+    out = {}
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        padded = np.zeros((batch_size,) + value.shape[1:], value.dtype)
+        padded[:n] = value
+        out[key] = padded
+    out["valid"] = np.arange(batch_size) < n
+    return out
+
+
+def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, start_batch: int = 0) -> Iterator[dict]:
+    """Fixed-size batches over in-memory arrays; the ragged last batch is padded (see :func:`pad_batch`).
+
+    Every batch has the same shapes, so a jitted consumer compiles once.
+
+    Args:
+      arrays: name -> array ``(N, ...)``, all with the same ``N``.
+      batch_size: ``B``.
+      start_batch: first batch to yield (resuming an interrupted run).
+
+    Yields:
+      dicts of arrays ``(B, ...)`` plus ``valid`` bool ``(B,)``.
+
+    Examples:
+      >>> import numpy as np
+      >>> [int(b["valid"].sum()) for b in iterate_batches({"x": np.arange(5)}, 2)]
+      [2, 2, 1]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num = len(next(iter(arrays.values()))) if arrays else 0
+    for start in range(start_batch * batch_size, num, batch_size):
+        yield pad_batch({k: v[start:start + batch_size] for k, v in arrays.items()}, batch_size)
+
+
+def list_image_files(folder: str) -> list[str]:
+    """Sorted image files (by extension, case-insensitive) directly inside ``folder``."""
+    return sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+    )

@@ -1,0 +1,398 @@
+"""Find the examples of each case in a directory the user already has (no decoding, pure Python).
+
+Each ``list_*`` function checks the layout, and returns a :class:`Listing`: one :class:`Record`
+per example (image file, mask file or none, label) plus the files it had to leave out and why.
+A missing directory or an unrecognised layout raises :class:`DatasetLayoutError` that names the
+directory looked at and draws the layout expected there.
+
+Layouts (the public distributions):
+
+ImageNet-S (https://github.com/LUSSeg/ImageNet-S; any of ImageNet-S50 / -S300 / -S919)::
+
+    ImageNetS50/                       <- data_dir (or its parent holding exactly one ImageNetS*)
+      validation/<wnid>/<stem>.JPEG                 split "validation"
+      validation-segmentation/<wnid>/<stem>.png
+      train-semi/<wnid>/<stem>.JPEG                 split "train-semi"
+      train-semi-segmentation/<wnid>/<stem>.png
+
+  A segmentation PNG is RGB with class id ``R + 256 G``: 0 = other, 1000 = ignored, ``k`` = the
+  k-th category (1-based) in the sorted list of the variant's wnids (= its sorted category folders).
+
+ISIC 2018 (Task 1 segmentation, Task 3 classification) and ISIC 2019 (classification)::
+
+    isic/                                                   <- data_dir
+      ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg
+      ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png
+      ISIC2018_Task3_Training_Input/ISIC_0024306.jpg
+      ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv
+      ISIC_2019_Training_Input/ISIC_0000000.jpg
+      ISIC_2019_Training_GroundTruth.csv
+    (``Validation`` / ``Test`` in place of ``Training`` for the other splits.)
+
+  With the Task 1 folders present the split is the segmentation set (images + masks; labels joined
+  from any ground-truth CSV by image id, ``-1`` when an image has none). Otherwise it is the
+  classification set (Task 3 and/or 2019 images with their CSV labels, no masks).
+
+Places365 validation (http://places2.csail.mit.edu)::
+
+    places365/                          <- data_dir
+      val_256/Places365_val_00000001.jpg      (or val_large/)
+      places365_val.txt                       "Places365_val_00000001.jpg 165" per line
+                                              (also found in filelist_places365-standard/ or meta/)
+      categories_places365.txt                optional: "/a/airfield 0" per line (class names)
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Sequence
+
+from gag_jax.data._common import DatasetLayoutError, SkippedFile, list_image_files
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example on disk.
+
+    Attributes:
+      name: unique example name: the image path relative to its image folder.
+      image_path: the image file.
+      label: class index, ``-1`` when unknown.
+      mask_path: the segmentation file, or None.
+      mask_kind: how to read the mask (see ``_common.read_mask``).
+      mask_class: ImageNet-S class id of the object (``mask_kind="imagenet_s"``).
+    """
+
+    name: str
+    image_path: str
+    label: int
+    mask_path: str | None = None
+    mask_kind: str = "binary"
+    mask_class: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """All examples of one (case, split) found on disk.
+
+    Attributes:
+      case: the case name.
+      split: the split name.
+      root: the directory the examples were found in.
+      records: the usable examples, in a deterministic (sorted) order.
+      has_masks: whether every record has a mask.
+      num_classes: size of the label space (None when unknown).
+      class_names: names of the classes, index = label (may be empty).
+      skipped: files left out, with the reason.
+    """
+
+    case: str
+    split: str
+    root: str
+    records: tuple[Record, ...]
+    has_masks: bool
+    num_classes: int | None
+    class_names: tuple[str, ...]
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+def _layout_error(problem: str, directory: str, layout: str) -> DatasetLayoutError:
+    return DatasetLayoutError(f"{problem}: {directory}\nExpected layout there:\n{layout.rstrip()}")
+
+
+def _require_dir(data_dir, layout: str) -> str:
+    if data_dir is None:
+        raise _layout_error("no data directory given", "(data_dir=None)", layout)
+    path = os.path.abspath(os.path.expanduser(str(data_dir)))
+    if not os.path.isdir(path):
+        raise _layout_error("data directory does not exist" if not os.path.exists(path) else "not a directory", path, layout)
+    return path
+
+
+def _split_key(split: str, aliases: dict[str, str], case: str) -> str:
+    if split not in aliases:
+        raise ValueError(f"unknown split {split!r} for case {case!r}; splits: {sorted(set(aliases.values()))}")
+    return aliases[split]
+
+
+# ----------------------------------------------------------------------------------------- ImageNet-S
+
+IMAGENET_S_LAYOUT = """\
+  ImageNetS50/                     (ImageNetS300/, ImageNetS919/ alike; or their parent directory)
+    validation/<wnid>/<name>.JPEG
+    validation-segmentation/<wnid>/<name>.png
+    train-semi/<wnid>/<name>.JPEG              (split "train-semi")
+    train-semi-segmentation/<wnid>/<name>.png
+"""
+_IMAGENET_S_SPLITS = {"validation": "validation", "val": "validation", "train-semi": "train-semi", "train_semi": "train-semi"}
+
+
+def _imagenet1k_wnids(synsets) -> list[str]:
+    """The classifier's wnids in logit order: from ``synsets`` (a file whose lines start with a
+    wnid, e.g. ``LOC_synset_mapping.txt``, or a sequence of wnids) or, by default, the sorted
+    ImageNet-1k wnids shipped with tensorflow-datasets (the torchvision class order)."""
+    if synsets is None:
+        from tensorflow_datasets.core import utils as tfds_utils
+
+        path = tfds_utils.tfds_path() / "datasets" / "imagenet2012" / "labels.txt"
+        return path.read_text().split()
+    if isinstance(synsets, (str, os.PathLike)):
+        with open(synsets) as f:
+            return [line.split()[0] for line in f if line.strip()]
+    return [str(s) for s in synsets]
+
+
+def list_imagenet_s(
+    data_dir,
+    split: str = "validation",
+    *,
+    label_space: str = "imagenet1k",
+    synsets=None,
+    mask_mode: str = "class",
+) -> Listing:
+    """List ImageNet-S examples (images + segmentation masks of the image's class).
+
+    Args:
+      data_dir: an ``ImageNetS50`` / ``ImageNetS300`` / ``ImageNetS919`` directory, or a parent
+        holding exactly one of them.
+      split: ``"validation"`` or ``"train-semi"``.
+      label_space: ``"imagenet1k"``: the label is the wnid's index among the classifier's classes
+        (``synsets``, default the 1000 sorted ImageNet-1k wnids); ``"imagenet_s"``: the 0-based
+        ImageNet-S class (index among the sorted category folders).
+      synsets: optional wnid list (file or sequence) giving the classifier's class order.
+      mask_mode: ``"class"``: the mask is the pixels of the image's own class (id == ImageNet-S
+        class id, taken from the sorted category folders, so the copy must hold all of them);
+        ``"foreground"``: every annotated object (ids other than 0 and 1000).
+
+    Returns:
+      a :class:`Listing` with ``has_masks=True``; images without a mask file are skipped.
+    """
+    split = _split_key(split, _IMAGENET_S_SPLITS, "imagenet_s")
+    root = _require_dir(data_dir, IMAGENET_S_LAYOUT)
+    if not os.path.isdir(os.path.join(root, split)):
+        variants = sorted(d for d in os.listdir(root) if d.startswith("ImageNetS") and os.path.isdir(os.path.join(root, d)))
+        if len(variants) == 1:
+            root = os.path.join(root, variants[0])
+        elif len(variants) > 1:
+            raise DatasetLayoutError(
+                f"{root} holds several ImageNet-S variants ({', '.join(variants)}); pass one of them as data_dir"
+            )
+    image_dir, mask_dir = os.path.join(root, split), os.path.join(root, f"{split}-segmentation")
+    for folder in (image_dir, mask_dir):
+        if not os.path.isdir(folder):
+            raise _layout_error(f"ImageNet-S split {split!r}: missing folder", folder, IMAGENET_S_LAYOUT)
+    wnids = sorted(d for d in os.listdir(image_dir) if os.path.isdir(os.path.join(image_dir, d)))
+    if not wnids:
+        raise _layout_error("ImageNet-S: no <wnid> class folders in", image_dir, IMAGENET_S_LAYOUT)
+    if label_space == "imagenet1k":
+        classes = _imagenet1k_wnids(synsets)
+        index = {w: i for i, w in enumerate(classes)}
+        unknown = [w for w in wnids if w not in index]
+        if unknown:
+            raise ValueError(
+                f"ImageNet-S folders {unknown[:5]}{'...' if len(unknown) > 5 else ''} in {image_dir} are not in "
+                f"the classifier's {len(classes)} classes; pass synsets= (the model's wnid list) or "
+                "label_space='imagenet_s'"
+            )
+        labels = {w: index[w] for w in wnids}
+        class_names = tuple(classes)
+    elif label_space == "imagenet_s":
+        labels = {w: i for i, w in enumerate(wnids)}
+        class_names = tuple(wnids)
+    else:
+        raise ValueError(f"label_space must be 'imagenet1k' or 'imagenet_s', got {label_space!r}")
+    if mask_mode not in ("class", "foreground"):
+        raise ValueError(f"mask_mode must be 'class' or 'foreground', got {mask_mode!r}")
+    kind = "imagenet_s" if mask_mode == "class" else "imagenet_s_foreground"
+    records, skipped = [], []
+    for k, wnid in enumerate(wnids):
+        for path in list_image_files(os.path.join(image_dir, wnid)):
+            name = f"{wnid}/{os.path.basename(path)}"
+            mask_path = os.path.join(mask_dir, wnid, os.path.splitext(os.path.basename(path))[0] + ".png")
+            if not os.path.isfile(mask_path):
+                skipped.append(SkippedFile(name, path, f"no segmentation mask {mask_path}"))
+                continue
+            records.append(Record(name, path, labels[wnid], mask_path, kind, k + 1))
+    return Listing("imagenet_s", split, root, tuple(records), True, len(class_names), class_names, tuple(skipped))
+
+
+# ----------------------------------------------------------------------------------------------- ISIC
+
+ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
+"""ISIC 2019 diagnosis classes (2018 Task 3 uses the first seven, with AKIEC for AK)."""
+_ISIC_ALIASES = {"AKIEC": "AK"}
+_ISIC_MALIGNANT = ("MEL", "BCC", "AK", "SCC")
+ISIC_LABELS = ("diagnosis", "melanoma", "malignant")
+ISIC_LAYOUT = """\
+  <data_dir>/
+    ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg                    (segmentation set)
+    ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png
+    ISIC2018_Task3_Training_Input/ISIC_0024306.jpg                      (classification sets)
+    ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv
+    ISIC_2019_Training_Input/ISIC_0000000.jpg
+    ISIC_2019_Training_GroundTruth.csv
+  (Validation / Test in place of Training for those splits)
+"""
+_ISIC_SPLITS = {"train": "Training", "training": "Training", "validation": "Validation", "val": "Validation", "test": "Test"}
+
+
+def _isic_dir(root: str, name: str) -> str | None:
+    """``root/name`` if it exists (descending once into ``root/name/name``, as some archives unpack)."""
+    path = os.path.join(root, name)
+    if not os.path.isdir(path):
+        return None
+    nested = os.path.join(path, name)
+    return nested if os.path.isdir(nested) else path
+
+
+def _isic_csv_labels(paths: Sequence[str], labels: str) -> dict[str, int]:
+    """image id -> label from ISIC ground-truth CSVs (one-hot columns); UNK / no class -> -1."""
+    out: dict[str, int] = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "image" not in reader.fieldnames:
+                raise DatasetLayoutError(f"{path}: not an ISIC ground-truth CSV (needs an 'image' column)")
+            for row in reader:
+                hot = [c for c, v in row.items() if c != "image" and v and float(v) >= 0.5]
+                diagnosis = _ISIC_ALIASES.get(hot[0], hot[0]) if len(hot) == 1 else None
+                if diagnosis not in ISIC_CLASSES:
+                    label = -1
+                elif labels == "diagnosis":
+                    label = ISIC_CLASSES.index(diagnosis)
+                elif labels == "melanoma":
+                    label = int(diagnosis == "MEL")
+                else:
+                    label = int(diagnosis in _ISIC_MALIGNANT)
+                out.setdefault(row["image"], label)
+    return out
+
+
+def list_isic(data_dir, split: str = "train", *, labels: str = "diagnosis") -> Listing:
+    """List ISIC 2018 / 2019 examples.
+
+    Args:
+      data_dir: the directory holding the ISIC folders (see the module docstring).
+      split: ``"train"``, ``"validation"`` or ``"test"``.
+      labels: ``"diagnosis"`` (8 classes :data:`ISIC_CLASSES`), ``"melanoma"`` (MEL = 1, else 0) or
+        ``"malignant"`` (MEL, BCC, AK, SCC = 1, else 0). Unknown diagnosis -> ``-1``.
+
+    Returns:
+      a :class:`Listing`: the Task 1 segmentation set when its folders exist (images without a mask
+      are skipped), else the Task 3 / 2019 classification set without masks (images without a
+      label are skipped).
+    """
+    tag = _split_key(split, _ISIC_SPLITS, "isic")
+    if labels not in ISIC_LABELS:
+        raise ValueError(f"labels must be one of {ISIC_LABELS}, got {labels!r}")
+    root = _require_dir(data_dir, ISIC_LAYOUT)
+    csvs = []
+    for candidate in (
+        os.path.join(root, f"ISIC_2019_{tag}_GroundTruth.csv"),
+        os.path.join(root, f"ISIC2018_Task3_{tag}_GroundTruth", f"ISIC2018_Task3_{tag}_GroundTruth.csv"),
+        os.path.join(root, f"ISIC2018_Task3_{tag}_GroundTruth.csv"),
+    ):
+        if os.path.isfile(candidate):
+            csvs.append(candidate)
+    label_of = _isic_csv_labels(csvs, labels)
+    seg_images, seg_masks = _isic_dir(root, f"ISIC2018_Task1-2_{tag}_Input"), _isic_dir(root, f"ISIC2018_Task1_{tag}_GroundTruth")
+    records, skipped = [], []
+    if seg_images or seg_masks:
+        for name, folder in (("images", seg_images), ("masks", seg_masks)):
+            if folder is None:
+                missing = os.path.join(root, f"ISIC2018_Task1-2_{tag}_Input" if name == "images" else f"ISIC2018_Task1_{tag}_GroundTruth")
+                raise _layout_error(f"ISIC Task 1 {name} folder missing", missing, ISIC_LAYOUT)
+        for path in list_image_files(seg_images):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            mask_path = os.path.join(seg_masks, f"{stem}_segmentation.png")
+            if not os.path.isfile(mask_path):
+                skipped.append(SkippedFile(os.path.basename(path), path, f"no lesion mask {mask_path}"))
+                continue
+            records.append(Record(os.path.basename(path), path, label_of.get(stem, -1), mask_path, "binary"))
+        has_masks = True
+    else:
+        folders = [f for f in (_isic_dir(root, f"ISIC2018_Task3_{tag}_Input"), _isic_dir(root, f"ISIC_2019_{tag}_Input")) if f]
+        if not folders:
+            raise _layout_error(f"no ISIC {tag} image folder found in", root, ISIC_LAYOUT)
+        if not csvs:
+            raise _layout_error(f"no ISIC {tag} ground-truth CSV found in", root, ISIC_LAYOUT)
+        seen = set()
+        for folder in folders:
+            for path in list_image_files(folder):
+                stem = os.path.splitext(os.path.basename(path))[0]
+                if stem in seen:
+                    continue
+                seen.add(stem)
+                label = label_of.get(stem, -1)
+                if label < 0:
+                    skipped.append(SkippedFile(os.path.basename(path), path, "no diagnosis label in the ground-truth CSV"))
+                    continue
+                records.append(Record(os.path.basename(path), path, label))
+        records.sort(key=lambda r: r.name)
+        has_masks = False
+    class_names = ISIC_CLASSES if labels == "diagnosis" else (("other", "melanoma") if labels == "melanoma" else ("benign", "malignant"))
+    return Listing("isic", split, root, tuple(records), has_masks, len(class_names), class_names, tuple(skipped))
+
+
+# ------------------------------------------------------------------------------------------ Places365
+
+PLACES365_LAYOUT = """\
+  <data_dir>/
+    val_256/Places365_val_00000001.jpg        (or val_large/)
+    places365_val.txt                         lines "Places365_val_00000001.jpg 165"
+                                              (or filelist_places365-standard/places365_val.txt, meta/places365_val.txt)
+    categories_places365.txt                  optional, lines "/a/airfield 0"
+"""
+_PLACES_SPLITS = {"validation": "validation", "val": "validation"}
+
+
+def _find_file(root: str, name: str) -> str | None:
+    for sub in ("", "filelist_places365-standard", "meta"):
+        path = os.path.join(root, sub, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def list_places365(data_dir, split: str = "validation") -> Listing:
+    """List the Places365 validation images with their labels from ``places365_val.txt``.
+
+    Args:
+      data_dir: the directory holding ``val_256/`` (or ``val_large/``) and the label file.
+      split: ``"validation"``.
+
+    Returns:
+      a :class:`Listing` without masks; labels listed for missing image files are skipped.
+    """
+    _split_key(split, _PLACES_SPLITS, "places365")
+    root = _require_dir(data_dir, PLACES365_LAYOUT)
+    image_dir = next((os.path.join(root, d) for d in ("val_256", "val_large") if os.path.isdir(os.path.join(root, d))), None)
+    if image_dir is None:
+        raise _layout_error("no Places365 validation image folder (val_256/ or val_large/) in", root, PLACES365_LAYOUT)
+    label_file = _find_file(root, "places365_val.txt")
+    if label_file is None:
+        raise _layout_error("no places365_val.txt label file in", root, PLACES365_LAYOUT)
+    records, skipped = [], []
+    with open(label_file) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise DatasetLayoutError(f"{label_file}:{line_no}: expected '<file name> <label>', got {line.strip()!r}")
+            name, label = parts[0].lstrip("/"), int(parts[1])
+            path = os.path.join(image_dir, name)
+            if not os.path.isfile(path):
+                skipped.append(SkippedFile(name, path, f"listed in {os.path.basename(label_file)} but not found"))
+                continue
+            records.append(Record(name, path, label))
+    records.sort(key=lambda r: r.name)
+    class_names: tuple[str, ...] = ()
+    categories = _find_file(root, "categories_places365.txt")
+    if categories is not None:
+        with open(categories) as f:
+            pairs = [line.split() for line in f if line.strip()]
+        class_names = tuple(name for name, _ in sorted(pairs, key=lambda p: int(p[1])))
+    return Listing("places365", "validation", root, tuple(records), False, 365, class_names, tuple(skipped))
+
