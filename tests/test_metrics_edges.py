@@ -266,3 +266,19 @@ def test_running_stat_merge_is_exact():
     assert s.n == 101
     np.testing.assert_allclose(s.mean, v.mean(), rtol=1e-12)
     np.testing.assert_allclose(s.std, v.std(ddof=1), rtol=1e-10)
+
+
+def test_metrics_compose_under_an_outer_jit():
+    images, labels, sal, masks = _data(30)
+
+    @jax.jit
+    def everything(i, l, s, m):
+        return (gm.rcap(linear_model, i, l, s)["rcap"], gm.deletion_insertion(linear_model, i, l, s)["iauc"],
+                gm.mae(s, m), gm.log_cosh_dice(s, m), gm.select_confident(linear_model, i, l))
+
+    inside = everything(images, labels, sal, masks)
+    outside = (gm.rcap(linear_model, images, labels, sal)["rcap"],
+               gm.deletion_insertion(linear_model, images, labels, sal)["iauc"],
+               gm.mae(sal, masks), gm.log_cosh_dice(sal, masks), gm.select_confident(linear_model, images, labels))
+    for a, b in zip(inside, outside):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
