@@ -1,0 +1,429 @@
+"""Scale-out: shard the batch axis over all devices, on one host or many.
+
+The explainers are pure functions of a *global* batch. Here they are jit-compiled once with
+the batch axis sharded over a 1-D ``jax.sharding.Mesh`` (axis name ``"batch"``) via
+``NamedSharding``; the model's variables are jit *arguments*, replicated on every device once
+(not constants baked into the program). Because it is the same global computation, only
+partitioned, the maps equal the unsharded ones: the noise of sample i is drawn for the whole
+global batch from ``fold_in(key, i)``, and with ``jax_threefry_partitionable`` (the default)
+the random bits of an element depend on its global index only, never on how the batch is
+split or how many padding rows follow it.
+
+Fixed shapes, no re-trace: a batch is padded to the fixed ``batch_size`` (a multiple of the
+device count) by repeating its last image (so batch statistics such as
+``noise_range="batch"`` are unchanged) and a ``valid`` mask says which rows are real; the
+ragged last batch of a dataset therefore reuses the compiled program.
+
+Multi-host (``jax.distributed``)::
+
+    from gag_jax import distributed as gd
+    gd.initialize("10.0.0.1:1234", num_processes=2, process_id=rank)   # before any other jax call
+    sharded = gd.ShardedExplainer("gag", module, variables=variables, batch_size=64)
+    for step in range(gd.num_steps(len(dataset), 64)):
+        idx, valid = gd.process_indices(len(dataset), 64, step)        # this process's rows only
+        maps = sharded.explain_local(images_of(idx), labels_of(idx), key, valid=valid)
+        if jax.process_index() == 0:
+            save(maps)          # (number of valid rows of the global batch, H, W), in dataset order
+
+Step ``s`` of the global iteration is dataset items ``[s*B, (s+1)*B)`` in order, whatever the
+number of processes, so the gathered result equals a single-process run over the same batches.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gag_jax import explainers as explainers_lib
+
+AXIS = "batch"
+
+__all__ = [
+    "AXIS", "ShardedExplainer", "batch_sharding", "explain_sharded", "gather", "initialize", "make_mesh",
+    "num_steps", "pad_batch", "process_indices", "process_rows", "replicate", "replicated_sharding",
+    "shard_batch",
+]
+
+
+# ---------------------------------------------------------------------------- multi-host
+
+
+def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
+               local_device_ids: Optional[Sequence[int]] = None, cpu_collectives: Optional[str] = "gloo",
+               initialization_timeout: int = 300) -> None:
+    """Join a multi-process JAX job (wraps ``jax.distributed.initialize``).
+
+    Call it in every process before any other JAX call that touches devices.
+
+    Args:
+      coordinator_address: ``"host:port"`` of process 0 (the coordinator), e.g. ``"127.0.0.1:12345"``.
+      num_processes: number of processes in the job.
+      process_id: this process's rank in ``[0, num_processes)``.
+      local_device_ids: devices this process drives (``None``: all visible ones).
+      cpu_collectives: cross-process collectives for CPU devices (``"gloo"``, ``"mpi"``; this
+        jax build defaults to gloo); only affects the CPU backend, harmless on GPUs. ``None``
+        leaves the setting alone.
+      initialization_timeout: seconds to wait for all processes to connect.
+    """
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout)
+
+
+def num_steps(num_items: int, batch_size: int) -> int:
+    """Number of global batches of ``batch_size`` needed for ``num_items`` items (last one padded)."""
+    if num_items < 0 or batch_size < 1:
+        raise ValueError(f"need num_items >= 0 and batch_size >= 1; got {num_items}, {batch_size}")
+    return math.ceil(num_items / batch_size)
+
+
+def process_rows(batch_size: int, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None) -> slice:
+    """The rows of every global batch that process ``process_index`` reads and feeds.
+
+    Rows are split in contiguous, equal blocks in process order (the order of the mesh built by
+    ``make_mesh``). ``batch_size`` must be a multiple of the process count.
+
+    Returns:
+      ``slice(p * b, (p + 1) * b)`` with ``b = batch_size // process_count``.
+    """
+    p = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if batch_size % count:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the process count {count}")
+    b = batch_size // count
+    return slice(p * b, (p + 1) * b)
+
+
+def process_indices(num_items: int, batch_size: int, step: int, process_index: Optional[int] = None,
+                    process_count: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices this process reads at global step ``step`` (its own shard), fixed length.
+
+    Global step ``s`` covers items ``[s * batch_size, (s + 1) * batch_size)``; this process reads
+    the rows ``process_rows(batch_size)`` of it. Past the end of the dataset the indices repeat
+    the last item (padding, so every step has the same shape and repeats do not change batch
+    statistics) and ``valid`` is False there.
+
+    Args:
+      num_items: dataset size (> 0).
+      batch_size: global batch size (a multiple of the process count, and of the device count
+        for ``ShardedExplainer``).
+      step: global step in ``[0, num_steps(num_items, batch_size))``.
+
+    Returns:
+      ``(indices (batch_size // process_count,) int64, valid (same,) bool)``.
+    """
+    if num_items < 1:
+        raise ValueError(f"num_items must be >= 1; got {num_items}")
+    if not 0 <= step < num_steps(num_items, batch_size):
+        raise ValueError(f"step {step} out of range for {num_items} items in batches of {batch_size}")
+    rows = process_rows(batch_size, process_index, process_count)
+    global_rows = step * batch_size + np.arange(rows.start, rows.stop)
+    valid = global_rows < num_items
+    return np.minimum(global_rows, num_items - 1).astype(np.int64), valid
+
+
+# ---------------------------------------------------------------------------- mesh and sharding
+
+
+def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
+    """1-D mesh with axis ``"batch"`` over ``devices`` (default: every device of every process).
+
+    Devices are ordered by (process index, id), so each process's devices hold a contiguous
+    block of the batch (what ``process_rows`` assumes).
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the mesh, other axes whole."""
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Place every leaf of ``tree`` (identical on all processes) on every device of ``mesh``."""
+    sharding = replicated_sharding(mesh)
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def pad_batch(x, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad the leading axis of ``x`` to ``batch_size`` by repeating its last row.
+
+    Args:
+      x: ``(b, ...)`` array with ``1 <= b <= batch_size``.
+      batch_size: target leading size.
+
+    Returns:
+      ``(padded (batch_size, ...), valid (batch_size,) bool)``; ``valid[:b]`` is True.
+    """
+    x = np.asarray(x)
+    b = x.shape[0]
+    if b < 1 or b > batch_size:
+        raise ValueError(f"a batch of {b} rows cannot be padded to batch_size {batch_size} (need 1..{batch_size})")
+    valid = np.arange(batch_size) < b
+    if b == batch_size:
+        return x, valid
+    pad = np.repeat(x[-1:], batch_size - b, axis=0)
+    return np.concatenate([x, pad], axis=0), valid
+
+
+def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: Optional[int] = None,
+                valid: Optional[np.ndarray] = None) -> tuple[list[jax.Array], jax.Array]:
+    """Pad this process's rows and assemble global batch-sharded arrays.
+
+    Single process: ``arrays`` are the whole batch. Multi-process: each process passes its own
+    rows (``process_rows`` of the global batch), all of the same length.
+
+    Args:
+      arrays: host arrays ``(b, ...)`` with the same ``b`` (e.g. images ``(b, H, W, C)`` and
+        labels ``(b,)``).
+      mesh: from ``make_mesh``.
+      batch_size: global batch size after padding (default: ``b * process_count`` rounded up
+        to a multiple of the device count). Must be a multiple of the device count.
+      valid: ``(b,)`` bool mask of real rows among ``arrays`` (default all real); combined with
+        the padding mask.
+
+    Returns:
+      ``(global arrays (batch_size, ...) sharded over "batch", valid (batch_size,) bool global array)``.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    b = arrays[0].shape[0]
+    if any(a.shape[0] != b for a in arrays):
+        raise ValueError(f"arrays must share their leading size; got {[a.shape for a in arrays]}")
+    count = jax.process_count()
+    devices = mesh.devices.size
+    if batch_size is None:
+        batch_size = -(-b * count // devices) * devices
+    if batch_size % devices:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the device count {devices}")
+    if batch_size % count:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the process count {count}")
+    local = batch_size // count
+    own_valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool).reshape(b)
+    padded = []
+    for a in arrays:
+        p, pad_mask = pad_batch(a, local)
+        padded.append(p)
+    mask = np.concatenate([own_valid, np.zeros((local - b,), bool)])
+    sharding = batch_sharding(mesh)
+    out = [jax.make_array_from_process_local_data(sharding, p, (batch_size,) + p.shape[1:]) for p in padded]
+    valid_global = jax.make_array_from_process_local_data(sharding, mask, (batch_size,))
+    return out, valid_global
+
+
+def _allgather(x):
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(x, tiled=True)
+
+
+def gather(x: Any) -> Any:
+    """Bring a (possibly multi-host) global array, or a pytree of them, to host memory.
+
+    Every process receives the full array (process 0 is the one that usually writes it).
+
+    Returns:
+      numpy arrays of the global shapes.
+    """
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(np.asarray, x)
+    return jax.tree_util.tree_map(lambda a: np.asarray(_allgather(a)), x)
+
+
+# ---------------------------------------------------------------------------- the sharded explainer
+
+
+def _is_linen_module(model) -> bool:
+    try:
+        import flax.linen as nn
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, nn.Module)
+
+
+def _model_functions(model, variables) -> explainers_lib.ModelFunctions:
+    """ModelFunctions with ``variables`` (traced jit arguments) bound."""
+    if variables is None:
+        return explainers_lib.as_model_functions(model)
+    if _is_linen_module(model):
+        fns = dict(logits=functools.partial(model.apply, variables))
+        if hasattr(model, "features") and hasattr(model, "head"):
+            fns["features"] = functools.partial(model.apply, variables, method="features")
+            fns["head"] = functools.partial(model.apply, variables, method="head")
+        if "guided_backprop" in getattr(model, "__dataclass_fields__", {}):
+            fns["guided_logits"] = functools.partial(model.clone(guided_backprop=True).apply, variables)
+        return explainers_lib.ModelFunctions(**fns)
+    if callable(model):
+        return explainers_lib.ModelFunctions(functools.partial(model, variables))
+    raise ValueError(f"with variables, model must be a flax linen Module or apply(variables, images); got {type(model)}")
+
+
+class ShardedExplainer:
+    """An explainer compiled once, with the batch axis sharded over a 1-D device mesh.
+
+    Args:
+      method: one of ``gag_jax.METHODS``.
+      model: a flax linen module (with ``variables``; ``features``/``head`` and the
+        ``guided_backprop`` field are used when present), a function ``apply(variables, images)``
+        (with ``variables``), or, without ``variables``, ``images -> logits`` / ``ModelFunctions``
+        with parameters closed over (then they become compile-time constants).
+      variables: the model's variables; jit arguments, replicated over the mesh once.
+      batch_size: fixed global batch size every call is padded to (a multiple of the device
+        count); ``None``: the first call's batch rounded up to a multiple of the device count.
+      mesh: a 1-D mesh with axis ``"batch"`` (default ``make_mesh()``: all devices).
+      postprocess: ``(B, H, W)`` maps in [0, 1] (True) or raw ``(B, H, W, C)`` (False).
+      donate: donate the padded image buffer to the computation (only useful, and only done,
+        when the output has the images' shape, i.e. ``postprocess=False``).
+      **options: method options (``n``, ``noise_level``, ``percentile``, ``chunk_size`` ...).
+
+    Attributes:
+      traces: how many times the computation was traced (compiles happen only on traces).
+
+    Call ``explainer(images (b, H, W, C), labels (b,), key)`` with ``b <= batch_size``: returns a
+    numpy ``(b, H, W)`` array (all processes receive the whole result); in a multi-process job use
+    ``explain_local`` with each process's own rows.
+    """
+
+    def __init__(self, method: str, model, *, variables: Any = None, batch_size: Optional[int] = None,
+                 mesh: Optional[Mesh] = None, postprocess: bool = True, donate: bool = True, **options):
+        self.method = method
+        self.model = model
+        self.mesh = make_mesh() if mesh is None else mesh
+        if self.mesh.axis_names != (AXIS,):
+            raise ValueError(f"mesh must be 1-D with axis {AXIS!r}; got axes {self.mesh.axis_names}")
+        self.batch_size = batch_size
+        if batch_size is not None:
+            self._check_batch_size(batch_size)
+        self.postprocess = postprocess
+        self.traces = 0
+        self._fn = explainers_lib.explainer(method, postprocess=postprocess, **options)
+        self._has_variables = variables is not None
+        self.variables = replicate(variables, self.mesh) if variables is not None else None
+        batch, repl = batch_sharding(self.mesh), replicated_sharding(self.mesh)
+        self._donate = bool(donate and not postprocess)
+
+        def global_fn(variables, images, labels, key):
+            self.traces += 1  # Python side effect: runs once per trace, never per call
+            return self._fn(_model_functions(model, variables if self._has_variables else None),
+                            images, labels, key)
+
+        self._jitted = jax.jit(global_fn, in_shardings=(repl, batch, batch, repl), out_shardings=batch,
+                               donate_argnums=(1,) if self._donate else ())
+
+    def _check_batch_size(self, batch_size: int) -> None:
+        devices = self.mesh.devices.size
+        if batch_size < 1 or batch_size % devices or batch_size % jax.process_count():
+            raise ValueError(f"batch_size must be a positive multiple of the device count {devices} "
+                             f"(and of the process count {jax.process_count()}); got {batch_size}")
+
+    def step(self, images: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
+        """Run on global, already sharded arrays (``shard_batch``); returns the global device array.
+
+        Args:
+          images: ``(batch_size, H, W, C)`` float32, batch-sharded (donated when ``donate``).
+          labels: ``(batch_size,)`` int32, batch-sharded.
+          key: PRNG key (same on all processes).
+
+        Returns:
+          ``(batch_size, H, W)`` (or ``(batch_size, H, W, C)``) float32 sharded over ``"batch"``.
+        """
+        return self._jitted(self.variables, images, labels, replicate(key, self.mesh))
+
+    def lower(self, images_shape: Sequence[int], labels_shape: Optional[Sequence[int]] = None):
+        """``jax.stages.Lowered`` for global inputs of these shapes (``.compile().memory_analysis()``,
+        ``.cost_analysis()``)."""
+        batch, repl = batch_sharding(self.mesh), replicated_sharding(self.mesh)
+        images = jax.ShapeDtypeStruct(tuple(images_shape), jnp.float32, sharding=batch)
+        labels = jax.ShapeDtypeStruct(tuple(labels_shape or images_shape[:1]), jnp.int32, sharding=batch)
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
+        return self._jitted.lower(self.variables, images, labels, key)
+
+    def shard(self, images, labels, valid=None):
+        """Pad and shard host arrays: ``([images, labels], valid)`` (see ``shard_batch``)."""
+        b = np.shape(images)[0]
+        if self.batch_size is None:
+            devices = self.mesh.devices.size
+            self.batch_size = -(-b * jax.process_count() // devices) * devices
+            self._check_batch_size(self.batch_size)
+        return shard_batch([np.asarray(images, np.float32), np.asarray(labels, np.int32)], self.mesh,
+                           self.batch_size, valid)
+
+    def explain_local(self, images, labels, key, valid=None) -> np.ndarray:
+        """Explain this process's rows; gather the valid rows of the global batch to every process.
+
+        Args:
+          images: ``(b, H, W, C)`` this process's rows (``b <= batch_size // process_count``).
+          labels: ``(b,)``.
+          key: PRNG key (the same on every process).
+          valid: optional ``(b,)`` bool: False for padding rows (``process_indices``).
+
+        Returns:
+          numpy ``(V, H, W)`` (or ``(V, H, W, C)``): the valid rows of the global batch, in
+          global (process) order.
+        """
+        (gimages, glabels), gvalid = self.shard(images, labels, valid)
+        out = self.step(gimages, glabels, key)
+        out_host, valid_host = gather((out, gvalid))
+        return out_host[np.asarray(valid_host, bool)]
+
+    def __call__(self, images, labels, key) -> np.ndarray:
+        """Explain a batch ``(b, H, W, C)``, ``b <= batch_size``; returns numpy ``(b, H, W)`` maps."""
+        return self.explain_local(images, labels, key)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(method, options, model, postprocess, mesh, batch_size):
+    return ShardedExplainer(method, model, batch_size=batch_size, mesh=mesh, postprocess=postprocess,
+                            **dict(options))
+
+
+def explain_sharded(method: str, model, images, labels, key, *, mesh: Optional[Mesh] = None,
+                    batch_size: Optional[int] = None, postprocess: bool = True, **options) -> np.ndarray:
+    """``gj.explain`` with the batch sharded over every device (padding a ragged batch).
+
+    Args:
+      method: one of ``gag_jax.METHODS``.
+      model: ``images -> logits`` (hashable: the compiled program is cached per model object,
+        method, options, mesh and batch size), or ``ModelFunctions``.
+      images: ``(b, H, W, C)`` float32, normalised; labels ``(b,)`` int; key: PRNG key.
+      batch_size: fixed global batch to pad to (default: ``b`` rounded up to the device count);
+        pass your dataset's batch size so its ragged last batch reuses the compiled program.
+      postprocess, **options: as in ``gj.explain``.
+
+    Returns:
+      numpy ``(b, H, W)`` maps equal to ``gj.explain(method, model, images, labels, key=key, ...)``.
+
+    For model variables as jit arguments (no constant folding of the weights), use
+    ``ShardedExplainer(method, module, variables=variables, ...)``.
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    if batch_size is None:
+        devices = mesh.devices.size
+        batch_size = -(-np.shape(images)[0] * jax.process_count() // devices) * devices
+    options = explainers_lib.resolve_options(method, options)
+    if isinstance(model, Mapping):
+        model = explainers_lib.as_model_functions(model)
+    sharded = _cached(method, options, model, postprocess, mesh, batch_size)
+    return sharded(images, labels, key)
