@@ -196,6 +196,13 @@ def test_synthetic_batches_pad_the_ragged_batch():
         np.testing.assert_array_equal(rows[key], reference[key])
     resumed = list(batches.iter_from(2))
     assert len(resumed) == 1 and np.array_equal(resumed[0]["images"], last["images"])
+    batches.prefetch = False  # the background reader changes nothing but timing
+    for a, b in zip(batches, listed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_array_equal(batches.batch(1)["names"], listed[1]["names"])
+    with pytest.raises(IndexError):
+        batches.batch(3)
 
 
 def test_iterate_batches_exact_multiple_has_no_padding():

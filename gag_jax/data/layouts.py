@@ -223,6 +223,7 @@ ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 """ISIC 2019 diagnosis classes (2018 Task 3 uses the first seven, with AKIEC for AK)."""
 _ISIC_ALIASES = {"AKIEC": "AK"}
 _ISIC_MALIGNANT = ("MEL", "BCC", "AK", "SCC")
+_ISIC_COLUMNS = (*ISIC_CLASSES, *_ISIC_ALIASES, "UNK")
 ISIC_LABELS = ("diagnosis", "melanoma", "malignant")
 ISIC_LAYOUT = """\
   <data_dir>/
@@ -255,7 +256,7 @@ def _isic_csv_labels(paths: Sequence[str], labels: str) -> dict[str, int]:
             if not reader.fieldnames or "image" not in reader.fieldnames:
                 raise DatasetLayoutError(f"{path}: not an ISIC ground-truth CSV (needs an 'image' column)")
             for row in reader:
-                hot = [c for c, v in row.items() if c != "image" and v and float(v) >= 0.5]
+                hot = [c for c, v in row.items() if c in _ISIC_COLUMNS and v and float(v) >= 0.5]
                 diagnosis = _ISIC_ALIASES.get(hot[0], hot[0]) if len(hot) == 1 else None
                 if diagnosis not in ISIC_CLASSES:
                     label = -1

@@ -1,6 +1,7 @@
 """One entry point for every case: ``load_case`` -> fixed-size numpy batches; plus ``load_image_files``."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -80,6 +81,7 @@ class Batches:
       skipped: :class:`SkippedFile` list: every file left out and why (grows during iteration
         with ``backend="files"``).
       backend: ``"tfds"``, ``"files"`` or ``"memory"`` (synthetic).
+      prefetch: whether iteration reads the next batch in a background thread.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Batches:
         std,
         skipped: list[SkippedFile],
         backend: str,
+        prefetch: bool = True,
     ):
         self._fetch = fetch
         self.num_examples = num_examples
@@ -114,6 +117,7 @@ class Batches:
         self.std = tuple(float(s) for s in std)
         self.skipped = skipped
         self.backend = backend
+        self.prefetch = prefetch
 
     def __len__(self) -> int:
         """Number of batches (the last one padded)."""
@@ -133,19 +137,34 @@ class Batches:
         """
         if batch_index < 0:
             raise ValueError(f"batch_index must be >= 0, got {batch_index}")
-        for index in range(batch_index, len(self)):
-            start = index * self.batch_size
-            rows = self._fetch(start, min(start + self.batch_size, self.num_examples))
-            ok = rows.pop("ok")
-            images = normalize(rows["pixels"], self.mean, self.std)
-            images[~ok] = 0.0
-            rows["images"] = images
-            rows["labels"] = np.asarray(rows["labels"], np.int32)
-            if self.has_masks:
-                rows["masks"] = np.asarray(rows["masks"], np.float32)
-            batch = pad_batch(rows, self.batch_size)
-            batch["valid"][: len(ok)] &= ok
-            yield batch
+        if not self.prefetch:
+            for index in range(batch_index, len(self)):
+                yield self.batch(index)
+            return
+        # Read batch k + 1 in a background thread while the caller works on batch k.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.batch, batch_index) if batch_index < len(self) else None
+            for index in range(batch_index, len(self)):
+                batch = pending.result()
+                pending = pool.submit(self.batch, index + 1) if index + 1 < len(self) else None
+                yield batch
+
+    def batch(self, index: int) -> dict:
+        """Batch ``index`` alone (a dict as described in the class docstring)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range: {len(self)} batches")
+        start = index * self.batch_size
+        rows = self._fetch(start, min(start + self.batch_size, self.num_examples))
+        ok = rows.pop("ok")
+        images = normalize(rows["pixels"], self.mean, self.std)
+        images[~ok] = 0.0
+        rows["images"] = images
+        rows["labels"] = np.asarray(rows["labels"], np.int32)
+        if self.has_masks:
+            rows["masks"] = np.asarray(rows["masks"], np.float32)
+        batch = pad_batch(rows, self.batch_size)
+        batch["valid"][: len(ok)] &= ok
+        return batch
 
     def __repr__(self) -> str:
         return (
@@ -223,7 +242,7 @@ def _files_fetch(listing: layouts.Listing, hw, resize_mode, on_error, skipped: l
                 rows["pixels"][i] = 0
                 rows["ok"][i] = False
                 skipped.append(SkippedFile(record.name, err.path, err.reason))
-                warnings.warn(f"skipping {err.path}: {err.reason}", stacklevel=4)
+                warnings.warn(f"skipping {err.path}: {err.reason}", stacklevel=2)
         return rows
 
     return fetch
@@ -262,6 +281,7 @@ def load_case(
     cache_dir=None,
     on_error: str = "skip",
     max_examples: int | None = None,
+    prefetch: bool = True,
     **case_options,
 ) -> Batches:
     """Load one case as fixed-size numpy batches (ragged last batch padded, with a ``valid`` mask).
@@ -288,6 +308,7 @@ def load_case(
       on_error: ``"skip"``: an undecodable file is left out, warned about and listed in
         ``Batches.skipped`` (the run goes on); ``"raise"``: :class:`BadImageError` naming it.
       max_examples: use only the first ``n`` examples (sorted order).
+      prefetch: read the next batch in a background thread while the current one is used.
       **case_options: ImageNet-S: ``label_space`` (``"imagenet1k"`` | ``"imagenet_s"``),
         ``synsets`` (wnid list file for the classifier's class order), ``mask_mode``
         (``"class"`` | ``"foreground"``); ISIC: ``labels`` (``"diagnosis"`` | ``"melanoma"`` |
@@ -316,7 +337,9 @@ def load_case(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
     check_choice("on_error", on_error, ON_ERROR)
-    common = dict(batch_size=batch_size, image_size=hw, case=case, split=split, mean=mean, std=std)
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 (or None for all), got {max_examples}")
+    common = dict(batch_size=batch_size, image_size=hw, case=case, split=split, mean=mean, std=std, prefetch=prefetch)
 
     if case == "synthetic":
         if hw[0] != hw[1]:
