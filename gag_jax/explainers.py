@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gag_jax import aggregations, gradients, interpretations, modifications, ops, postprocess
 from gag_jax._validation import check_fraction, check_images, check_labels, check_positive_int
@@ -216,8 +217,47 @@ def explainer(method: str, *, postprocess: bool = True, **options) -> Callable:
 postprocess_lib = postprocess
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "model", "postprocess"))
-def _explain_jit(images, labels, key, *, method, options, model, postprocess):
+def _is_array(leaf) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray))
+
+
+def _lift_parameters(model: ModelFunctions) -> tuple[tuple, tuple]:
+    """Split ``functools.partial(apply, variables, ...)`` model functions into a static part and
+    their array arguments, so parameters enter the compiled program as arguments rather than as
+    constants baked into it (faster compiles, no copy of the weights per program)."""
+    statics, dynamics = [], []
+    for fn in model:
+        leaves = jax.tree_util.tree_leaves(getattr(fn, "args", ()))
+        if isinstance(fn, functools.partial) and leaves and all(_is_array(leaf) for leaf in leaves):
+            try:
+                keywords = tuple(sorted(fn.keywords.items()))
+                hash(keywords)
+            except TypeError:
+                statics.append((False, fn))
+                dynamics.append(None)
+                continue
+            statics.append((True, (fn.func, keywords)))
+            dynamics.append(fn.args)
+        else:
+            statics.append((False, fn))
+            dynamics.append(None)
+    return tuple(statics), tuple(dynamics)
+
+
+def _rebuild(statics: tuple, dynamics: tuple) -> ModelFunctions:
+    fns = []
+    for (lifted, static), args in zip(statics, dynamics):
+        if lifted:
+            func, keywords = static
+            fns.append(functools.partial(func, *args, **dict(keywords)))
+        else:
+            fns.append(static)
+    return ModelFunctions(*fns)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "model_statics", "postprocess"))
+def _explain_jit(images, labels, key, model_args, *, method, options, model_statics, postprocess):
+    model = _rebuild(model_statics, model_args)
     raw = _attributions(method, options, model, images, labels, key)
     return postprocess_lib.to_saliency(raw, dict(options)["reduce"]) if postprocess else raw
 
@@ -271,7 +311,9 @@ def explain(method: str, model_fn, images, labels, *, key=None, postprocess: boo
     if validate:
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))
-    return _explain_jit(images, labels, key, method=method, options=resolved, model=model, postprocess=postprocess)
+    model_statics, model_args = _lift_parameters(model)
+    return _explain_jit(images, labels, key, model_args, method=method, options=resolved,
+                        model_statics=model_statics, postprocess=postprocess)
 
 
 def guided_absolute_grad(model_fn, images, labels, key, *, n: int = 20, noise_level: float = 0.15,
