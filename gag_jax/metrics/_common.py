@@ -24,12 +24,14 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # argument checks (shapes only: static, cheap, done before tracing)
 # ----------------------------------------------------------------------------------------------
 
-def check_images_labels_saliency(images, labels, saliency) -> None:
-    """Raise ``ValueError`` unless images ``(B,H,W,C)``, labels ``(B,)``, saliency ``(B,H,W)``."""
-    ishape, lshape, sshape = np.shape(images), np.shape(labels), np.shape(saliency)
+def check_images_labels_saliency(images, labels, saliency=None) -> None:
+    """Raise ``ValueError`` unless images ``(B,H,W,C)``, labels ``(B,)`` ints and (if given)
+    saliency ``(B,H,W)``."""
+    ishape, lshape = np.shape(images), np.shape(labels)
     if len(ishape) != 4:
         raise ValueError(f"images must be NHWC (B, H, W, C); got shape {ishape}")
-    if len(sshape) != 3 or tuple(sshape) != tuple(ishape[:3]):
+    sshape = None if saliency is None else np.shape(saliency)
+    if sshape is not None and (len(sshape) != 3 or tuple(sshape) != tuple(ishape[:3])):
         raise ValueError(
             f"saliency must have shape (B, H, W) = {tuple(ishape[:3])} to match images {tuple(ishape)}; "
             f"got saliency shape {tuple(sshape)}")

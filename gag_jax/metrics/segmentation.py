@@ -101,9 +101,7 @@ def target_probs(model_fn: ModelFn, images, labels, *, batch_size: int | None = 
     Raises:
       ValueError: images not ``(B, H, W, C)``, labels not ``(B,)`` ints or outside ``[0, K)``.
     """
-    ishape = np.shape(images)
-    C.check_images_labels_saliency(images, labels, np.empty(ishape[:3]) if len(ishape) == 4 else
-                                   np.empty(()))
+    C.check_images_labels_saliency(images, labels)
     probs, bad = _target_probs_core(jnp.asarray(images), jnp.asarray(labels), model_fn=model_fn,
                                     batch_size=C.check_batch_size(batch_size))
     C.raise_if(bad, "labels must lie in [0, K) where K is the number of model outputs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from gag_jax.metrics._common import ModelFn
@@ -109,11 +110,12 @@ class StreamingEvaluator:
 
     def update(self, batch: Mapping) -> dict:
         """Evaluate one batch; returns the per-image values kept (numpy, by metric) and ``"kept"``."""
-        images = np.asarray(batch["images"])
-        labels = np.asarray(batch["labels"])
-        saliency = np.asarray(batch["saliency"])
+        # device arrays stay on device; host arrays are transferred once
+        images = jnp.asarray(batch["images"])
+        labels = jnp.asarray(batch["labels"])
+        saliency = jnp.asarray(batch["saliency"])
         masks = batch.get("masks")
-        masks = None if masks is None else np.asarray(masks)
+        masks = None if masks is None else jnp.asarray(masks)
         wanted = self._wanted(masks is not None)
         b = images.shape[0]
         if self._full is None:
@@ -122,7 +124,7 @@ class StreamingEvaluator:
             pad = self._full - b
 
             def rep(a):
-                return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)], axis=0)
+                return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
 
             images, labels, saliency = rep(images), rep(labels), rep(saliency)
             masks = None if masks is None else rep(masks)
