@@ -18,8 +18,10 @@ from PIL import Image
 
 from gag_jax import data as gd
 
-HAS_TF = importlib.util.find_spec("tensorflow") is not None
-needs_tf = pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed (pip install 'gag-jax[data]'): tfds cannot encode images")
+MISSING = [m for m in ("tensorflow", "importlib_resources") if importlib.util.find_spec(m) is None]
+needs_tf = pytest.mark.skipif(
+    bool(MISSING), reason=f"{', '.join(MISSING)} not installed (pip install 'gag-jax[data]'): tfds cannot prepare image datasets"
+)
 BACKENDS = ["files", pytest.param("tfds", marks=needs_tf)]
 MEAN = np.array(gd.IMAGENET_MEAN, np.float32)
 STD = np.array(gd.IMAGENET_STD, np.float32)
@@ -438,7 +440,7 @@ def test_center_crop_keeps_the_centre(tmp_path):
 def test_without_tensorflow_auto_reads_the_files_and_tfds_says_what_to_install(places_tree, tmp_path, monkeypatch):
     from gag_jax.data import tfds_builders
 
-    monkeypatch.setattr(tfds_builders, "tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_builders, "missing_requirements", lambda: ["tensorflow-cpu"])
     root, _ = places_tree
     with pytest.warns(UserWarning) as caught:
         batches = gd.load_case("places365", root, image_size=16, batch_size=8, cache_dir=tmp_path / "tfds")

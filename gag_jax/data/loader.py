@@ -205,12 +205,13 @@ def _resolve_backend(backend: str) -> str:
     check_choice("backend", backend, ("auto", "tfds", "files"))
     if backend != "auto":
         return backend
-    from gag_jax.data.tfds_builders import tensorflow_available
+    from gag_jax.data.tfds_builders import missing_requirements
 
-    if tensorflow_available():
+    missing = missing_requirements()
+    if not missing:
         return "tfds"
     warnings.warn(
-        "TensorFlow is not installed, so the dataset is read straight from its files with Pillow "
+        f"{', '.join(missing)} not installed, so the dataset is read straight from its files with Pillow "
         "(backend='files') instead of a prepared tensorflow-datasets copy; pip install 'gag-jax[data]' for tfds",
         stacklevel=3,
     )

@@ -32,9 +32,14 @@ from gag_jax.data.layouts import Listing
 log = logging.getLogger(__name__)
 
 
-def tensorflow_available() -> bool:
-    """Whether TensorFlow is importable (needed to *prepare* tfds datasets with image features)."""
-    return importlib.util.find_spec("tensorflow") is not None
+# module -> pip package. TensorFlow encodes the image features; tensorflow-datasets 4.9 also
+# imports importlib_resources for builders defined in a package, without declaring it.
+_TFDS_REQUIREMENTS = {"tensorflow": "tensorflow-cpu", "importlib_resources": "importlib_resources"}
+
+
+def missing_requirements() -> list[str]:
+    """The pip packages that preparing a tfds copy needs and that are not installed (empty: ready)."""
+    return [pkg for module, pkg in _TFDS_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
 
 
 @dataclasses.dataclass
@@ -164,7 +169,7 @@ def prepare(listing: Listing, image_size, *, resize_mode: str = "squash", on_err
       ``builder.as_data_source(split)`` or ``tfds.as_numpy(builder.as_dataset(split=split))``.
 
     Raises:
-      ImportError: TensorFlow missing and the dataset is not prepared yet.
+      ImportError: TensorFlow (or importlib_resources) missing and the dataset is not prepared yet.
       BadImageError: ``on_error="raise"`` and a file cannot be decoded (the error names it).
     """
     height, width = image_size
@@ -184,10 +189,11 @@ def prepare(listing: Listing, image_size, *, resize_mode: str = "squash", on_err
         kwargs["data_dir"] = os.fspath(cache_dir)
     builder = BUILDERS[listing.case](listing=listing, **kwargs)
     if not builder.is_prepared():
-        if not tensorflow_available():
+        missing = missing_requirements()
+        if missing:
             raise ImportError(
-                "preparing the tensorflow-datasets copy of this case needs TensorFlow, which is not installed: "
-                "pip install 'gag-jax[data]' (tensorflow-cpu), or read the files directly with backend='files'"
+                f"preparing the tensorflow-datasets copy of this case needs {', '.join(missing)}, not installed: "
+                "pip install 'gag-jax[data]', or read the files directly with backend='files'"
             )
         builder.download_and_prepare(file_format="array_record")
     return builder, split
