@@ -13,8 +13,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 RESIZE_MODES = ("squash", "center_crop")
