@@ -19,10 +19,7 @@ from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import normalize, reverse, to_saliency
 
-try:  # built alongside; keep the core importable while it lands
-    from gag_jax import metrics
-except ImportError:  # pragma: no cover
-    pass
+from gag_jax import metrics
 
 __version__ = "0.1.0"
 
