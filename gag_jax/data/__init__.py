@@ -18,6 +18,7 @@ from gag_jax.data._common import (
     iterate_batches,
     normalize,
     pad_batch,
+    prepare_pixels,
 )
 from gag_jax.data.layouts import ISIC_CLASSES, list_imagenet_s, list_isic, list_places365
 from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES, LAYOUTS, Batches, load_case, load_image_files
@@ -32,6 +33,7 @@ __all__ = [
     "iterate_batches",
     "normalize",
     "pad_batch",
+    "prepare_pixels",
     "ISIC_CLASSES",
     "list_imagenet_s",
     "list_isic",

@@ -130,6 +130,34 @@ def read_image(path: str, size, resize_mode: str = "squash", *, exif_transpose: 
     return np.asarray(img, dtype=np.uint8)
 
 
+def prepare_pixels(photos, size, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode: str = "squash") -> np.ndarray:
+    """In-memory RGB photos -> a normalised model batch.
+
+    Args:
+      photos: a sequence of uint8 ``(H_i, W_i, 3)`` arrays (sizes may differ), or one uint8
+        ``(B, H, W, 3)`` array.
+      size: ``int`` or ``(H, W)`` of the output.
+      mean, std: normalisation (ImageNet by default).
+      resize_mode: ``"squash"`` or ``"center_crop"`` (see ``read_image``).
+
+    Returns:
+      float32 ``(B, H, W, 3)`` ``(pixels / 255 - mean) / std``.
+
+    Raises:
+      ValueError: a photo that is not uint8 ``(H, W, 3)``.
+    """
+    resized = []
+    for index, photo in enumerate(photos):
+        photo = np.asarray(photo)
+        if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[-1] != 3:
+            raise ValueError(f"photo {index} must be uint8 (H, W, 3); got {photo.dtype} {photo.shape}")
+        img = _resize(Image.fromarray(photo), as_hw(size), resize_mode, Image.BILINEAR)
+        resized.append(np.asarray(img, dtype=np.uint8))
+    if not resized:
+        raise ValueError("photos is empty")
+    return normalize(np.stack(resized), mean, std)
+
+
 def read_mask(path: str, size, resize_mode: str = "squash", *, kind: str = "binary", class_id: int = 0) -> np.ndarray:
     """Decode a segmentation PNG into a binary mask, resized with nearest-neighbour.
 
