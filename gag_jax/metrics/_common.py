@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ModelFn = Callable[[jax.Array], jax.Array]
+from gag_jax import ops
+from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by gag_jax.metrics)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+ModelFn = Callable[[jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,38 +147,6 @@ def order_stats(flat_sorted: jax.Array, levels: Sequence[float]):
 # Gaussian blur as two small matrix products (reflect padding, torchvision kernel)
 # ----------------------------------------------------------------------------------------------
 
-def _reflect_index(j: int, size: int) -> int:
-    if size == 1:
-        return 0
-    while j < 0 or j >= size:
-        if j < 0:
-            j = -j
-        if j >= size:
-            j = 2 * (size - 1) - j
-    return j
-
-
-def gaussian_kernel_1d(kernel_size: int, sigma: float) -> np.ndarray:
-    """torchvision's ``_get_gaussian_kernel1d``: ``exp(-x^2 / (2 sigma^2))`` on
-    ``x = -(K-1)/2 .. (K-1)/2``, normalised to sum 1 (float64)."""
-    half = (kernel_size - 1) * 0.5
-    x = np.linspace(-half, half, kernel_size)
-    pdf = np.exp(-0.5 * (x / sigma) ** 2)
-    return pdf / pdf.sum()
-
-
-def blur_matrix(size: int, kernel_size: int, sigma: float) -> np.ndarray:
-    """``(size, size)`` matrix ``A`` with ``A @ x`` = 1-D Gaussian blur of ``x`` with numpy
-    ``mode="reflect"`` padding of ``(K-1)/2`` on both sides (as ``torchvision`` ``GaussianBlur``)."""
-    w = gaussian_kernel_1d(kernel_size, sigma)
-    half = (kernel_size - 1) // 2
-    A = np.zeros((size, size), dtype=np.float64)
-    for i in range(size):
-        for t in range(kernel_size):
-            A[i, _reflect_index(i + t - half, size)] += w[t]
-    return A
-
-
 def check_blur(blur_kernel, blur_sigma) -> tuple[int, float]:
     if isinstance(blur_kernel, bool) or not isinstance(blur_kernel, (int, np.integer)) \
             or blur_kernel < 1 or blur_kernel % 2 == 0:
@@ -189,17 +157,9 @@ def check_blur(blur_kernel, blur_sigma) -> tuple[int, float]:
 
 
 def gaussian_blur(images: jax.Array, kernel_size: int, sigma: float) -> jax.Array:
-    """Separable Gaussian blur of ``(B, H, W, C)`` images, reflect padding; float32 out.
-
-    Implemented as ``A_H @ x @ A_W^T`` per channel with static ``(H, H)`` and ``(W, W)`` blur
-    matrices (exactly the padded convolution, regrouped), at HIGHEST matmul precision.
-    """
-    _, H, W, _ = images.shape
-    ah = jnp.asarray(blur_matrix(H, kernel_size, sigma), dtype=jnp.float32)
-    aw = jnp.asarray(blur_matrix(W, kernel_size, sigma), dtype=jnp.float32)
-    hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("ih,bhwc->biwc", ah, images.astype(jnp.float32), precision=hi)
-    return jnp.einsum("jw,biwc->bijc", aw, x, precision=hi)
+    """Separable Gaussian blur of ``(B, H, W, C)`` images as torchvision's ``GaussianBlur``
+    (kernel ``kernel_size``, reflect padding); float32 out. See :func:`gag_jax.ops.gaussian_blur`."""
+    return ops.gaussian_blur(images, sigma, (kernel_size - 1) // 2, mode="reflect")
 
 
 # ----------------------------------------------------------------------------------------------
