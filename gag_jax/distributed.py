@@ -25,14 +25,19 @@ Multi-host (``jax.distributed``)::
         if jax.process_index() == 0:
             save(maps)          # (number of valid rows of the global batch, H, W), in dataset order
 
+For a stream of batches, ``sharded.explain_batches(batches, key)`` prefetches (pads and shards
+inputs ahead, dispatches batch k + 1 before fetching batch k) so the device never waits.
+
 Step ``s`` of the global iteration is dataset items ``[s*B, (s+1)*B)`` in order, whatever the
 number of processes, so the gathered result equals a single-process run over the same batches.
 """
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +50,7 @@ AXIS = "batch"
 
 __all__ = [
     "AXIS", "ShardedExplainer", "batch_sharding", "explain_sharded", "gather", "initialize", "make_mesh",
-    "num_steps", "pad_batch", "process_indices", "process_rows", "replicate", "replicated_sharding",
+    "num_steps", "pad_batch", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
     "shard_batch",
 ]
 
@@ -233,6 +238,37 @@ def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: Optional[int] = N
     return out, valid_global
 
 
+def prefetch(batches: Iterable[Sequence[Any]], mesh: Mesh, batch_size: int, size: int = 2
+             ) -> Iterator[tuple[list[jax.Array], jax.Array]]:
+    """Pad and shard host batches ``size`` steps ahead, so transfers overlap the device's work.
+
+    Args:
+      batches: iterable of ``(images, labels)`` or ``(images, labels, valid)`` host arrays
+        (this process's rows; see ``shard_batch``).
+      mesh: from ``make_mesh``.
+      batch_size: fixed global batch size (every batch, the ragged last one too, is padded to it).
+      size: how many batches are in flight ahead of the consumer.
+
+    Yields:
+      ``(global arrays, valid)`` as ``shard_batch`` returns them.
+    """
+    if size < 1:
+        raise ValueError(f"prefetch size must be >= 1; got {size}")
+    queue: collections.deque = collections.deque()
+    iterator = iter(batches)
+
+    def enqueue(count):
+        for item in itertools.islice(iterator, count):
+            item = tuple(item)
+            valid = item[2] if len(item) > 2 else None
+            queue.append(shard_batch(item[:2], mesh, batch_size, valid))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
+
+
 def _allgather(x):
     from jax.experimental import multihost_utils
 
@@ -384,8 +420,38 @@ class ShardedExplainer:
           global (process) order.
         """
         (gimages, glabels), gvalid = self.shard(images, labels, valid)
-        out = self.step(gimages, glabels, key)
-        out_host, valid_host = gather((out, gvalid))
+        return self._fetch(self.step(gimages, glabels, key), gvalid)
+
+    def explain_batches(self, batches: Iterable[Sequence[Any]], key: jax.Array, prefetch_size: int = 2
+                        ) -> Iterator[np.ndarray]:
+        """Explain a stream of batches with input prefetch; yields each batch's valid maps (numpy).
+
+        Batch ``k + 1`` is dispatched before batch ``k``'s result is fetched, and inputs are
+        sharded ``prefetch_size`` batches ahead, so the device does not wait for the host.
+        Every batch uses the same ``key`` (like calling ``gj.explain(..., key=key)`` per batch).
+
+        Args:
+          batches: iterable of ``(images, labels)`` or ``(images, labels, valid)`` of this
+            process's rows (at most ``batch_size // process_count`` each).
+          key: PRNG key (the same on every process).
+
+        Yields:
+          numpy ``(V, H, W)`` maps of the valid rows of each global batch, in order.
+        """
+        if self.batch_size is None:
+            raise ValueError("explain_batches needs a fixed batch_size")
+        pending = None
+        for (images, labels), valid in prefetch(batches, self.mesh, self.batch_size, prefetch_size):
+            out = self.step(images, labels, key)  # dispatched asynchronously
+            if pending is not None:
+                yield self._fetch(*pending)
+            pending = (out, valid)
+        if pending is not None:
+            yield self._fetch(*pending)
+
+    @staticmethod
+    def _fetch(out, valid) -> np.ndarray:
+        out_host, valid_host = gather((out, valid))
         return out_host[np.asarray(valid_host, bool)]
 
     def __call__(self, images, labels, key) -> np.ndarray:

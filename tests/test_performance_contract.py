@@ -23,11 +23,16 @@ def test_five_batches_one_shape_trace_once_including_ragged_last(toy):
     sharded = gd.ShardedExplainer("gag", module, variables=variables, batch_size=4, n=4, chunk_size=2)
     images = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (18, SIZE, SIZE, 3)))
     labels = np.arange(18) % 3
-    shapes = []
-    for start in range(0, 18, 4):  # 4, 4, 4, 4, 2 rows
-        shapes.append(sharded(images[start:start + 4], labels[start:start + 4], jax.random.PRNGKey(1)).shape)
-    assert shapes == [(4, SIZE, SIZE)] * 4 + [(2, SIZE, SIZE)]
+    key = jax.random.PRNGKey(1)
+    batches = [(images[s:s + 4], labels[s:s + 4]) for s in range(0, 18, 4)]  # 4, 4, 4, 4, 2 rows
+    maps = [sharded(x, y, key) for x, y in batches]
+    assert [m.shape for m in maps] == [(4, SIZE, SIZE)] * 4 + [(2, SIZE, SIZE)]
     assert sharded.traces == 1
+    # the prefetching stream gives the same maps with the same program
+    streamed = list(sharded.explain_batches(iter(batches), key))
+    assert sharded.traces == 1
+    for a, b in zip(streamed, maps, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_explain_sharded_reuses_its_compiled_program(toy):
@@ -78,7 +83,7 @@ def test_benchmark_entry_point_smoke(tmp_path, capsys):
     bench = pytest.importorskip("benchmarks.run")
     results = tmp_path / "RESULTS.md"
     bench.main(["--model", "tiny", "--size", "16", "--batch-sizes", "2", "--n", "4", "--repeats", "1",
-                "--dtypes", "float32", "--metrics-batch", "2", "--results", str(results), "--no-torch",
+                "--dtypes", "float32", "--metrics-batch", "1", "--results", str(results), "--no-torch",
                 "--memory-n", ""])
     table = results.read_text()
     assert "expl/s" in table and "| float32 |" in table and "cpu" in table.lower()
