@@ -318,8 +318,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes: float32, bfloat16")
     p.add_argument("--n", type=int, default=20, help="noisy samples per image (20)")
     p.add_argument("--chunk-size", default="auto",
-                   help="samples per vmapped chunk: an int, 'none' (all n at once) or 'auto' "
-                        "(largest divisor of n with chunk * batch <= 256)")
+                   help="samples per vmapped chunk, comma-separated to sweep: an int, 'none' (all n at once) "
+                        "or 'auto' (largest divisor of n with chunk * batch <= 256)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--metrics-batch", type=int, default=32, help="batch for RCAP + DAUC + IAUC (0 skips)")
     p.add_argument("--metrics-chunk", type=int, default=None, help="perturbed copies per model call in gj.metrics")
@@ -367,13 +367,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
     rows = []
     torch_cache: dict[int, Optional[float]] = {}
+    configs = []
     for batch in _ints(args.batch_sizes):
-        if args.chunk_size == "auto":
-            chunk = auto_chunk(args.n, batch)
-        elif args.chunk_size.lower() == "none":
-            chunk = None
-        else:
-            chunk = int(args.chunk_size)
+        for text in [c.strip().lower() for c in args.chunk_size.split(",") if c.strip()]:
+            chunk = auto_chunk(args.n, batch) if text == "auto" else None if text == "none" else int(text)
+            configs += [(batch, chunk)] if (batch, chunk) not in configs else []
+    for batch, chunk in configs:
         for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
             if dtype not in DTYPES:
                 raise SystemExit(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
