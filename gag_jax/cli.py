@@ -1,0 +1,609 @@
+"""The ``gag-jax`` command (also ``python -m gag_jax``).
+
+Sub-commands::
+
+    gag-jax demo      real photos x EfficientNet-Lite0 x every method -> grid, overlays, table
+    gag-jax explain   image files / folders -> overlay PNGs and .npy maps
+    gag-jax evaluate  a case x methods x metrics -> table{1,2,3}.csv/.md (resumable)
+    gag-jax tables    combine finished evaluate runs (several cases) into one table
+    gag-jax port      a torch checkpoint -> Flax .msgpack
+    gag-jax bench     the performance benchmarks (benchmarks/run.py)
+
+Bad arguments (an unknown case, method or model, a missing directory or file) print one line on
+stderr and exit with status 2; an interrupted ``evaluate`` exits with 130 and resumes when run
+again; ``--debug`` shows full tracebacks instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Sequence
+
+PROG = "gag-jax"
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A bad command-line argument: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``gag-jax evaluate: error: ... (see --help)``) and exit status 2."""
+
+    def error(self, message):  # noqa: D102 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _confidence(text: str) -> float | None:
+    if text.lower() in ("none", "off", "all"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) or 'none', got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) or 'none', got {text!r}")
+    return value
+
+
+def _tables_arg(text: str) -> list[int]:
+    try:
+        tables = [int(t) for t in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1, 2, 3 or a list like 1,2,3, got {text!r}") from None
+    if not tables or any(t not in (1, 2, 3) for t in tables):
+        raise argparse.ArgumentTypeError(f"expected 1, 2, 3 or a list like 1,2,3, got {text!r}")
+    return sorted(set(tables))
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _warn(line: str) -> None:
+    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+
+def _setup_compile_cache(directory: str | None) -> None:
+    """Persist XLA executables between runs (a second ``demo`` skips most compilation)."""
+    if not directory or directory.lower() == "none":
+        return
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:  # the user configured one: keep it
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except Exception as err:  # noqa: BLE001 - a cache is an optimisation only
+        _warn(f"compilation cache disabled ({type(err).__name__}: {err})")
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gag-jax", "xla")
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every option documented in ``--help``)."""
+    from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES
+
+    parser = _Parser(prog=PROG, description="Guided AbsoluteGrad and the gradient-saliency family in JAX: "
+                     "explain images, evaluate with RCAP / DAUC / IAUC, reproduce the paper's tables.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Run 'gag-jax demo' first: it needs no data and no download.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def common(p, *, cache=True):
+        p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+        if cache:
+            p.add_argument("--compile-cache", default=_default_cache_dir(), metavar="DIR",
+                           help="persistent XLA compilation cache ('none' to disable; default %(default)s)")
+
+    methods_help = "comma-separated; gj.METHODS: vg, sg, vargrad, ig, guided_ig, blur_ig, gb, gradcam, ag, gag"
+
+    # demo ---------------------------------------------------------------------------
+    p = sub.add_parser("demo", help="explain real photos with the real EfficientNet-Lite0, every method",
+                       description="Explain the photos shipped with scikit-image (cat, coffee, rocket, "
+                       "motorcycle) with the real EfficientNet-Lite0 ImageNet weights for every method; "
+                       "write a Figure-1-style grid, per-image overlays, an RCAP partition figure, the "
+                       "Figure 4 propositions and a Markdown + CSV table of RCAP, DAUC and IAUC.")
+    p.add_argument("--out", default="gag_demo", help="output directory (default %(default)s)")
+    p.add_argument("--methods", type=_comma_list, default=None, help=f"methods to run (default all; {methods_help})")
+    p.add_argument("--n", type=_positive_int, default=20, help="modifications per method (paper: 20; default %(default)s)")
+    p.add_argument("--size", type=_positive_int, default=224, help="input side in pixels (default %(default)s)")
+    p.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                   help="your own image files / folders instead of the scikit-image photos")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per explainer call (default %(default)s)")
+    p.add_argument("--metric-batch-size", type=_positive_int, default=40,
+                   help="perturbed copies per model call in RCAP / DAUC / IAUC (default %(default)s)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="modifications per vmapped chunk (default: all n at once; lower it to save memory)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common(p)
+
+    # explain ------------------------------------------------------------------------
+    p = sub.add_parser("explain", help="image files or folders -> overlay PNGs and .npy maps",
+                       description="Explain image files (or every image directly inside a folder). Writes "
+                       "<image>_<method>.npy (float32 map in [0, 1]) and <image>_<method>.png (image | overlay | "
+                       "heat map) per image and method, plus explain.csv (label, class, probability). An image "
+                       "that cannot be decoded is reported in one line and skipped; the others are explained.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and / or folders")
+    p.add_argument("--method", type=_comma_list, default=["gag"], help=f"method(s) (default gag; {methods_help})")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="resnet50, efficientnet_b0, efficientnet_lite0 (built-in weights), densenet161 or tiny "
+                   "(default %(default)s)")
+    p.add_argument("--checkpoint", default=None, help="weights: torch .pth / .pt or .msgpack (not needed for "
+                   "efficientnet_lite0)")
+    p.add_argument("--labels", default="top-1",
+                   help="'top-1' (the model's prediction, default) or comma-separated class indices, one per "
+                   "image in sorted reading order (or one for all)")
+    p.add_argument("--size", type=_positive_int, default=224, help="input side in pixels (default %(default)s)")
+    p.add_argument("--resize", choices=("center_crop", "squash"), default="center_crop",
+                   help="how images are brought to --size (default %(default)s)")
+    p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per explainer call (default %(default)s)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None, help="modifications per vmapped chunk")
+    p.add_argument("--out", required=True, help="output directory")
+    common(p)
+
+    # evaluate -----------------------------------------------------------------------
+    sizes = ", ".join(f"{c} {s}" for c, s in CASE_IMAGE_SIZES.items())
+    p = sub.add_parser(
+        "evaluate", help="case x methods x metrics -> the paper's tables (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a case x methods x metrics and write table<N>.csv / .md in the layout of the paper's "
+        "Tables 1-3.\n\nStage 1 keeps the images classified with probability > --confidence on the ground-truth "
+        "class; stage 2 computes every method's maps and metrics batch by batch. Each finished (method, batch) is "
+        "written to OUT/records at once; running the same command again resumes where it stopped without "
+        "recomputing anything. OUT/manifest.json records every option, seed and version.\n\n"
+        "Rows: --table 1: GAG-0, GAG-15, ..., GAG-85; --table 2: Grad-CAM, GAG, AG, VarGrad, SG, IG, GB, Guided IG, "
+        "BlurIG, VG and the reversed SG_r, IG_r, GB_r, Guided IG_r, BlurIG_r; --table 3: the +, -, A, G, GA variants "
+        "of SG, IG, Guided IG, BlurIG and GB divided by the original method and averaged.\n\n"
+        "The synthetic case needs no data: with --model tiny (its default) a small CNN is trained for a few "
+        "seconds on a separate synthetic draw and saved to OUT/tiny_model.msgpack (or to --checkpoint).")
+    p.add_argument("--case", required=True, help=f"one of {', '.join(CASES)}")
+    p.add_argument("--data-dir", default=None, help="the dataset directory (not for synthetic)")
+    p.add_argument("--model", default=None, help="resnet50, efficientnet_b0, efficientnet_lite0, densenet161 or "
+                   "tiny (default: the paper's model of the case: imagenet_s resnet50, isic efficientnet_b0, "
+                   "places365 densenet161, synthetic tiny)")
+    p.add_argument("--checkpoint", default=None, help="the model's weights (torch .pth / .pt or .msgpack); "
+                   "for tiny: loaded if it exists, else trained and written there")
+    p.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="classifier outputs (default: inferred from the checkpoint)")
+    p.add_argument("--table", type=_tables_arg, default=[2], help="1, 2, 3 or a list such as 1,2,3 (default 2)")
+    p.add_argument("--methods", type=_comma_list, default=None,
+                   help="rows to compute instead of the table's (e.g. gag,sg_r,gag-45,ig.guide_abs)")
+    p.add_argument("--metrics", type=_comma_list, default=None,
+                   help="comma-separated from rcap, dauc, iauc, dice (Log-Cosh Dice), mae (default: rcap, dauc, "
+                   "iauc, plus dice and mae when the case has masks)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default %(default)s)")
+    p.add_argument("--metric-batch-size", type=_positive_int, default=64,
+                   help="perturbed copies per model call in the metrics (default %(default)s)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="use the first N examples only (synthetic: how many images are generated; default 64)")
+    p.add_argument("--confidence", type=_confidence, default=0.9,
+                   help="keep images with probability above this on the ground-truth class (paper 0.9; "
+                   "'none' keeps all; default %(default)s)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help=f"input side (default per case: {sizes})")
+    p.add_argument("--split", default=None, help="dataset split (default: the case's evaluation split)")
+    p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default 20, the paper's)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="modifications per vmapped chunk (memory; does not change results beyond rounding)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the explanations and synthetic data (default 0)")
+    p.add_argument("--backend", choices=("auto", "tfds", "files"), default="auto",
+                   help="read a prepared tensorflow-datasets copy (tfds) or the files directly (default auto)")
+    p.add_argument("--out", required=True, help="results directory (reuse it to resume)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures (RCAP curves, p-ablation curve)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--stop-after-batches", type=_positive_int, default=None,
+                   help="testing: stop after N newly computed (method, batch) records, as if interrupted")
+    common(p)
+
+    # tables -------------------------------------------------------------------------
+    p = sub.add_parser("tables", help="combine evaluate runs of several cases into one table",
+                       description="Read finished 'evaluate' output directories (one per case) and write "
+                       "table<N>.csv / .md with one column group per case, as in the paper.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluate output directories")
+    p.add_argument("--table", type=_tables_arg, default=[2], help="1, 2, 3 or a list (default 2)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    # port ---------------------------------------------------------------------------
+    p = sub.add_parser("port", help="convert a torch checkpoint to Flax .msgpack",
+                       description="Convert a PyTorch checkpoint (state_dict) of a supported model to a Flax "
+                       ".msgpack file, checking every key and shape (needs torch).")
+    p.add_argument("checkpoint", metavar="TORCH_CKPT", help="torch .pth / .pth.tar / .pt file")
+    p.add_argument("--model", required=True, help="resnet50, efficientnet_b0, efficientnet_lite0 or densenet161")
+    p.add_argument("--num-classes", type=_positive_int, default=None, help="default: inferred from the checkpoint")
+    p.add_argument("--out", required=True, help="destination .msgpack file")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+    # bench --------------------------------------------------------------------------
+    p = sub.add_parser("bench", help="run the performance benchmarks (benchmarks/run.py)", add_help=False,
+                       description="Everything after 'bench' is passed to benchmarks.run:main; "
+                       "'gag-jax bench --help' shows its options.")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for benchmarks/run.py")
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args) -> int:
+    """``gag-jax demo``."""
+    import gag_jax as gj
+    from gag_jax.experiments.demo import run_demo
+
+    methods = args.methods or list(gj.METHODS)
+    unknown = [m for m in methods if m not in gj.METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
+    if args.images:
+        _check_paths(args.images)
+    _say(f"gag-jax demo: EfficientNet-Lite0 (real ImageNet weights), {len(methods)} method(s), n = {args.n}, "
+         f"{args.size}x{args.size}")
+    result = run_demo(args.out, methods=methods, n=args.n, size=args.size, images=args.images, seed=args.seed,
+                      batch_size=args.batch_size, metric_batch_size=args.metric_batch_size,
+                      chunk_size=args.chunk_size, report=_say, progress=not args.no_progress)
+    _say("")
+    _say(open(result.files["table_md"], encoding="utf-8").read().rstrip())
+    _say("")
+    _say(f"Wrote (in {result.seconds['total']:.0f} s):")
+    for label, key in (("method grid (Figure 1 style)", "grid"), ("table (Markdown)", "table_md"),
+                       ("table (CSV)", "table_csv"), ("per-image scores (CSV)", "per_image_csv"),
+                       ("overlays, one per image and method", "overlays"),
+                       ("RCAP partitions (Figure 3 style)", "rcap_partitions"),
+                       ("synthetic propositions (Figure 4)", "propositions"), ("all maps (npz)", "maps")):
+        _say(f"  {label:38s} {result.files[key]}")
+    return 0
+
+
+def _check_paths(paths: Sequence[str]) -> None:
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"no such image file or folder: {path}")
+
+
+def _parse_labels(text: str) -> list[int] | None:
+    if text.strip().lower() in ("top-1", "top1", "pred", "predicted"):
+        return None
+    try:
+        return [int(t) for t in _comma_list(text)]
+    except ValueError:
+        raise UsageError(f"--labels must be 'top-1' or comma-separated class indices, got {text!r}") from None
+
+
+def cmd_explain(args) -> int:
+    """``gag-jax explain``."""
+    import gag_jax as gj
+    from gag_jax.experiments.demo import run_explain
+    from gag_jax.experiments.modelzoo import check_model_name
+
+    unknown = [m for m in args.method if m not in gj.METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
+    _check_model(args.model, args.checkpoint, check_model_name)
+    _check_paths(args.paths)
+    labels = _parse_labels(args.labels)
+    result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
+                         checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n, seed=args.seed,
+                         batch_size=args.batch_size, chunk_size=args.chunk_size, resize_mode=args.resize,
+                         report=_warn)
+    n_img = len(result["images"])
+    skipped = len(result["skipped"])
+    if n_img == 0:
+        _warn("no readable image to explain")
+        return EXIT_FAILURE
+    _say(f"explained {n_img} image(s) with {', '.join(args.method)}"
+         + (f"; skipped {skipped} unreadable file(s) (named above)" if skipped else ""))
+    _say(f"wrote {len(result['written'])} files to {args.out} (<image>_<method>.npy / .png, explain.csv)")
+    return 0
+
+
+def _check_model(name: str, checkpoint: str | None, check) -> None:
+    try:
+        check(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if checkpoint is not None and not os.path.isfile(checkpoint) and name != "tiny":
+        raise UsageError(f"--checkpoint {checkpoint}: no such file")
+    if checkpoint is None and name not in ("efficientnet_lite0", "tiny"):
+        raise UsageError(f"model {name!r} needs --checkpoint (only efficientnet_lite0 has built-in weights)")
+
+
+def cmd_evaluate(args) -> int:
+    """``gag-jax evaluate``."""
+    from gag_jax.data import DatasetLayoutError, load_case
+    from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES
+    from gag_jax.experiments import figures, runner, specs as specs_lib, tables
+    from gag_jax.experiments.modelzoo import CASE_MODELS, TINY, check_model_name, load_model
+
+    if args.case not in CASES:
+        raise UsageError(f"unknown case {args.case!r}; cases: {', '.join(CASES)}")
+    if args.case != "synthetic":
+        if args.data_dir is None:
+            raise UsageError(f"case {args.case!r} needs --data-dir (the directory of your copy of the dataset)")
+        if not os.path.isdir(args.data_dir):
+            raise UsageError(f"--data-dir {args.data_dir}: no such directory")
+    model_name = args.model or CASE_MODELS[args.case]
+    _check_model(model_name, args.checkpoint, check_model_name)
+    if model_name == TINY and args.case != "synthetic" and args.checkpoint is None:
+        raise UsageError("model 'tiny' is trained on the synthetic case only; give --checkpoint for other cases")
+    try:
+        specs = specs_lib.parse_methods(args.methods, None) if args.methods else []
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not specs:
+        for t in args.table:
+            for s in specs_lib.table_specs(t):
+                if s.name not in {x.name for x in specs}:
+                    specs.append(s)
+    elif 3 in args.table:
+        specs = specs_lib.parse_methods([s.name for s in specs], 3)
+
+    image_size = args.image_size or CASE_IMAGE_SIZES[args.case]
+    case_options = {}
+    limit = args.limit
+    if args.case == "synthetic":
+        case_options = {"num_images": args.limit or 64, "seed": args.seed}
+        limit = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batches = load_case(args.case, args.data_dir, split=args.split, image_size=image_size,
+                                batch_size=args.batch_size, backend=args.backend, max_examples=limit, **case_options)
+        for w in caught:
+            if "TensorFlow is not installed" not in str(w.message):
+                _warn(str(w.message).splitlines()[0])
+    except DatasetLayoutError as err:
+        raise UsageError(str(err)) from None
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    try:
+        metrics = runner.parse_metrics(args.metrics, batches.has_masks)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = args.checkpoint
+    extra = {}
+    if model_name == TINY and checkpoint is None:
+        checkpoint = os.path.join(args.out, "tiny_model.msgpack")
+    if model_name == TINY and not os.path.isfile(checkpoint):
+        from gag_jax.experiments.tiny import trained_tiny
+
+        _say(f"training the tiny synthetic-case CNN ({batches.num_classes} classes, {image_size}x{image_size}) ...")
+        _, _, info = trained_tiny(checkpoint, batches.num_classes, image_size, seed=args.seed)
+        _say(f"  train accuracy {info['train_accuracy']:.3f} in {info['seconds']:.1f} s -> {checkpoint}")
+        extra["tiny_model_training"] = {k: v for k, v in info.items() if k != "path"}
+    model, model_info = load_model(model_name, checkpoint, num_classes=args.num_classes)
+    if batches.num_classes is not None and model_info["num_classes"] < batches.num_classes:
+        _warn(f"the model has {model_info['num_classes']} classes, the data {batches.num_classes}")
+
+    config = runner.RunConfig(
+        case=args.case, model=model_name, data_dir=args.data_dir, checkpoint=checkpoint,
+        checkpoint_sha256=runner.file_digest(checkpoint), image_size=image_size, batch_size=args.batch_size,
+        limit=args.limit, confidence=args.confidence, seed=args.seed, metrics=metrics,
+        method_overrides={k: v for k, v in {"n": args.n, "chunk_size": args.chunk_size}.items() if v is not None},
+        metric_options={}, split=args.split)
+    _say(f"evaluate: case {args.case} ({batches.num_examples} images, {image_size}x{image_size}), model "
+         f"{model_name}, {len(specs)} method(s), metrics {', '.join(metrics)} -> {args.out}")
+    t0 = time.perf_counter()
+    try:
+        out = runner.run(config, specs, args.out, batches=batches, model=model, table=args.table[0] if len(args.table) == 1 else args.table,
+                         metric_batch_size=args.metric_batch_size, progress=not args.no_progress,
+                         stop_after_batches=args.stop_after_batches, extra_manifest=extra)
+    except runner.RunMismatchError as err:
+        raise UsageError(str(err)) from None
+    except runner.Interrupted as err:
+        _warn(str(err))
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _warn("interrupted; every finished batch is saved: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    seconds = time.perf_counter() - t0
+    plan = out["plan"]
+    if plan["images_kept"] == 0:
+        _warn(f"no image passed the selection (confidence > {args.confidence}); the tables are empty. "
+              "Lower --confidence or check the labels / model.")
+    results = {args.case: out["results"]}
+    metrics_by_case = {args.case: metrics}
+    note = (f"Case {args.case}, model {model_name}, {plan['images_kept']} of {plan['images_seen']} images "
+            f"(confidence > {args.confidence}), seed {args.seed}.")
+    written = []
+    for t in args.table:
+        rows = _rows_for_table(t, specs, specs_lib)
+        if not rows:
+            continue
+        paths = tables.write_tables(t, rows, results, metrics_by_case, args.out, note=note)
+        written += [paths["csv"], paths["md"]] + ([paths["ratios"]] if "ratios" in paths else [])
+        _say("")
+        _say(paths["markdown"].rstrip())
+    if not args.no_figures and plan["images_kept"] > 0:
+        if "rcap" in metrics:
+            labels = {s.name: s.label for s in specs}
+            written.append(figures.rcap_curves(os.path.join(args.out, "rcap_curves.png"),
+                                               {s.name: out["results"][s.name] for s in specs if s.base is None},
+                                               labels))
+        if 1 in args.table and any(s.name.startswith("gag-") for s in specs):
+            written.append(figures.p_ablation_curve(
+                os.path.join(args.out, "table1_p_ablation.png"),
+                {args.case: {k: v for k, v in out["results"].items() if k.startswith("gag-")}}, metrics_by_case))
+    counts = out["counts"]
+    _say("")
+    _say(f"{counts['computed']} (method, batch) record(s) computed, {counts['reused']} reused from an earlier run; "
+         f"{plan['images_kept']} images x {len(specs)} methods in {seconds:.0f} s")
+    _say("wrote: " + ", ".join(written + [out["manifest"]]))
+    return 0
+
+
+def _rows_for_table(table: int, specs, specs_lib):
+    """The specs that make the rows of ``table`` among those computed, in the paper's row order
+    (rows that are not in the paper's table follow in the order given)."""
+    if table == 3:
+        return [s for s in specs if s.base is not None or s.name in specs_lib.TABLE3_BASES]
+    if table == 1:
+        rows = [s for s in specs if s.method == "gag" and s.name.startswith("gag-")]
+        rows.sort(key=lambda s: float(s.name.split("-", 1)[1]))
+        return rows or [s for s in specs if s.base is None]
+    order = [s.name for s in specs_lib.table2_specs()]
+    rows = [s for s in specs if s.name in order]
+    rows.sort(key=lambda s: order.index(s.name))
+    rows += [s for s in specs if s.name not in order and s.base is None and not s.name.startswith("gag-")]
+    return rows or [s for s in specs if s.base is None]
+
+
+def cmd_tables(args) -> int:
+    """``gag-jax tables``: one table from several finished evaluate runs."""
+    from gag_jax.experiments import runner, specs as specs_lib, tables
+
+    results, metrics_by_case, all_specs = {}, {}, {}
+    for run_dir in args.runs:
+        manifest_path = os.path.join(run_dir, runner.MANIFEST)
+        if not os.path.isfile(manifest_path):
+            raise UsageError(f"{run_dir}: not an evaluate output directory (no {runner.MANIFEST})")
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        case = manifest["config"]["case"]
+        if case in results:
+            raise UsageError(f"two runs of case {case!r} given ({run_dir})")
+        specs = [specs_lib.spec_from_name(m["name"]) for m in manifest["methods"]]
+        metrics = tuple(manifest["config"]["metrics"])
+        results[case] = runner.collect(run_dir, specs, manifest.get("plan", {}).get("batches", 0), metrics)
+        metrics_by_case[case] = metrics
+        for s in specs:
+            all_specs.setdefault(s.name, s)
+    specs = list(all_specs.values())
+    for t in args.table:
+        rows = _rows_for_table(t, specs, specs_lib)
+        paths = tables.write_tables(t, rows, results, metrics_by_case, args.out,
+                                    note="Cases: " + ", ".join(results))
+        _say(paths["markdown"].rstrip())
+        _say(f"wrote {paths['csv']} and {paths['md']}")
+    return 0
+
+
+def cmd_port(args) -> int:
+    """``gag-jax port``."""
+    from models import MODEL_NAMES, load, porter
+
+    if args.model not in MODEL_NAMES:
+        raise UsageError(f"unknown model {args.model!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"{args.checkpoint}: no such file")
+    if not args.out.endswith(".msgpack"):
+        raise UsageError(f"--out must end with .msgpack, got {args.out}")
+    try:
+        module, variables = load(args.model, args.checkpoint, num_classes=args.num_classes)
+    except porter.CheckpointMismatchError as err:
+        _warn(f"port: {err}")
+        return EXIT_FAILURE
+    except ImportError as err:
+        _warn(f"port: reading torch checkpoints needs PyTorch (pip install 'gag-jax[torch]'): {err}")
+        return EXIT_FAILURE
+    porter.save_variables(variables, args.out)
+    _say(f"wrote {args.out} ({args.model}, {module.num_classes} classes); load it with "
+         f"models.load({args.model!r}, {args.out!r})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """``gag-jax bench``: delegate to ``benchmarks.run:main``."""
+    try:
+        from benchmarks import run as bench_run
+    except ImportError as err:
+        _warn("bench: the benchmark suite (benchmarks/run.py) is not available in this installation "
+              f"({err}); run it from a source checkout: python -m benchmarks.run")
+        return EXIT_USAGE
+    main_fn = getattr(bench_run, "main", None)
+    if main_fn is None:
+        _warn("bench: benchmarks/run.py has no main()")
+        return EXIT_USAGE
+    saved = sys.argv
+    sys.argv = [f"{PROG} bench"] + list(args.bench_args)
+    try:
+        try:
+            result = main_fn(list(args.bench_args))
+        except TypeError:
+            result = main_fn()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else EXIT_FAILURE)
+    finally:
+        sys.argv = saved
+    return result if isinstance(result, int) else 0
+
+
+COMMANDS = {"demo": cmd_demo, "explain": cmd_explain, "evaluate": cmd_evaluate, "tables": cmd_tables,
+            "port": cmd_port, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gag-jax`` / ``python -m gag_jax``; returns the exit status.
+
+    Args:
+      argv: arguments without the program name (default ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to benchmarks/run.py
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.version:
+        import gag_jax
+
+        _say(f"gag-jax {gag_jax.__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if hasattr(args, "compile_cache"):
+        _setup_compile_cache(args.compile_cache)
+    debug = getattr(args, "debug", False)
+    prefix = f"{PROG} {args.command}"
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        if debug:
+            raise
+        print(f"{prefix}: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        if debug:
+            raise
+        print(f"{prefix}: error: {err} (--debug for the traceback)", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

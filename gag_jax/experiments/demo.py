@@ -1,0 +1,354 @@
+"""The zero-setup demo and the ``explain`` job: real photos, a real ImageNet model, every method.
+
+``run_demo`` explains the photos shipped with scikit-image (Chelsea the cat, a cup of coffee, a
+rocket, a motorcycle; EfficientNet-Lite0 classifies them as Egyptian cat, espresso, missile and
+moped) with the real EfficientNet-Lite0 weights for every method of ``gj.METHODS``, scores
+every map with RCAP, DAUC and IAUC, and writes a Figure-1-style grid, per-image overlays, a
+Figure-3-style RCAP partition figure, the Figure 4 propositions and a Markdown + CSV table.
+Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import time
+import warnings
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gag_jax as gj
+from gag_jax.experiments import figures
+from gag_jax.experiments.specs import LABELS
+
+DEMO_IMAGES: tuple[tuple[str, str], ...] = (
+    ("chelsea", "chelsea.png"),
+    ("coffee", "coffee.png"),
+    ("rocket", "rocket.jpg"),
+    ("motorcycle", "motorcycle_left.png"),
+)
+"""(name, file in ``skimage.data``) of the demo photos."""
+
+
+def demo_image_paths() -> list[str]:
+    """Paths of the demo photos inside the installed scikit-image.
+
+    Raises:
+      RuntimeError: scikit-image is not installed (``pip install 'gag-jax[demo]'``) or lacks a file.
+    """
+    try:
+        import skimage.data
+    except ImportError:
+        raise RuntimeError("the demo photos come from scikit-image: pip install 'gag-jax[demo]' "
+                           "(or pass your own photos with --images)") from None
+    root = os.path.dirname(skimage.data.__file__)
+    paths = [os.path.join(root, f) for _, f in DEMO_IMAGES]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise RuntimeError(f"scikit-image does not ship {missing[0]}; pass your own photos with --images")
+    return paths
+
+
+def read_images(paths: Sequence[str], size: int, *, report: Callable[[str], None] = print,
+                resize_mode: str = "center_crop") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read image files / folders with ``gag_jax.data.load_image_files``; report each bad file in one line.
+
+    Returns:
+      ``(pixels uint8 (N, S, S, 3), images float32 normalised, names)``; the undecodable files
+      are reported through ``report`` and left out.
+
+    Raises:
+      FileNotFoundError: a path that does not exist.
+    """
+    from gag_jax.data import load_image_files
+
+    skipped: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported below, one line per file
+        pixels, images, names = load_image_files(list(paths), size, resize_mode=resize_mode, skipped=skipped)
+    for s in skipped:
+        report(f"skipping {s.path}: {s.reason}")
+    return pixels, images, names
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    if x.shape[0] == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, method: str, *, key,
+                   batch_size: int, options: dict | None = None) -> np.ndarray:
+    """Maps ``(N, H, W)`` of ``images`` in fixed-size batches (the last one padded), one compile per method."""
+    out = []
+    n = images.shape[0]
+    bs = min(batch_size, n)
+    for i, (a, b) in enumerate(_batches(n, bs)):
+        x = jnp.asarray(_pad(images[a:b], bs))
+        y = jnp.asarray(_pad(labels[a:b], bs), jnp.int32)
+        maps = gj.explain(method, model, x, y, key=jax.random.fold_in(key, i), **(options or {}))
+        out.append(np.asarray(maps)[: b - a])
+    return np.concatenate(out)
+
+
+def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, maps: np.ndarray, *,
+                 batch_size: int, metric_batch_size: int | None) -> dict[str, np.ndarray]:
+    """Per-image RCAP (with ratios / probs), DAUC and IAUC, in fixed-size batches."""
+    parts: dict[str, list] = {"rcap": [], "ratios": [], "probs": [], "dauc": [], "iauc": []}
+    n = images.shape[0]
+    bs = min(batch_size, n)
+    for a, b in _batches(n, bs):
+        x = jnp.asarray(_pad(images[a:b], bs))
+        y = jnp.asarray(_pad(labels[a:b], bs), jnp.int32)
+        s = jnp.asarray(_pad(maps[a:b], bs))
+        r = gj.metrics.rcap(model.logits, x, y, s, batch_size=metric_batch_size)
+        d = gj.metrics.deletion_insertion(model.logits, x, y, s, batch_size=metric_batch_size)
+        for k, v in (("rcap", r["rcap"]), ("ratios", r["ratios"]), ("probs", r["probs"]),
+                     ("dauc", d["dauc"]), ("iauc", d["iauc"])):
+            parts[k].append(np.asarray(v)[: b - a])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What ``run_demo`` wrote and measured.
+
+    Attributes:
+      out_dir: the output directory.
+      files: name -> path of every file written (grid, table_md, table_csv, ...).
+      table: method -> {"rcap", "dauc", "iauc"} means over the images.
+      predictions: one (image name, class index, class name, probability) per image.
+      seconds: wall time per phase and in total.
+    """
+
+    out_dir: str
+    files: dict
+    table: dict
+    predictions: list
+    seconds: dict
+
+
+def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int = 20, size: int = 224,
+             images: Sequence[str] | None = None, seed: int = 0, batch_size: int = 4,
+             metric_batch_size: int | None = 40, chunk_size: int | None = None, model_name: str = "efficientnet_lite0",
+             checkpoint: str | None = None, report: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
+    """Explain real photos with a real model for every method and score the maps.
+
+    Args:
+      out_dir: where everything is written (created).
+      methods: ``gj.METHODS`` entries (default: all of them).
+      n: modifications per method (paper: 20).
+      size: input side in pixels (EfficientNet-Lite0 was trained at 224).
+      images: image files / folders (default: the scikit-image photos).
+      seed: PRNG seed.
+      batch_size: images explained together (bounded memory; the last batch is padded).
+      metric_batch_size: perturbed copies per model call in the metrics.
+      chunk_size: modifications per vmapped chunk in the explainers (None: all n at once).
+      model_name, checkpoint: the classifier (default: the shipped EfficientNet-Lite0).
+      report: receives one line per skipped file and per phase.
+      progress: show a tqdm bar over the methods.
+
+    Returns:
+      a :class:`DemoResult`.
+
+    Raises:
+      ValueError: unknown method; RuntimeError: no readable image.
+    """
+    from gag_jax.experiments.modelzoo import imagenet_class_names, load_model
+
+    t0 = time.perf_counter()
+    methods = list(gj.METHODS) if not methods else list(methods)
+    for m in methods:
+        if m not in gj.METHODS:
+            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
+    os.makedirs(out_dir, exist_ok=True)
+    model, info = load_model(model_name, checkpoint)
+    paths = list(images) if images else demo_image_paths()
+    pixels, x, names = read_images(paths, size, report=report)
+    if not names:
+        raise RuntimeError("no readable image among the inputs")
+    names = [os.path.splitext(nm)[0] for nm in names]
+    t_load = time.perf_counter()
+
+    probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
+    labels = probs.argmax(-1).astype(np.int32)
+    classes = imagenet_class_names() if info["num_classes"] == 1000 else [str(i) for i in range(info["num_classes"])]
+    predictions = [(nm, int(c), classes[c], float(probs[i, c])) for i, (nm, c) in enumerate(zip(names, labels))]
+    for nm, c, cname, p in predictions:
+        report(f"  {nm}: {cname} ({p:.2f})")
+
+    key = jax.random.PRNGKey(seed)
+    options = {"n": n, "chunk_size": chunk_size}
+    maps, scores, timing = {}, {}, {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(methods) * len(names), unit="img", desc="demo", dynamic_ncols=True)
+    for m in methods:
+        start = time.perf_counter()
+        if bar is not None:
+            bar.set_postfix(method=m)
+        opts = {k: v for k, v in options.items() if k in gj.DEFAULTS[m] and v is not None}
+        maps[m] = explain_arrays(model, x, labels, m, key=jax.random.fold_in(key, gj.METHODS.index(m)),
+                                 batch_size=batch_size, options=opts)
+        scores[m] = score_arrays(model, x, labels, maps[m], batch_size=batch_size,
+                                 metric_batch_size=metric_batch_size)
+        timing[m] = time.perf_counter() - start
+        if bar is not None:
+            bar.update(len(names))
+    if bar is not None:
+        bar.close()
+    t_methods = time.perf_counter()
+
+    files = {}
+    table = {m: {k: float(np.mean(scores[m][k])) for k in ("rcap", "dauc", "iauc")} for m in methods}
+    files["table_csv"] = os.path.join(out_dir, "demo_table.csv")
+    with open(files["table_csv"], "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "label", "rcap", "dauc", "iauc", "images", "seconds"])
+        for m in methods:
+            w.writerow([m, LABELS[m], repr(table[m]["rcap"]), repr(table[m]["dauc"]), repr(table[m]["iauc"]),
+                        len(names), f"{timing[m]:.2f}"])
+    files["per_image_csv"] = os.path.join(out_dir, "demo_per_image.csv")
+    with open(files["per_image_csv"], "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "class", "class_name", "probability", "method", "rcap", "dauc", "iauc"])
+        for i, (nm, c, cname, p) in enumerate(predictions):
+            for m in methods:
+                w.writerow([nm, c, cname, f"{p:.6f}", m, repr(float(scores[m]["rcap"][i])),
+                            repr(float(scores[m]["dauc"][i])), repr(float(scores[m]["iauc"][i]))])
+    best = {k: (max if k != "dauc" else min)(table[m][k] for m in methods) for k in ("rcap", "dauc", "iauc")}
+    lines = [f"# gag-jax demo: {info['name']} on {len(names)} photos ({size}x{size}, n = {n})", "",
+             "Mean over the images; label = the model's top-1 class. Higher RCAP / IAUC and lower DAUC are "
+             "better (best in bold).", "",
+             "| Image | top-1 class | probability |", "|---|---|---:|"]
+    lines += [f"| {nm} | {cname} | {p:.3f} |" for nm, _, cname, p in predictions]
+    lines += ["", "| Method | RCAP\u2191 | DAUC\u2193 | IAUC\u2191 | seconds |", "|---|---:|---:|---:|---:|"]
+    for m in methods:
+        cells = []
+        for k in ("rcap", "dauc", "iauc"):
+            text = f"{table[m][k]:.4f}"
+            cells.append(f"**{text}**" if table[m][k] == best[k] and len(methods) > 1 else text)
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {timing[m]:.1f} |")
+    files["table_md"] = os.path.join(out_dir, "demo_table.md")
+    with open(files["table_md"], "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+    files["grid"] = figures.method_grid(
+        os.path.join(out_dir, "method_grid.png"), pixels, {m: maps[m] for m in methods},
+        row_titles=[f"{nm}: {cname}" for nm, _, cname, _ in predictions],
+        column_titles={m: LABELS[m] for m in methods}, scores={m: scores[m]["rcap"] for m in methods})
+    overlay_dir = os.path.join(out_dir, "overlays")
+    for i, nm in enumerate(names):
+        for m in methods:
+            figures.save_overlay(os.path.join(overlay_dir, f"{nm}_{m}.png"), pixels[i], maps[m][i])
+    files["overlays"] = overlay_dir
+    focus = "gag" if "gag" in methods else methods[0]
+    files["rcap_partitions"] = figures.rcap_partitions(
+        os.path.join(out_dir, f"rcap_partitions_{names[0]}_{focus}.png"), pixels[0], maps[focus][0],
+        ratios=scores[focus]["ratios"][0], probs=scores[focus]["probs"][0],
+        title=f"{names[0]} ({predictions[0][2]}), {LABELS[focus]}: RCAP partitions (Figure 3 style)")
+    files["propositions"] = figures.synthetic_propositions(os.path.join(out_dir, "figure4_propositions.png"))["path"]
+    files["maps"] = os.path.join(out_dir, "maps.npz")
+    np.savez_compressed(files["maps"], names=np.asarray(names), labels=labels,
+                        **{m: maps[m].astype(np.float16) for m in methods})
+    t_end = time.perf_counter()
+    seconds = {"load": t_load - t0, "methods": t_methods - t_load, "figures": t_end - t_methods, "total": t_end - t0,
+               **{f"method_{m}": timing[m] for m in methods}}
+    return DemoResult(out_dir, files, table, predictions, seconds)
+
+
+def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], model_name: str,
+                checkpoint: str | None = None, labels: Sequence[int] | None = None, size: int = 224,
+                n: int | None = None, seed: int = 0, batch_size: int = 8, chunk_size: int | None = None,
+                resize_mode: str = "center_crop", report: Callable[[str], None] = print) -> dict:
+    """Explain image files (or folders of images): an overlay PNG and a ``.npy`` map per (image, method).
+
+    Files written: ``<stem>_<method>.npy`` (float32 ``(size, size)`` in [0, 1]),
+    ``<stem>_<method>.png`` (image | overlay | heat map) and ``explain.csv`` (image, label, class
+    name, probability of the label).
+
+    Args:
+      paths: image files and / or folders.
+      out_dir: output directory.
+      methods: ``gj.METHODS`` entries.
+      model_name, checkpoint: the classifier (see ``modelzoo.load_model``).
+      labels: one target class per image in reading order, or None for the model's top-1.
+      size: input side.
+      n: modifications per method (None: the method's default, 20).
+      seed: PRNG seed.
+      batch_size: images per explainer call.
+      chunk_size: modifications per vmapped chunk.
+      resize_mode: ``center_crop`` or ``squash``.
+      report: one line per skipped file.
+
+    Returns:
+      ``{"written": [paths], "skipped": [paths], "images": [names]}``.
+
+    Raises:
+      ValueError: unknown method, or a label count that does not match the images read.
+      FileNotFoundError: a path that does not exist.
+    """
+    from gag_jax.experiments.modelzoo import imagenet_class_names, load_model
+
+    for m in methods:
+        if m not in gj.METHODS:
+            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
+    model, info = load_model(model_name, checkpoint)
+    bad: list[str] = []
+
+    def note(line: str) -> None:
+        bad.append(line)
+        report(line)
+
+    pixels, x, names = read_images(paths, size, report=note, resize_mode=resize_mode)
+    os.makedirs(out_dir, exist_ok=True)
+    if not names:
+        return {"written": [], "skipped": bad, "images": []}
+    probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
+    if labels is None:
+        y = probs.argmax(-1).astype(np.int32)
+    else:
+        y = np.asarray(list(labels), np.int32)
+        if y.shape[0] == 1 and len(names) > 1:
+            y = np.repeat(y, len(names))
+        if y.shape[0] != len(names):
+            raise ValueError(f"--labels gave {y.shape[0]} labels for {len(names)} readable images")
+        if y.min() < 0 or y.max() >= probs.shape[1]:
+            raise ValueError(f"--labels must lie in [0, {probs.shape[1]}) for this model")
+    classes = imagenet_class_names() if info["num_classes"] == 1000 else [str(i) for i in range(info["num_classes"])]
+    stems = [os.path.splitext(nm)[0] for nm in names]
+    # two files with the same stem (a.jpg, a.png): keep both
+    seen: dict[str, int] = {}
+    for i, s in enumerate(stems):
+        if s in seen:
+            stems[i] = f"{s}_{os.path.splitext(names[i])[1].lstrip('.')}"
+        seen[s] = i
+    written = []
+    key = jax.random.PRNGKey(seed)
+    for m in methods:
+        opts = {k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None and k in gj.DEFAULTS[m]}
+        maps = explain_arrays(model, x, y, m, key=jax.random.fold_in(key, gj.METHODS.index(m)),
+                              batch_size=batch_size, options=opts)
+        for i, stem in enumerate(stems):
+            npy = os.path.join(out_dir, f"{stem}_{m}.npy")
+            np.save(npy, maps[i].astype(np.float32))
+            png = figures.save_overlay(os.path.join(out_dir, f"{stem}_{m}.png"), pixels[i], maps[i])
+            written += [npy, png]
+    table = os.path.join(out_dir, "explain.csv")
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "file_stem", "label", "class_name", "probability"])
+        for i, nm in enumerate(names):
+            w.writerow([nm, stems[i], int(y[i]), classes[int(y[i])], f"{probs[i, y[i]]:.6f}"])
+    written.append(table)
+    return {"written": written, "skipped": bad, "images": names}

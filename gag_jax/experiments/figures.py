@@ -1,0 +1,321 @@
+"""Figures (matplotlib, Agg backend): the paper's Figure 1 method grid, Figure 3 RCAP partitions,
+Figure 4 synthetic propositions, and Table 1's p-ablation as a curve. Plus heat-map overlays
+(Pillow only, fast) used by ``explain`` and ``demo``.
+
+Every function writes one PNG and returns its path; none needs a display.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _cmap(values: np.ndarray, name: str = "jet") -> np.ndarray:
+    """``(H, W)`` in [0, 1] -> ``(H, W, 3)`` float RGB in [0, 1]."""
+    from matplotlib import colormaps
+
+    return colormaps[name](np.clip(values, 0.0, 1.0))[..., :3]
+
+
+def overlay(pixels: np.ndarray, saliency: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a saliency heat map over an image.
+
+    Args:
+      pixels: uint8 ``(H, W, 3)`` image.
+      saliency: ``(H, W)`` map in [0, 1].
+      alpha: heat-map opacity, scaled by the saliency so low values keep the photo visible.
+      cmap: matplotlib colormap name.
+
+    Returns:
+      uint8 ``(H, W, 3)``.
+    """
+    img = np.asarray(pixels, np.float32) / 255.0
+    s = np.clip(np.asarray(saliency, np.float32), 0.0, 1.0)
+    heat = _cmap(s, cmap)
+    a = alpha * (0.35 + 0.65 * s)[..., None]
+    return np.clip(np.round(255.0 * ((1 - a) * img + a * heat)), 0, 255).astype(np.uint8)
+
+
+def save_overlay(path: str, pixels: np.ndarray, saliency: np.ndarray, *, side_by_side: bool = True) -> str:
+    """Write an overlay PNG (image | heat map over image when ``side_by_side``) with Pillow."""
+    from PIL import Image
+
+    over = overlay(pixels, saliency)
+    if side_by_side:
+        heat = (255 * _cmap(np.clip(saliency, 0, 1))).astype(np.uint8)
+        over = np.concatenate([np.asarray(pixels, np.uint8), over, heat], axis=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(over).save(path)
+    return path
+
+
+def method_grid(path: str, pixels: np.ndarray, maps: Mapping[str, np.ndarray], *,
+                row_titles: Sequence[str] | None = None, column_titles: Mapping[str, str] | None = None,
+                scores: Mapping[str, np.ndarray] | None = None, cell_inches: float = 1.6) -> str:
+    """Figure 1 style grid: one row per image, the input then one saliency overlay per method.
+
+    Args:
+      path: output PNG.
+      pixels: uint8 ``(N, H, W, 3)``.
+      maps: method -> ``(N, H, W)`` maps in [0, 1], in column order.
+      row_titles: one title per image (e.g. the predicted class).
+      column_titles: method -> column title (default: the key).
+      scores: optional method -> ``(N,)`` values printed under each cell (e.g. RCAP).
+      cell_inches: size of one cell.
+    """
+    plt = _plt()
+    methods = list(maps)
+    n = pixels.shape[0]
+    cols = len(methods) + 1
+    fig, axes = plt.subplots(n, cols, figsize=(cell_inches * cols, cell_inches * n + 0.4), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(pixels[i])
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
+        for j, m in enumerate(methods, start=1):
+            ax = axes[i, j]
+            ax.imshow(overlay(pixels[i], maps[m][i], alpha=0.6))
+            if scores is not None and m in scores:
+                ax.set_xlabel(f"RCAP {float(scores[m][i]):.3f}", fontsize=6, labelpad=1)
+        if i == 0:
+            axes[0, 0].set_title("input", fontsize=8)
+            for j, m in enumerate(methods, start=1):
+                axes[0, j].set_title((column_titles or {}).get(m, m), fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lower_bound: float = 50,
+                    interval: float = 10, ratios: Sequence[float] | None = None,
+                    probs: Sequence[float] | None = None, title: str = "") -> str:
+    """Figure 3 style: the recovered images ``I_k`` of one image for ``p_k = 90, 80, ..., 50``.
+
+    Each panel shows the image where ``saliency >= percentile_{p_k}`` and black elsewhere (as
+    RCAP recovers it), titled with ``ratio_k`` and ``prob_k`` when given; a last panel plots
+    ``ratio_k``, ``prob_k`` and their product against ``k`` (RCAP is the product's mean).
+
+    Args:
+      path: output PNG.
+      pixels: uint8 ``(H, W, 3)``.
+      saliency: ``(H, W)``.
+      lower_bound, interval: RCAP's partition.
+      ratios, probs: ``(j,)`` from ``gj.metrics.rcap`` (optional).
+      title: figure title.
+    """
+    plt = _plt()
+    from gag_jax.metrics import rcap_percentiles
+
+    levels = rcap_percentiles(lower_bound, interval)
+    j = len(levels)
+    extra = 2 if ratios is not None and probs is not None else 1
+    fig, axes = plt.subplots(1, j + extra, figsize=(1.9 * (j + extra), 2.3), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(overlay(pixels, saliency, alpha=0.6))
+    axes[0].set_title("saliency", fontsize=8)
+    for k, p in enumerate(levels):
+        q = np.percentile(saliency, p)
+        keep = saliency >= q
+        axes[k + 1].imshow(np.where(keep[..., None], pixels, 0).astype(np.uint8))
+        label = f"p={p:g}"
+        if ratios is not None and probs is not None:
+            label += f"\nratio {ratios[k]:.2f}  prob {probs[k]:.2f}"
+        axes[k + 1].set_title(label, fontsize=7)
+    for ax in axes[: j + 1]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if extra == 2:
+        ax = axes[-1]
+        ks = np.arange(1, j + 1)
+        r, pr = np.asarray(ratios), np.asarray(probs)
+        ax.plot(ks, r, "o-", label="ratio$_k$")
+        ax.plot(ks, pr, "s-", label="prob$_k$")
+        ax.plot(ks, r * pr, "^-", label="product")
+        ax.set_ylim(0, 1.05)
+        ax.set_xticks(ks)
+        ax.set_xlabel("k", fontsize=7)
+        ax.set_title(f"RCAP = {float(np.mean(r * pr)):.3f}", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rcap_curves(path: str, results: Mapping[str, Mapping], labels: Mapping[str, str] | None = None,
+                lower_bound: float = 50, interval: float = 10) -> str:
+    """Mean ``ratio_k`` and ``prob_k`` per k for each method (from ``runner.collect`` results)."""
+    plt = _plt()
+    from gag_jax.metrics import rcap_percentiles
+
+    levels = rcap_percentiles(lower_bound, interval)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for name, res in results.items():
+        if "rcap_ratios" not in res:
+            continue
+        lab = (labels or {}).get(name, name)
+        axes[0].plot(levels, res["rcap_ratios"], "o-", label=lab, ms=3)
+        axes[1].plot(levels, res["rcap_probs"], "o-", label=lab, ms=3)
+    for ax, t in zip(axes, ("ratio$_k$ = sum(M[M >= q$_k$]) / sum(M)", "prob$_k$ = softmax(f(I$_k$))$_c$")):
+        ax.set_xlabel("percentile p$_k$")
+        ax.set_title(t, fontsize=9)
+        ax.invert_xaxis()
+        ax.set_ylim(0, 1.02)
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def p_ablation_curve(path: str, results: Mapping[str, Mapping[str, Mapping]],
+                     metrics_by_case: Mapping[str, Sequence[str]]) -> str:
+    """Table 1 as curves: each metric against GAG's percentile p, one line per case.
+
+    Args:
+      path: output PNG.
+      results: ``{case: {"gag-<p>": {metric: mean}}}``.
+      metrics_by_case: metrics of each case.
+    """
+    plt = _plt()
+    from gag_jax.experiments.tables import CASE_LABELS, METRIC_LABELS, METRIC_ORDER
+
+    metrics = [m for m in METRIC_ORDER if any(m in ms for ms in metrics_by_case.values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 2.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for case, res in results.items():
+            if metric not in metrics_by_case[case]:
+                continue
+            points = sorted((float(name.split("-", 1)[1]), r[metric]) for name, r in res.items()
+                            if name.startswith("gag-") and metric in r)
+            if points:
+                ax.plot([p for p, _ in points], [v for _, v in points], "o-", label=CASE_LABELS.get(case, case))
+        ax.set_title(METRIC_LABELS[metric], fontsize=9)
+        ax.set_xlabel("p (percent)")
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Guided AbsoluteGrad: percentile p of the variance guide (Table 1)", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def gaussian_map(size: int, centre: tuple[float, float], std: float) -> np.ndarray:
+    """An isotropic Gaussian saliency map in [0, 1] (centre and std in pixels)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    g = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2.0 * std * std))
+    return (g - g.min()) / (g.max() - g.min())
+
+
+def proposition_maps(size: int = 100) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Figure 4's setting: the ground truth (the centred 20% of the features) and maps M1..M4.
+
+    M1: centred, narrow; M2: centred, wide (noisier); M3: narrow, centre moved by 30% of the width
+    and height towards the lower right; M4: wide and moved.
+
+    Returns:
+      ``(mask (size, size) bool, {"M1": ..., "M4": ...})``.
+    """
+    side = int(round(size * np.sqrt(0.2)))
+    start = (size - side) // 2
+    mask = np.zeros((size, size), bool)
+    mask[start:start + side, start:start + side] = True
+    c = size / 2.0
+    moved = c + 0.3 * size
+    narrow, wide = 0.12 * size, 0.3 * size
+    maps = {"M1": gaussian_map(size, (c, c), narrow), "M2": gaussian_map(size, (c, c), wide),
+            "M3": gaussian_map(size, (moved, moved), narrow), "M4": gaussian_map(size, (moved, moved), wide)}
+    return mask, maps
+
+
+def coverage_rcap(saliency: np.ndarray, mask: np.ndarray, lower_bound: float = 0, interval: float = 20
+                  ) -> tuple[float, np.ndarray, np.ndarray]:
+    """RCAP with the paper's hypothesis as the "model": ``prob_k`` = fraction of the ground truth
+    recovered by the focus area ``M >= percentile_{p_k}(M)``.
+
+    Returns:
+      ``(rcap, ratios (j,), probs (j,))``.
+    """
+    from gag_jax.metrics import rcap_percentiles
+
+    ratios, probs = [], []
+    for p in rcap_percentiles(lower_bound, interval):
+        keep = saliency >= np.percentile(saliency, p)
+        ratios.append(saliency[keep].sum() / saliency.sum())
+        probs.append((keep & mask).sum() / mask.sum())
+    r, pr = np.asarray(ratios), np.asarray(probs)
+    return float(np.mean(r * pr)), r, pr
+
+
+def synthetic_propositions(path: str, size: int = 100) -> dict:
+    """Figure 4: ground truth, maps M1..M4 and their sorted saliency per partition (interval 20%).
+
+    Panels (f)/(g) plot each map's saliency values sorted in decreasing order against the
+    partition number (5 partitions), with the focus area shaded and the ground-truth pixels
+    marked. The titles give the RCAP obtained with ``prob_k`` = ground-truth coverage
+    (:func:`coverage_rcap`): Proposition 1 (M1 > M3, same noise, better localisation) and
+    Proposition 2 (M1 > M2, same localisation, less noise) can be read off.
+
+    Returns:
+      ``{"path": path, "rcap": {"M1": ..., ...}}``.
+    """
+    plt = _plt()
+    mask, maps = proposition_maps(size)
+    scores = {k: coverage_rcap(v, mask)[0] for k, v in maps.items()}
+    fig, axes = plt.subplots(1, 7, figsize=(17, 2.8))
+    axes[0].imshow(mask, cmap="viridis")
+    axes[0].set_title("(a) ground truth (20%)", fontsize=8)
+    for ax, (name, m), letter in zip(axes[1:5], maps.items(), "bcde"):
+        ax.imshow(m, cmap="jet", vmin=0, vmax=1)
+        ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        ax.set_title(f"({letter}) {name}  RCAP {scores[name]:.3f}", fontsize=8)
+    for ax in axes[:5]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colours = {"M1": "tab:orange", "M2": "tab:blue", "M3": "tab:green", "M4": "tab:pink"}
+    n = size * size
+    x = np.arange(n) / n * 5.0
+    for ax, pair, letter in ((axes[5], ("M1", "M2"), "f"), (axes[6], ("M3", "M4"), "g")):
+        for name in pair:
+            order = np.argsort(-maps[name].ravel(), kind="stable")
+            values = maps[name].ravel()[order]
+            ax.plot(x, values, color=colours[name], label=name)
+            ax.fill_between(x, 0, values, color="grey", alpha=0.15)  # focus area (lower bound 0)
+            gt = mask.ravel()[order]
+            ax.fill_between(x, 0, np.where(gt, values, 0.0), color="gold", alpha=0.35)
+        for b in range(1, 5):
+            ax.axvline(b, color="k", lw=0.4, ls=":")
+        ax.set_xlim(0, 5)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("partition (interval 20%)", fontsize=7)
+        ax.set_title(f"({letter}) sorted saliency", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout(pad=0.4)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return {"path": path, "rcap": scores}

@@ -1,0 +1,582 @@
+"""A resumable case x methods x metrics runner that writes every finished batch to disk.
+
+Layout of an output directory::
+
+    manifest.json                 all options, seeds, versions, the method specs, status
+    selection/batch_00000.npz     stage 1, per data batch: target probability, kept rows
+    records/<method>/batch_00000.npz
+                                  stage 2, per (method, evaluated batch): per-image metric values,
+                                  RCAP ratios / probabilities, deletion / insertion curves
+    tiny_model.msgpack            (synthetic case, model ``tiny``) the trained network
+    table{1,2,3}.csv / .md        the tables (written at the end; rewritten by every run)
+
+Stage 1 runs the model once over the data and keeps the images whose softmax probability on the
+ground-truth class is above ``confidence`` (the paper: 0.9), plus only real rows (not padding,
+not undecodable files, known labels). Stage 2 re-packs the kept images, in order, into batches
+of ``batch_size`` (the last one padded by repeating its last image; padding is flagged and never
+counted) and computes every method's maps and metrics batch by batch.
+
+Every file is written atomically (temporary file + rename) as soon as its batch is done, so an
+interrupted run (Ctrl-C, a killed job, a crash) loses at most the batch in flight. Running the
+same command again checks that the options match the manifest, skips every batch that has a
+record and computes only the rest; the PRNG key of (method, batch) is
+``fold_in(fold_in(PRNGKey(seed), crc32(method name)), batch index)``, so the final numbers are
+the same as those of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gag_jax as gj
+from gag_jax.experiments.specs import MethodSpec
+
+METRICS: tuple[str, ...] = ("rcap", "dauc", "iauc", "log_cosh_dice", "mae")
+"""Metric names stored in records (``dice`` on the command line is ``log_cosh_dice``)."""
+
+METRIC_ALIASES = {"dice": "log_cosh_dice", "lcd": "log_cosh_dice", "l_lc-dce": "log_cosh_dice"}
+MASK_METRICS = ("log_cosh_dice", "mae")
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class RunMismatchError(ValueError):
+    """The output directory holds a run made with different options (named in the message)."""
+
+
+class Interrupted(RuntimeError):
+    """Raised by the ``stop_after_batches`` test hook after that many newly computed batches.
+
+    Attributes:
+      computed: batches computed in this call before stopping.
+    """
+
+    def __init__(self, computed: int):
+        self.computed = computed
+        super().__init__(f"stopped after {computed} newly computed batch(es) (stop_after_batches); "
+                         "run the same command again to resume")
+
+
+def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[str, ...]:
+    """Normalise metric names (comma-separated allowed; ``dice`` = ``log_cosh_dice``).
+
+    Args:
+      names: e.g. ``"rcap,dauc,iauc,dice,mae"``; None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and
+        MAE when the case has ground-truth masks.
+      has_masks: whether the data carries masks.
+
+    Returns:
+      metric names in the canonical order of :data:`METRICS`.
+
+    Raises:
+      ValueError: unknown metric, or a mask metric for a case without masks.
+    """
+    if names is None:
+        return ("log_cosh_dice", "mae", "rcap", "dauc", "iauc") if has_masks else ("rcap", "dauc", "iauc")
+    if isinstance(names, str):
+        names = [names]
+    wanted = []
+    for name in (p.strip().lower() for n in names for p in str(n).split(",") if p.strip()):
+        name = METRIC_ALIASES.get(name, name)
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choose from rcap, dauc, iauc, dice, mae")
+        if name in MASK_METRICS and not has_masks:
+            raise ValueError(f"metric {name!r} needs ground-truth masks, which this case does not have")
+        wanted.append(name)
+    order = ("log_cosh_dice", "mae", "rcap", "dauc", "iauc")
+    return tuple(m for m in order if m in wanted)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _atomic_savez(path: str, **arrays) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, data: Mapping) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):  # a truncated file from a hard kill: recompute it
+        return None
+
+
+def selection_path(out_dir: str, batch: int) -> str:
+    """Stage-1 record of data batch ``batch``."""
+    return os.path.join(out_dir, "selection", f"batch_{batch:05d}.npz")
+
+
+def record_path(out_dir: str, method: str, batch: int) -> str:
+    """Stage-2 record of (``method``, evaluated batch ``batch``)."""
+    return os.path.join(out_dir, "records", method, f"batch_{batch:05d}.npz")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, JAX, Flax, NumPy, gag-jax, the git commit (if any) and the device."""
+    import flax
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "jax": jax.__version__,
+           "jaxlib": getattr(jax.lib, "__version__", None) or _module_version("jaxlib"),
+           "flax": flax.__version__, "numpy": np.__version__, "gag_jax": gj.__version__,
+           "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
+    try:
+        import subprocess
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        if commit:
+            out["git_commit"] = commit
+    except (OSError, ValueError, Exception):  # noqa: BLE001 - best effort only
+        pass
+    return out
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def file_digest(path: str | None) -> str | None:
+    """sha256 of a file (None for None); identifies a checkpoint in the manifest."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that decides the numbers of a run (stored in the manifest and checked on resume).
+
+    Attributes:
+      case: ``synthetic``, ``imagenet_s``, ``isic`` or ``places365``.
+      data_dir: dataset directory (None for synthetic).
+      model: model name; checkpoint: its file; checkpoint_sha256: the file's digest.
+      image_size: input side (None: the case's).
+      batch_size: images per evaluated batch.
+      limit: use only the first ``limit`` examples (synthetic: the number of images generated).
+      confidence: keep images with target probability above it (None: keep all).
+      seed: PRNG seed of the explanations (and of the synthetic data / tiny model).
+      metrics: metric names.
+      method_overrides: options applied to every method that takes them (e.g. ``n``).
+      metric_options: ``lower_bound``, ``interval``, ``baseline`` of RCAP.
+      split: dataset split (None: the case's default).
+    """
+
+    case: str
+    model: str
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    image_size: int | None = None
+    batch_size: int = 16
+    limit: int | None = None
+    confidence: float | None = 0.9
+    seed: int = 0
+    metrics: tuple[str, ...] = ("rcap", "dauc", "iauc")
+    method_overrides: dict = dataclasses.field(default_factory=dict)
+    metric_options: dict = dataclasses.field(default_factory=dict)
+    split: str | None = None
+
+    def result_keys(self) -> dict[str, Any]:
+        """The options that must match for a run to be resumed (checkpoint by digest, not path)."""
+        data = dataclasses.asdict(self)
+        data.pop("checkpoint")
+        data["metrics"] = list(self.metrics)
+        data["data_dir"] = None if self.data_dir is None else os.path.abspath(self.data_dir)
+        return json.loads(json.dumps(data, default=str))
+
+
+def _check_resume(manifest: Mapping, config: RunConfig) -> None:
+    old = manifest.get("config", {})
+    new = config.result_keys()
+    for key in sorted(set(old) | set(new)):
+        if key in ("method_overrides",):
+            a, b = old.get(key) or {}, new.get(key) or {}
+            a = {k: v for k, v in a.items() if k != "chunk_size"}
+            b = {k: v for k, v in b.items() if k != "chunk_size"}
+        else:
+            a, b = old.get(key), new.get(key)
+        if a != b:
+            raise RunMismatchError(
+                f"the output directory holds a run with {key}={a!r}, this command has {key}={b!r}; "
+                "use another --out (or the same options to resume)")
+
+
+# ----------------------------------------------------------------------------- data adapter
+
+
+@dataclasses.dataclass
+class Plan:
+    """Stage-1 result: which data rows are evaluated, packed into fixed-size batches.
+
+    Attributes:
+      rows: ``(N_kept, 2)`` int array of (data batch, row) in data order.
+      batch_size: evaluated batch size.
+      num_seen: real data rows looked at; num_kept: rows kept.
+    """
+
+    rows: np.ndarray
+    batch_size: int
+    num_seen: int
+
+    @property
+    def num_kept(self) -> int:
+        """Rows kept for evaluation."""
+        return int(self.rows.shape[0])
+
+    def __len__(self) -> int:
+        return -(-self.num_kept // self.batch_size)
+
+    def batch_rows(self, k: int) -> np.ndarray:
+        """``(n, 2)`` (data batch, row) of evaluated batch ``k`` (n <= batch_size)."""
+        return self.rows[k * self.batch_size:(k + 1) * self.batch_size]
+
+
+class _Reader:
+    """Sequential reader of data batches that restarts only when asked to go back."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.iterator: Iterator | None = None
+        self.index = -1
+        self.current: dict | None = None
+
+    def get(self, index: int) -> dict:
+        if self.current is not None and index == self.index:
+            return self.current
+        if self.iterator is None or index < self.index:
+            self.iterator = self.batches.iter_from(index)
+            self.index = index - 1
+        while self.index < index:
+            self.current = next(self.iterator)
+            self.index += 1
+        return self.current
+
+
+def gather(reader: _Reader, rows: np.ndarray, batch_size: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Collect ``rows`` (data batch, row) into one batch of ``batch_size``, padding by repeating
+    the last row; adds ``valid`` (False on the padding)."""
+    parts: dict[str, list] = {k: [] for k in keys}
+    for b, r in rows:
+        batch = reader.get(int(b))
+        for k in keys:
+            parts[k].append(batch[k][int(r)])
+    n = len(rows)
+    out = {}
+    for k in keys:
+        arr = np.stack(parts[k])
+        if n < batch_size:
+            arr = np.concatenate([arr, np.repeat(arr[-1:], batch_size - n, axis=0)])
+        out[k] = arr
+    out["valid"] = np.arange(batch_size) < n
+    return out
+
+
+# ----------------------------------------------------------------------------- computation
+
+
+def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, key, overrides: Mapping) -> np.ndarray:
+    """Saliency maps ``(B, H, W)`` of one batch for one spec (``gj.reverse`` for the "R" rows).
+
+    The runner calls it through the module attribute, so tests can count calls.
+    """
+    explain_key, reverse_key = jax.random.split(key)
+    maps = gj.explain(spec.method, model, images, labels, key=explain_key, **spec.explain_options(overrides))
+    if spec.reverse:
+        maps = gj.reverse(maps, reverse_key)
+    return maps
+
+
+def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
+                mean, std, metric_batch_size: int | None, metric_options: Mapping) -> dict[str, np.ndarray]:
+    """Per-image metric values (and RCAP / deletion / insertion curves) of one batch, as numpy."""
+    out: dict[str, np.ndarray] = {}
+    if "rcap" in metrics:
+        r = gj.metrics.rcap(model.logits, images, labels, maps, mean=mean, std=std, batch_size=metric_batch_size,
+                            **metric_options)
+        out["rcap"] = np.asarray(r["rcap"])
+        out["rcap_ratios"] = np.asarray(r["ratios"])
+        out["rcap_probs"] = np.asarray(r["probs"])
+        out["rcap_percentiles"] = np.asarray(r["percentiles"])
+    if "dauc" in metrics or "iauc" in metrics:
+        d = gj.metrics.deletion_insertion(model.logits, images, labels, maps, batch_size=metric_batch_size)
+        for name in ("dauc", "iauc"):
+            if name in metrics:
+                out[name] = np.asarray(d[name])
+        out["deletion_curve"] = np.asarray(d["deletion_curve"])
+        out["insertion_curve"] = np.asarray(d["insertion_curve"])
+    if "log_cosh_dice" in metrics:
+        out["log_cosh_dice"] = np.asarray(gj.metrics.log_cosh_dice(maps, masks))
+    if "mae" in metrics:
+        out["mae"] = np.asarray(gj.metrics.mae(maps, masks))
+    return out
+
+
+def batch_key(seed: int, spec: MethodSpec, batch: int) -> jax.Array:
+    """The PRNG key of (spec, evaluated batch): independent of method order and of resuming."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), spec.seed_salt), batch)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", dynamic_ncols=True, smoothing=0.1,
+                file=sys.stderr)
+
+
+def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | None, batch_size: int,
+           *, progress: bool = True, metric_batch_size: int | None = None) -> Plan:
+    """Stage 1: which rows to evaluate (real, labelled and, with ``confidence``, confidently classified).
+
+    One record per data batch in ``out_dir/selection``; existing records are reused.
+    """
+    bar = _progress(batches.num_examples, 0, "select", progress)
+    rows, seen = [], 0
+    reader_iter = None
+    for b in range(len(batches)):
+        path = selection_path(out_dir, b)
+        rec = _load_npz(path) if os.path.exists(path) else None
+        if rec is None:
+            if reader_iter is None:
+                reader_iter = batches.iter_from(b)
+            batch = next(reader_iter)
+            valid = np.asarray(batch["valid"], bool) & (np.asarray(batch["labels"]) >= 0)
+            labels = np.maximum(np.asarray(batch["labels"]), 0)
+            probs = np.asarray(gj.metrics.target_probs(model.logits, batch["images"], labels,
+                                                       batch_size=metric_batch_size))
+            keep = valid & (probs > confidence) if confidence is not None else valid
+            rec = {"probs": probs.astype(np.float32), "keep": keep, "valid": np.asarray(batch["valid"], bool),
+                   "names": np.asarray(batch["names"]).astype(str)}
+            _atomic_savez(path, **rec)
+        else:
+            reader_iter = None  # the next missing batch restarts the reader there
+        n_real = int(rec["valid"].sum())
+        seen += n_real
+        rows += [(b, int(r)) for r in np.flatnonzero(rec["keep"])]
+        if bar is not None:
+            bar.update(n_real)
+            bar.set_postfix(kept=len(rows))
+    if bar is not None:
+        bar.close()
+    return Plan(np.asarray(rows, np.int64).reshape(-1, 2), batch_size, seen)
+
+
+def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence[MethodSpec], out_dir: str, *,
+                  config: RunConfig, metric_batch_size: int | None = None, progress: bool = True,
+                  stop_after_batches: int | None = None, on_record: Callable[[str, int], None] | None = None
+                  ) -> dict[str, int]:
+    """Stage 2: every (spec, evaluated batch) without a record is computed and written at once.
+
+    Returns:
+      ``{"computed": ..., "reused": ...}`` counts of (spec, batch) records.
+
+    Raises:
+      Interrupted: after ``stop_after_batches`` newly computed records (test hook).
+    """
+    import sys as _sys
+
+    this = _sys.modules[__name__]  # look the compute functions up at call time (tests count calls)
+    keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
+    needs_masks = any(m in MASK_METRICS for m in config.metrics)
+    overrides = dict(config.method_overrides)
+    metric_options = dict(config.metric_options)
+    total = plan.num_kept * len(specs)
+    done = {(s.name, k) for s in specs for k in range(len(plan)) if os.path.exists(record_path(out_dir, s.name, k))}
+    initial = sum(len(plan.batch_rows(k)) for _, k in done)
+    bar = _progress(total, initial, "evaluate", progress)
+    reader = _Reader(batches)
+    computed = 0
+    for k in range(len(plan)):
+        todo = [s for s in specs if (s.name, k) not in done]
+        if not todo:
+            continue
+        rows = plan.batch_rows(k)
+        data = gather(reader, rows, plan.batch_size, keys)
+        images, labels = jnp.asarray(data["images"]), jnp.asarray(data["labels"], jnp.int32)
+        masks = jnp.asarray(data["masks"]) if needs_masks else None
+        for spec in todo:
+            if bar is not None:
+                bar.set_postfix(method=spec.name, batch=f"{k + 1}/{len(plan)}")
+            start = time.perf_counter()
+            maps = this.explain_batch(spec, model, images, labels, batch_key(config.seed, spec, k), overrides)
+            values = this.score_batch(model, images, labels, maps, masks, config.metrics, mean=batches.mean,
+                                      std=batches.std, metric_batch_size=metric_batch_size,
+                                      metric_options=metric_options)
+            _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
+                          labels=np.asarray(data["labels"]), valid=data["valid"], source_rows=rows,
+                          seconds=np.float64(time.perf_counter() - start), **values)
+            computed += 1
+            if on_record is not None:
+                on_record(spec.name, k)
+            if bar is not None:
+                bar.update(len(rows))
+            if stop_after_batches is not None and computed >= stop_after_batches:
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(computed)
+    if bar is not None:
+        bar.close()
+    return {"computed": computed, "reused": len(done)}
+
+
+def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metrics: Sequence[str]) -> dict[str, dict]:
+    """Read every record of ``specs`` and reduce it to per-method results.
+
+    Returns:
+      ``{spec name: {"n": images, metric: mean, metric + "_sem": standard error,
+      "rcap_ratios": (j,) mean, "rcap_probs": (j,) mean, "batches": records found}}``;
+      a spec with missing batches gets ``"complete": False``.
+    """
+    results = {}
+    for spec in specs:
+        values: dict[str, list] = {m: [] for m in metrics}
+        curves: dict[str, list] = {"rcap_ratios": [], "rcap_probs": [], "deletion_curve": [], "insertion_curve": []}
+        found = 0
+        for k in range(plan_batches):
+            rec = _load_npz(record_path(out_dir, spec.name, k)) if os.path.exists(record_path(out_dir, spec.name, k)) else None
+            if rec is None:
+                continue
+            found += 1
+            valid = rec["valid"].astype(bool)
+            for m in metrics:
+                if m in rec:
+                    values[m].append(rec[m][valid])
+            for c in curves:
+                if c in rec:
+                    curves[c].append(rec[c][valid])
+        res: dict[str, Any] = {"batches": found, "complete": found == plan_batches}
+        for m in metrics:
+            v = np.concatenate(values[m]).astype(np.float64) if values[m] else np.zeros(0)
+            res["n"] = int(v.size)
+            res[m] = float(v.mean()) if v.size else float("nan")
+            res[m + "_sem"] = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+        for c, parts in curves.items():
+            if parts:
+                res[c] = np.concatenate(parts).mean(axis=0).tolist()
+        results[spec.name] = res
+    return results
+
+
+def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches, model: gj.ModelFunctions,
+        table: int | None = None, metric_batch_size: int | None = None, progress: bool = True,
+        stop_after_batches: int | None = None, extra_manifest: Mapping | None = None,
+        on_record: Callable[[str, int], None] | None = None) -> dict:
+    """Run (or resume) an evaluation and return its per-method results.
+
+    Args:
+      config: the options that decide the numbers (see :class:`RunConfig`).
+      specs: table rows to compute.
+      out_dir: results directory (created; see the module docstring for its layout).
+      batches: a ``gag_jax.data.Batches`` (``iter_from``, ``num_examples``, ``mean``, ``std``,
+        ``has_masks``, ``len()``).
+      model: ``gj.ModelFunctions`` of the classifier.
+      table: the table number recorded in the manifest.
+      metric_batch_size: perturbed copies per model call in the metrics (None: all at once).
+      progress: tqdm bars on stderr.
+      stop_after_batches: test hook: raise :class:`Interrupted` after that many new records.
+      extra_manifest: more JSON-able facts for the manifest (e.g. the tiny model's training).
+      on_record: called with (method name, batch index) after each record is written.
+
+    Returns:
+      ``{"results": collect(...), "plan": {...}, "counts": {"computed", "reused"}, "manifest": path}``.
+
+    Raises:
+      RunMismatchError: ``out_dir`` holds a run with other options.
+      Interrupted: from the test hook.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_file = os.path.join(out_dir, MANIFEST)
+    manifest: dict[str, Any] = {}
+    if os.path.exists(manifest_file):
+        with open(manifest_file, encoding="utf-8") as f:
+            manifest = json.load(f)
+        _check_resume(manifest, config)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    known = {s["name"]: s for s in manifest.get("methods", [])}
+    known.update({s.name: s.as_dict() for s in specs})
+    manifest.update({
+        "format_version": FORMAT_VERSION, "created": manifest.get("created", now), "updated": now,
+        "status": "running", "config": config.result_keys(), "checkpoint_path": config.checkpoint,
+        "method_options_resolved": {s.name: {k: _jsonable(v) for k, v in s.explain_options(config.method_overrides).items()}
+                                    for s in specs},
+        "methods": list(known.values()), "table": table, "versions": versions(),
+        "metric_batch_size": metric_batch_size,
+        "seeds": {"explanations": "fold_in(fold_in(PRNGKey(seed), crc32(method)), batch)", "seed": config.seed},
+        "command": manifest.get("command", []) + [" ".join(sys.argv)],
+    })
+    if extra_manifest:
+        manifest.update({k: _jsonable(v) for k, v in extra_manifest.items()})
+    _atomic_json(manifest_file, manifest)
+
+    plan = select(batches, model, out_dir, config.confidence, config.batch_size, progress=progress,
+                  metric_batch_size=metric_batch_size)
+    manifest["plan"] = {"images_seen": plan.num_seen, "images_kept": plan.num_kept, "batches": len(plan),
+                        "skipped_files": [dataclasses.asdict(s) for s in getattr(batches, "skipped", [])]}
+    _atomic_json(manifest_file, manifest)
+    try:
+        counts = evaluate_plan(plan, batches, model, specs, out_dir, config=config,
+                               metric_batch_size=metric_batch_size, progress=progress,
+                               stop_after_batches=stop_after_batches, on_record=on_record)
+    except (Interrupted, KeyboardInterrupt):
+        manifest["status"] = "interrupted"
+        manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        _atomic_json(manifest_file, manifest)
+        raise
+    manifest["status"] = "complete"
+    manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest["counts"] = counts
+    _atomic_json(manifest_file, manifest)
+    results = collect(out_dir, specs, len(plan), config.metrics)
+    return {"results": results, "plan": manifest["plan"], "counts": counts, "manifest": manifest_file}
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value

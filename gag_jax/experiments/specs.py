@@ -1,0 +1,245 @@
+"""Method specifications: one ``MethodSpec`` per row of the paper's Tables 1, 2 and 3.
+
+A spec names a row (``name``, file-system safe, used for results on disk and on the command
+line), its display ``label`` in the tables, the ``gj.explain`` method and options, and whether
+the map is post-processed by ``gj.reverse`` (the "R" rows of Table 2).
+
+Names:
+
+* Table 1: ``gag-0``, ``gag-15``, ``gag-25``, ..., ``gag-85``: Guided AbsoluteGrad with
+  ``percentile = p / 100`` (the name carries p in percent, the option the fraction; ``gag-0`` is
+  AbsoluteGrad: ``G = 1``).
+* Table 2: ``gradcam``; ``gag``, ``ag``, ``vargrad``, ``sg``, ``ig``, ``gb``, ``guided_ig``,
+  ``blur_ig``, ``vg``; reversed ``sg_r``, ``ig_r``, ``gb_r``, ``guided_ig_r``, ``blur_ig_r``.
+* Table 3: the originals ``sg``, ``ig``, ``guided_ig``, ``blur_ig``, ``gb`` and their variants
+  ``<base>.pos`` (+), ``<base>.neg`` (-), ``<base>.abs`` (A), ``<base>.guide`` (G) and
+  ``<base>.guide_abs`` (GA).
+
+Any ``gag-<p>``, ``<method>_r`` and ``<method>.<variant>`` is accepted by :func:`parse_methods`,
+not only the ones in the tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+from typing import Any, Mapping, Sequence
+
+from gag_jax.explainers import DEFAULTS, METHODS
+
+TABLE1_PERCENTS: tuple[int, ...] = (0, 15, 25, 35, 45, 55, 65, 75, 85)
+"""The p values (percent) of Table 1's rows GAG-0 ... GAG-85."""
+
+LABELS: dict[str, str] = {
+    "vg": "VG", "sg": "SG", "vargrad": "VarGrad", "ig": "IG", "guided_ig": "Guided IG",
+    "blur_ig": "BlurIG", "gb": "GB", "gradcam": "Grad-CAM", "ag": "AG", "gag": "GAG",
+}
+"""Display label of each ``gj.METHODS`` entry (the paper's abbreviations)."""
+
+TABLE3_BASES: tuple[str, ...] = ("sg", "ig", "guided_ig", "blur_ig", "gb")
+"""The methods whose gradient-processing variants Table 3 averages."""
+
+# variant suffix -> (Table 3 row label, options added to the base method)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pos": ("+", {"interpretation": "positive"}),
+    "neg": ("\u2212", {"interpretation": "negative"}),
+    "abs": ("A", {"interpretation": "absolute"}),
+    "guide": ("G", {"guide": True}),
+    "guide_abs": ("GA", {"guide": True, "interpretation": "absolute"}),
+}
+"""Table 3's gradient-processing variants: ``+``, ``-``, ``A``, ``G``, ``GA``."""
+
+TABLE2_ORDER: tuple[str, ...] = ("gradcam", "gag", "ag", "vargrad", "sg", "ig", "gb", "guided_ig", "blur_ig", "vg")
+"""Table 2 parts 1-2 in the paper's row order (AG, i.e. GAG-0, added after GAG)."""
+
+TABLE2_REVERSED: tuple[str, ...] = ("sg", "ig", "gb", "guided_ig", "blur_ig")
+"""The methods whose reversed "R" variants make Table 2 part 3."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One table row: how to compute its saliency maps.
+
+    Attributes:
+      name: unique, file-system safe identifier (``"gag-85"``, ``"sg_r"``, ``"ig.guide_abs"``).
+      label: display label in the tables (``"GAG-85"``, ``"SG^R"``, ``"GA"``).
+      method: a ``gj.METHODS`` entry passed to ``gj.explain``.
+      options: method options for ``gj.explain`` (on top of ``gj.DEFAULTS[method]``).
+      reverse: post-process the map with ``gj.reverse`` (Table 2 part 3).
+      part: the table part the row belongs to (Table 2: 1 Grad-CAM, 2 gradient methods,
+        3 reversed variants; 1 elsewhere).
+      base: for a Table 3 variant, the ``name`` of its original method; else None.
+      variant: for a Table 3 variant, its row label (``"+"``, ``"\u2212"``, ``"A"``, ``"G"``,
+        ``"GA"``); else None.
+    """
+
+    name: str
+    label: str
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+    reverse: bool = False
+    part: int = 1
+    base: str | None = None
+    variant: str | None = None
+
+    def explain_options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword options for ``gj.explain``: the spec's own, then ``overrides``.
+
+        Only overrides the method accepts are applied (e.g. ``n`` and ``chunk_size`` do not
+        reach ``gradcam``), so one set of command-line overrides serves every row.
+
+        Args:
+          overrides: e.g. ``{"n": 8, "chunk_size": 4}``.
+
+        Returns:
+          dict of options.
+        """
+        options = dict(self.options)
+        for key, value in (overrides or {}).items():
+            if value is not None and key in DEFAULTS[self.method]:
+                options[key] = value
+        return options
+
+    @property
+    def seed_salt(self) -> int:
+        """A stable 31-bit integer derived from ``name`` (folded into the PRNG key of this row)."""
+        return zlib.crc32(self.name.encode()) & 0x7FFFFFFF
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (stored in the run manifest)."""
+        return {"name": self.name, "label": self.label, "method": self.method, "options": dict(self.options),
+                "reverse": self.reverse, "part": self.part, "base": self.base, "variant": self.variant}
+
+
+def _opts(**options) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(options.items()))
+
+
+def gag_spec(percent: float) -> MethodSpec:
+    """GAG-p: Guided AbsoluteGrad with ``percentile = percent / 100`` (``percent`` in [0, 100))."""
+    percent = float(percent)
+    if not 0.0 <= percent < 100.0:
+        raise ValueError(f"GAG-p needs 0 <= p < 100 (p in percent); got {percent:g}")
+    text = f"{percent:g}"
+    return MethodSpec(name=f"gag-{text}", label=f"GAG-{text}", method="gag",
+                      options=_opts(percentile=round(percent / 100.0, 10)))
+
+
+def base_spec(method: str, part: int = 2) -> MethodSpec:
+    """The plain row of one ``gj.METHODS`` entry (paper defaults)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    return MethodSpec(name=method, label=LABELS[method], method=method, part=1 if method == "gradcam" else part)
+
+
+def reversed_spec(method: str) -> MethodSpec:
+    """The reversed "R" row of a method (Table 2 part 3): its map passed through ``gj.reverse``."""
+    base = base_spec(method)
+    return dataclasses.replace(base, name=f"{method}_r", label=f"{base.label}^R", reverse=True, part=3)
+
+
+def variant_spec(method: str, variant: str) -> MethodSpec:
+    """A Table 3 gradient-processing variant of ``method`` (``variant`` a key of :data:`VARIANTS`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if "interpretation" not in DEFAULTS.get(method, {}):
+        with_interpretation = [m for m in METHODS if "interpretation" in DEFAULTS[m]]
+        raise ValueError(f"method {method!r} has no gradient-processing variants; "
+                         f"methods with variants: {', '.join(with_interpretation)}")
+    row, options = VARIANTS[variant]
+    return MethodSpec(name=f"{method}.{variant}", label=row, method=method, options=_opts(**options),
+                      base=method, variant=row)
+
+
+def table1_specs() -> list[MethodSpec]:
+    """Table 1's rows: GAG-0, GAG-15, GAG-25, ..., GAG-85."""
+    return [gag_spec(p) for p in TABLE1_PERCENTS]
+
+
+def table2_specs() -> list[MethodSpec]:
+    """Table 2's rows: Grad-CAM (part 1), the gradient methods incl. AG and GAG (part 2), the
+    reversed variants SG^R, IG^R, GB^R, Guided IG^R, BlurIG^R (part 3)."""
+    return [base_spec(m) for m in TABLE2_ORDER] + [reversed_spec(m) for m in TABLE2_REVERSED]
+
+
+def table3_specs() -> list[MethodSpec]:
+    """Table 3's inputs: the five original methods and their +, -, A, G, GA variants (30 rows)."""
+    originals = [base_spec(m) for m in TABLE3_BASES]
+    variants = [variant_spec(m, v) for v in VARIANTS for m in TABLE3_BASES]
+    return originals + variants
+
+
+def table_specs(table: int) -> list[MethodSpec]:
+    """The specs of Table ``table`` (1, 2 or 3)."""
+    if table == 1:
+        return table1_specs()
+    if table == 2:
+        return table2_specs()
+    if table == 3:
+        return table3_specs()
+    raise ValueError(f"unknown table {table!r}; expected 1, 2 or 3")
+
+
+_GAG_P = re.compile(r"^gag-(\d+(?:\.\d+)?)$")
+
+
+def spec_from_name(name: str) -> MethodSpec:
+    """Parse one row name (see the module docstring) into its spec.
+
+    Raises:
+      ValueError: an unknown name, with the accepted forms listed.
+    """
+    text = name.strip().lower()
+    match = _GAG_P.match(text)
+    if match:
+        return gag_spec(float(match.group(1)))
+    if text in METHODS:
+        return base_spec(text)
+    if text.endswith("_r") and text[:-2] in METHODS:
+        return reversed_spec(text[:-2])
+    if "." in text:
+        method, variant = text.split(".", 1)
+        if method in METHODS:
+            return variant_spec(method, variant)
+    raise ValueError(
+        f"unknown method {name!r}; expected one of {', '.join(METHODS)}, gag-<p> (p in percent, e.g. gag-85), "
+        f"<method>_r (reversed, e.g. sg_r) or <method>.<variant> with variant in {', '.join(VARIANTS)} "
+        "(e.g. ig.guide_abs)")
+
+
+def parse_methods(names: Sequence[str] | str | None, table: int | None = None) -> list[MethodSpec]:
+    """Specs for a list of row names (comma-separated strings allowed); ``None``: the table's rows.
+
+    Table 3 needs each variant's original: they are added when missing.
+
+    Args:
+      names: row names, e.g. ``["gag", "sg_r", "gag-45"]`` or ``"gag,sg"``; None for all rows of
+        ``table``.
+      table: 1, 2, 3 or None.
+
+    Returns:
+      the specs, duplicates removed, in the given order.
+
+    Raises:
+      ValueError: unknown name, or ``names`` and ``table`` both None.
+    """
+    if names is None:
+        if table is None:
+            raise ValueError("give method names or a table number")
+        return table_specs(table)
+    if isinstance(names, str):
+        names = [names]
+    flat = [part for n in names for part in str(n).split(",") if part.strip()]
+    specs: list[MethodSpec] = []
+    seen: set[str] = set()
+    for n in flat:
+        spec = spec_from_name(n)
+        if spec.name not in seen:
+            specs.append(spec)
+            seen.add(spec.name)
+    if table == 3:
+        for spec in list(specs):
+            if spec.base is not None and spec.base not in seen:
+                specs.insert(0, base_spec(spec.base))
+                seen.add(spec.base)
+    return specs

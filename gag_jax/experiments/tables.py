@@ -1,0 +1,199 @@
+"""Table writers: CSV + Markdown in the layout of the paper's Tables 1, 2 and 3.
+
+``results`` everywhere is ``{case: {method name: {metric: mean, metric + "_sem": sem, "n": images}}}``
+(what :func:`gag_jax.experiments.runner.collect` returns, per case). Rows are methods (Tables 1
+and 2) or gradient-processing variants (Table 3); columns are (case, metric) pairs, cases in the
+paper's order, metrics ``L_lc-dce``, ``MAE`` (cases with masks), ``RCAP``, ``DAUC``, ``IAUC``.
+
+* Table 1 and 2 cells are dataset means (6 decimals, as the paper). In Markdown the best value
+  of each column is bold: over all rows in Table 1, over the gradient methods (part 2, i.e.
+  without Grad-CAM and the reversed rows) in Table 2, as in the paper.
+* Table 3 cells: for each variant (+, -, A, G, GA) and metric, ``value(variant) / value(original)``
+  per base method (SG, IG, Guided IG, BlurIG, GB), averaged over the bases (2 decimals). Bold
+  marks an improvement (> 1 for RCAP / IAUC, < 1 for the others). The per-base ratios are
+  written to ``table3_ratios.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Mapping, Sequence
+
+from gag_jax.experiments.specs import TABLE3_BASES, VARIANTS, MethodSpec
+
+CASE_ORDER = ("imagenet_s", "isic", "places365", "synthetic")
+CASE_LABELS = {"imagenet_s": "ImageNet-S", "isic": "ISIC", "places365": "Places365", "synthetic": "Synthetic"}
+METRIC_ORDER = ("log_cosh_dice", "mae", "rcap", "dauc", "iauc")
+METRIC_LABELS = {"log_cosh_dice": "L_lc-dce", "mae": "MAE", "rcap": "RCAP", "dauc": "DAUC", "iauc": "IAUC"}
+HIGHER_IS_BETTER = {"rcap": True, "iauc": True, "dauc": False, "log_cosh_dice": False, "mae": False}
+CAPTIONS = {
+    1: "Table 1. Ablation of Guided AbsoluteGrad's percentile p (Equation 4).",
+    2: "Table 2. Gradient-based method comparison (part 1: Grad-CAM; part 2: gradient methods; "
+       "part 3: reversed variants, Proposition 1).",
+    3: "Table 3. Average improvement / degradation of the gradient-processing variants: "
+       "variant / original, averaged over SG, IG, Guided IG, BlurIG and GB (1.0 = same as the original).",
+}
+
+
+def _columns(results: Mapping[str, Mapping], metrics_by_case: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    cases = sorted(results, key=lambda c: CASE_ORDER.index(c) if c in CASE_ORDER else len(CASE_ORDER))
+    return [(c, m) for c in cases for m in METRIC_ORDER if m in metrics_by_case[c]]
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table3_values(specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str, Mapping]],
+                  columns: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """Table 3's averaged ratios and the per-base ratios behind them.
+
+    Returns:
+      ``(rows, details)``: rows ``[(variant label, {(case, metric): mean ratio})]`` in the paper's
+      order (+, -, A, G, GA; only variants present in ``specs``); details: one dict per
+      (variant, base) with the ratio of every column.
+    """
+    names = {s.name for s in specs}
+    rows, details = [], []
+    for suffix, (label, _) in VARIANTS.items():
+        bases = [b for b in TABLE3_BASES if f"{b}.{suffix}" in names]
+        if not bases:
+            continue
+        cells = {}
+        for col in columns:
+            case, metric = col
+            ratios = []
+            for b in bases:
+                orig = results[case].get(b, {}).get(metric)
+                var = results[case].get(f"{b}.{suffix}", {}).get(metric)
+                if orig is None or var is None or math.isnan(orig) or math.isnan(var) or orig == 0:
+                    continue
+                ratios.append(var / orig)
+            cells[col] = sum(ratios) / len(ratios) if ratios else float("nan")
+        rows.append((label, cells))
+        for b in bases:
+            detail = {"variant": label, "method": b}
+            for case, metric in columns:
+                orig = results[case].get(b, {}).get(metric)
+                var = results[case].get(f"{b}.{suffix}", {}).get(metric)
+                ok = orig is not None and var is not None and orig == orig and var == var and orig != 0
+                detail[f"{case}_{metric}"] = var / orig if ok else float("nan")
+            details.append(detail)
+    return rows, details
+
+
+def _best(values: Sequence[float], metric: str) -> float | None:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return None
+    return max(finite) if HIGHER_IS_BETTER[metric] else min(finite)
+
+
+def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str, Mapping]],
+                    metrics_by_case: Mapping[str, Sequence[str]], *, note: str = "") -> str:
+    """The Markdown text of Table ``table`` (see the module docstring)."""
+    columns = _columns(results, metrics_by_case)
+    arrows = {m: "\u2191" if HIGHER_IS_BETTER[m] else "\u2193" for m in METRIC_ORDER}
+    header = ["Method" if table != 3 else "Variant"] + [
+        f"{CASE_LABELS.get(c, c)} {METRIC_LABELS[m]}{arrows[m]}" for c, m in columns]
+    lines = [CAPTIONS[table], ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    if table == 3:
+        rows, _ = table3_values(specs, results, columns)
+        for label, cells in rows:
+            out = [label]
+            for col in columns:
+                v = cells[col]
+                text = _fmt(v, 2)
+                better = not math.isnan(v) and ((v > 1) if HIGHER_IS_BETTER[col[1]] else (v < 1))
+                out.append(f"**{text}**" if better else text)
+            lines.append("| " + " | ".join(out) + " |")
+        return "\n".join(lines) + "\n"
+    ranked = [s for s in specs if (table == 1 or s.part == 2)]
+    best = {col: _best([results[col[0]].get(s.name, {}).get(col[1], float("nan")) for s in ranked], col[1])
+            for col in columns}
+    previous_part = None
+    for spec in specs:
+        if table == 2 and previous_part is not None and spec.part != previous_part:
+            lines.append("| " + " | ".join(["*\u2014*"] + [""] * len(columns)) + " |")
+        previous_part = spec.part
+        out = [spec.label]
+        for col in columns:
+            v = results[col[0]].get(spec.name, {}).get(col[1], float("nan"))
+            text = _fmt(v, 6)
+            is_best = spec in ranked and best[col] is not None and v == best[col] and len(ranked) > 1
+            out.append(f"**{text}**" if is_best else text)
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(table: int, specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str, Mapping]],
+                 metrics_by_case: Mapping[str, Sequence[str]], out_dir: str, *, note: str = "") -> dict[str, str]:
+    """Write ``table{N}.csv`` and ``table{N}.md`` (Table 3 also ``table3_ratios.csv``) into ``out_dir``.
+
+    CSV columns: Tables 1-2: ``method, label, part``, then per case ``<case>_n`` and per metric
+    ``<case>_<metric>`` and ``<case>_<metric>_sem``; Table 3: ``variant``, then ``<case>_<metric>``
+    (mean ratio). Numbers are written with full precision.
+
+    Args:
+      table: 1, 2 or 3.
+      specs: the rows (Table 3: originals and variants).
+      results: ``{case: {method: {metric: mean, ...}}}``.
+      metrics_by_case: the metrics of each case.
+      out_dir: destination directory.
+      note: a line printed under the Markdown caption (e.g. model and image count).
+
+    Returns:
+      ``{"csv": path, "md": path, "markdown": text}`` (plus ``"ratios"`` for Table 3).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    columns = _columns(results, metrics_by_case)
+    csv_path = os.path.join(out_dir, f"table{table}.csv")
+    md_path = os.path.join(out_dir, f"table{table}.md")
+    out: dict[str, str] = {"csv": csv_path, "md": md_path}
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if table == 3:
+            rows, details = table3_values(specs, results, columns)
+            writer.writerow(["variant"] + [f"{c}_{m}" for c, m in columns])
+            for label, cells in rows:
+                writer.writerow([label] + [repr(float(cells[col])) for col in columns])
+            ratios_path = os.path.join(out_dir, "table3_ratios.csv")
+            with open(ratios_path, "w", newline="", encoding="utf-8") as g:
+                w = csv.writer(g)
+                w.writerow(["variant", "method"] + [f"{c}_{m}" for c, m in columns])
+                for d in details:
+                    w.writerow([d["variant"], d["method"]] + [repr(float(d[f"{c}_{m}"])) for c, m in columns])
+            out["ratios"] = ratios_path
+        else:
+            cases = list(dict.fromkeys(c for c, _ in columns))
+            head = ["method", "label", "part"]
+            for c in cases:
+                head.append(f"{c}_n")
+                for cc, m in columns:
+                    if cc == c:
+                        head += [f"{c}_{m}", f"{c}_{m}_sem"]
+            writer.writerow(head)
+            for spec in specs:
+                row = [spec.name, spec.label, spec.part]
+                for c in cases:
+                    res = results[c].get(spec.name, {})
+                    row.append(res.get("n", 0))
+                    for cc, m in columns:
+                        if cc == c:
+                            row += [repr(float(res.get(m, float("nan")))), repr(float(res.get(m + "_sem", float("nan"))))]
+                writer.writerow(row)
+    text = render_markdown(table, specs, results, metrics_by_case, note=note)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(text)
+    out["markdown"] = text
+    return out
+
+
+def read_table_csv(path: str) -> list[dict[str, str]]:
+    """Rows of a table CSV as dicts (header -> text)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

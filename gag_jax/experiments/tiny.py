@@ -1,0 +1,188 @@
+"""A tiny Flax CNN for the synthetic case, trained in seconds with optax inside the runner.
+
+The synthetic dataset (``gag_jax.data.make_synthetic``) has exact ground-truth masks but no
+pre-trained classifier, so ``gag-jax evaluate --case synthetic`` (model ``tiny``) trains this
+network on a *separate* synthetic draw (``seed + 1000``, never the evaluated images) and saves the
+weights beside the results; a resumed run reloads them instead of re-training, so its numbers
+are those of the interrupted run.
+
+Architecture (NHWC, ReLU, no normalisation layers): conv3x3(16) - conv3x3(32, stride 2) -
+conv3x3(32) = ``features`` (Grad-CAM's layer); global average pool - dense(K) = ``head``.
+With ``guided_backprop=True`` every ReLU uses ``gj.gradients.guided_relu``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import serialization
+
+from gag_jax.gradients import guided_relu
+
+TRAIN_SEED_OFFSET = 1000
+"""The training images are ``make_synthetic(..., seed=seed + TRAIN_SEED_OFFSET)``."""
+
+
+class TinyCNN(nn.Module):
+    """Three 3x3 conv layers, global average pooling and a linear classifier.
+
+    Attributes:
+      num_classes: outputs (5 for the synthetic shapes).
+      width: channels of the first layer (doubled after it).
+      guided_backprop: Guided-Backprop ReLUs (same forward values).
+    """
+
+    num_classes: int = 5
+    width: int = 16
+    guided_backprop: bool = False
+
+    def setup(self):
+        self.conv1 = nn.Conv(self.width, (3, 3), padding="SAME")
+        self.conv2 = nn.Conv(2 * self.width, (3, 3), strides=(2, 2), padding="SAME")
+        self.conv3 = nn.Conv(2 * self.width, (3, 3), padding="SAME")
+        self.dense = nn.Dense(self.num_classes)
+
+    def _act(self, x):
+        return guided_relu(x) if self.guided_backprop else jax.nn.relu(x)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """``(B, H, W, 3)`` -> ``(B, H/2, W/2, 2 * width)`` activations of the last conv layer."""
+        x = self._act(self.conv1(x))
+        x = self._act(self.conv2(x))
+        return self._act(self.conv3(x))
+
+    def head(self, f: jax.Array) -> jax.Array:
+        """Global average pool and dense: activations -> ``(B, num_classes)`` float32 logits."""
+        return self.dense(f.mean(axis=(1, 2))).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(B, H, W, 3)`` normalised images -> ``(B, num_classes)`` logits."""
+        return self.head(self.features(x))
+
+
+def train_tiny(num_classes: int = 5, image_size: int = 32, *, seed: int = 0, steps: int = 300,
+               num_images: int = 640, batch_size: int = 64, learning_rate: float = 3e-3,
+               width: int = 16) -> tuple[TinyCNN, dict, dict]:
+    """Train a :class:`TinyCNN` on synthetic shapes (adam, softmax cross-entropy, label smoothing 0).
+
+    Deterministic for fixed arguments on a given device. Takes a few seconds on a CPU.
+
+    Args:
+      num_classes: shape classes (1..5).
+      image_size: image side.
+      seed: the data seed is ``seed + TRAIN_SEED_OFFSET``; the init key ``PRNGKey(seed)``.
+      steps: optimisation steps.
+      num_images: training-set size.
+      batch_size: images per step.
+      learning_rate: adam learning rate.
+      width: first-layer channels.
+
+    Returns:
+      ``(module, variables, info)``: info has ``train_accuracy``, ``seconds``, ``steps``.
+    """
+    from gag_jax.data import make_synthetic
+
+    start = time.perf_counter()
+    data = make_synthetic(num_images, image_size, seed + TRAIN_SEED_OFFSET, num_classes)
+    x_all, y_all = jnp.asarray(data["images"]), jnp.asarray(data["labels"])
+    module = TinyCNN(num_classes=num_classes, width=width)
+    params = module.init(jax.random.PRNGKey(seed), x_all[:1])["params"]
+    opt = optax.adam(learning_rate)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, x, y):
+        logits = module.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def step(p, s, key):
+        idx = jax.random.choice(key, x_all.shape[0], (batch_size,), replace=False)
+        loss, grads = jax.value_and_grad(loss_fn)(p, x_all[idx], y_all[idx])
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    key = jax.random.PRNGKey(seed + 1)
+    for i in range(steps):
+        params, opt_state, _ = step(params, opt_state, jax.random.fold_in(key, i))
+    logits = module.apply({"params": params}, x_all)
+    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == y_all))
+    variables = {"params": jax.device_get(params)}
+    return module, variables, {"train_accuracy": accuracy, "seconds": time.perf_counter() - start,
+                               "steps": steps, "num_images": num_images, "seed": seed}
+
+
+def save_tiny(variables: dict, path: str | os.PathLike, *, num_classes: int, width: int = 16) -> None:
+    """Write trained tiny-model variables (and its shape settings) to a ``.msgpack`` file, atomically."""
+    state = {"variables": serialization.to_state_dict(jax.device_get(variables)),
+             "config": {"num_classes": num_classes, "width": width}}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(serialization.msgpack_serialize(state))
+    os.replace(tmp, path)
+
+
+def load_tiny(path: str | os.PathLike) -> tuple[TinyCNN, dict]:
+    """Read a file written by :func:`save_tiny`; returns ``(module, variables)``.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: the file is not a tiny-model checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tiny-model checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        try:
+            state = serialization.msgpack_restore(f.read())
+        except Exception:  # noqa: BLE001 - msgpack raises several kinds for bad bytes
+            raise ValueError(f"{path} is not a tiny-model checkpoint (unreadable msgpack)") from None
+    if not isinstance(state, dict) or "variables" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a tiny-model checkpoint (written by gag_jax.experiments.tiny.save_tiny)")
+    config = state["config"]
+    module = TinyCNN(num_classes=int(config["num_classes"]), width=int(config["width"]))
+    variables = jax.tree_util.tree_map(jnp.asarray, state["variables"])
+    return module, variables
+
+
+def tiny_model_functions(module: TinyCNN, variables: dict) -> dict[str, Any]:
+    """``dict(logits, features, head, guided_logits)`` of a tiny model, jitted, variables bound."""
+    from functools import partial
+
+    guided = module.clone(guided_backprop=True)
+    apply = jax.jit(module.apply, static_argnames="method")
+    guided_apply = jax.jit(guided.apply, static_argnames="method")
+    return dict(logits=partial(apply, variables), features=partial(apply, variables, method="features"),
+                head=partial(apply, variables, method="head"), guided_logits=partial(guided_apply, variables))
+
+
+def trained_tiny(path: str | os.PathLike, num_classes: int, image_size: int, *, seed: int = 0,
+                 steps: int = 300) -> tuple[TinyCNN, dict, dict]:
+    """Load the tiny model at ``path`` if it exists, else train it and save it there.
+
+    Returns:
+      ``(module, variables, info)``; ``info["trained"]`` says whether it was trained now.
+
+    Raises:
+      ValueError: the file exists but holds a model for another number of classes.
+    """
+    if os.path.isfile(path):
+        module, variables = load_tiny(path)
+        if module.num_classes != num_classes:
+            raise ValueError(f"tiny model {path} has {module.num_classes} classes, the data {num_classes}")
+        return module, variables, {"trained": False, "path": os.fspath(path)}
+    module, variables, info = train_tiny(num_classes, image_size, seed=seed, steps=steps)
+    save_tiny(variables, path, num_classes=num_classes, width=module.width)
+    info.update(trained=True, path=os.fspath(path))
+    return module, variables, info
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(x)
