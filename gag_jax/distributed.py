@@ -37,6 +37,7 @@ import collections
 import functools
 import itertools
 import math
+import warnings
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
@@ -354,6 +355,9 @@ class ShardedExplainer:
             self._check_batch_size(batch_size)
         self.postprocess = postprocess
         self.traces = 0
+        if not jax.config.jax_threefry_partitionable:
+            warnings.warn("jax_threefry_partitionable is off: the noise of a row then depends on the padded batch "
+                          "size and the sharding, so padded / sharded maps differ from gj.explain's", stacklevel=2)
         self._fn = explainers_lib.explainer(method, postprocess=postprocess, **options)
         self._has_variables = variables is not None
         self.variables = replicate(variables, self.mesh) if variables is not None else None
