@@ -85,14 +85,15 @@ def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax
         return gradient(model_fn, inputs, labels)
 
     if modification.step is not None:  # adaptive path: sequential over samples
-        def body(carry, i):
-            mod_state, agg_state = carry
+        def body(carry, _):
+            mod_state, agg_state, i = carry
             mod_state, signal = modification.step(mod_state, i, grad_at)
             signal = signal[None]
             agg_state = aggregation.update(agg_state, interpret(signal), signal, jnp.ones((1,), jnp.float32))
-            return (mod_state, agg_state), None
+            return (mod_state, agg_state, i + 1), None
 
-        (_, agg_state), _ = jax.lax.scan(body, (state, agg_state), jnp.arange(n))
+        # the step index is carried, not scanned over, so no buffer grows with n
+        (_, agg_state, _), _ = jax.lax.scan(body, (state, agg_state, jnp.int32(0)), None, length=n)
         return aggregation.finalize(agg_state)
 
     chunk = n if chunk_size is None else min(chunk_size, n)
@@ -103,11 +104,12 @@ def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax
         inputs, scale = modification.sample(state, index)
         return (scale * grad_at(inputs)).astype(jnp.float32)
 
-    def body(agg_state, chunk_index):
+    def body(carry, _):
+        agg_state, chunk_index = carry
         indices = chunk_index * chunk + jnp.arange(chunk)
         signals = jax.vmap(signal_of)(indices)
         weights = (indices < n).astype(jnp.float32)
-        return aggregation.update(agg_state, interpret(signals), signals, weights), None
+        return (aggregation.update(agg_state, interpret(signals), signals, weights), chunk_index + 1), None
 
-    agg_state, _ = jax.lax.scan(body, agg_state, jnp.arange(num_chunks))
+    (agg_state, _), _ = jax.lax.scan(body, (agg_state, jnp.int32(0)), None, length=num_chunks)
     return aggregation.finalize(agg_state)
