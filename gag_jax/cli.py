@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the explanations and synthetic data (default 0)")
     p.add_argument("--backend", choices=("auto", "tfds", "files"), default="auto",
                    help="read a prepared tensorflow-datasets copy (tfds) or the files directly (default auto)")
+    p.add_argument("--train-steps", type=_positive_int, default=300,
+                   help="model tiny only: optimisation steps when it is trained (default %(default)s)")
     p.add_argument("--out", required=True, help="results directory (reuse it to resume)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures (RCAP curves, p-ablation curve)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -401,7 +403,8 @@ def cmd_evaluate(args) -> int:
         from gag_jax.experiments.tiny import trained_tiny
 
         _say(f"training the tiny synthetic-case CNN ({batches.num_classes} classes, {image_size}x{image_size}) ...")
-        _, _, info = trained_tiny(checkpoint, batches.num_classes, image_size, seed=args.seed)
+        _, _, info = trained_tiny(checkpoint, batches.num_classes, image_size, seed=args.seed,
+                                  steps=args.train_steps)
         _say(f"  train accuracy {info['train_accuracy']:.3f} in {info['seconds']:.1f} s -> {checkpoint}")
         extra["tiny_model_training"] = {k: v for k, v in info.items() if k != "path"}
     model, model_info = load_model(model_name, checkpoint, num_classes=args.num_classes)
@@ -437,7 +440,8 @@ def cmd_evaluate(args) -> int:
     results = {args.case: out["results"]}
     metrics_by_case = {args.case: metrics}
     note = (f"Case {args.case}, model {model_name}, {plan['images_kept']} of {plan['images_seen']} images "
-            f"(confidence > {args.confidence}), seed {args.seed}.")
+            + (f"(confidence > {args.confidence})" if args.confidence is not None else "(no confidence selection)")
+            + f", seed {args.seed}.")
     written = []
     for t in args.table:
         rows = _rows_for_table(t, specs, specs_lib)

@@ -126,6 +126,11 @@ def _load_npz(path: str) -> dict[str, np.ndarray] | None:
         return None
 
 
+def _is_record(path: str) -> bool:
+    """A finished, readable record (a damaged file counts as missing and is recomputed)."""
+    return os.path.exists(path) and _load_npz(path) is not None
+
+
 def selection_path(out_dir: str, batch: int) -> str:
     """Stage-1 record of data batch ``batch``."""
     return os.path.join(out_dir, "selection", f"batch_{batch:05d}.npz")
@@ -423,7 +428,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     overrides = dict(config.method_overrides)
     metric_options = dict(config.metric_options)
     total = plan.num_kept * len(specs)
-    done = {(s.name, k) for s in specs for k in range(len(plan)) if os.path.exists(record_path(out_dir, s.name, k))}
+    done = {(s.name, k) for s in specs for k in range(len(plan)) if _is_record(record_path(out_dir, s.name, k))}
     initial = sum(len(plan.batch_rows(k)) for _, k in done)
     bar = _progress(total, initial, "evaluate", progress)
     reader = _Reader(batches)

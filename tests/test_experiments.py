@@ -1,0 +1,252 @@
+"""Experiments package: table specs, table writers (against hand-computed values), the resumable
+runner (interrupt + resume == uninterrupted, finished batches never recomputed, damaged records
+recomputed, option mismatch refused), figures and the tiny model's round trip."""
+from __future__ import annotations
+
+import csv
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import gag_jax as gj
+from gag_jax.data import load_case
+from gag_jax.experiments import figures, runner, specs, tables, tiny
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def test_table1_rows_are_gag_p_with_fractional_percentiles():
+    rows = specs.table1_specs()
+    assert [s.name for s in rows] == [f"gag-{p}" for p in (0, 15, 25, 35, 45, 55, 65, 75, 85)]
+    assert [s.label for s in rows][-1] == "GAG-85"
+    assert all(s.method == "gag" for s in rows)
+    assert [dict(s.options)["percentile"] for s in rows] == pytest.approx([0, .15, .25, .35, .45, .55, .65, .75, .85])
+
+
+def test_table2_rows_parts_and_reversed_variants():
+    rows = specs.table2_specs()
+    names = [s.name for s in rows]
+    assert set(gj.METHODS) <= set(names)
+    assert [s.name for s in rows if s.reverse] == ["sg_r", "ig_r", "gb_r", "guided_ig_r", "blur_ig_r"]
+    assert all(s.part == 3 for s in rows if s.reverse)
+    assert [s.part for s in rows if s.name == "gradcam"] == [1]
+    assert {s.part for s in rows if not s.reverse and s.name != "gradcam"} == {2}
+
+
+def test_table3_variants_options():
+    rows = specs.table3_specs()
+    assert len(rows) == 5 + 25
+    by_name = {s.name: s for s in rows}
+    assert dict(by_name["sg.pos"].options) == {"interpretation": "positive"}
+    assert dict(by_name["ig.neg"].options) == {"interpretation": "negative"}
+    assert dict(by_name["gb.abs"].options) == {"interpretation": "absolute"}
+    assert dict(by_name["blur_ig.guide"].options) == {"guide": True}
+    assert dict(by_name["guided_ig.guide_abs"].options) == {"guide": True, "interpretation": "absolute"}
+    assert by_name["sg.guide_abs"].base == "sg" and by_name["sg.guide_abs"].variant == "GA"
+    # every option is accepted by the explainer's validation
+    for s in rows:
+        gj.explainers.resolve_options(s.method, s.explain_options({"n": 4, "chunk_size": 2}))
+
+
+def test_parse_methods_and_errors():
+    got = specs.parse_methods(["gag,gag-45", "sg_r", "ig.guide_abs", "gag"])
+    assert [s.name for s in got] == ["gag", "gag-45", "sg_r", "ig.guide_abs"]
+    assert got[2].reverse and got[2].method == "sg"
+    # Table 3 adds the missing original
+    assert [s.name for s in specs.parse_methods(["ig.abs"], table=3)] == ["ig", "ig.abs"]
+    for bad in ("bogus", "gag-100", "gradcam.abs", "sg.wrong"):
+        with pytest.raises(ValueError):
+            specs.parse_methods([bad])
+    # overrides reach only methods that take them
+    assert specs.base_spec("gradcam").explain_options({"n": 3}) == {}
+    assert specs.base_spec("sg").explain_options({"n": 3, "chunk_size": None}) == {"n": 3}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _fake_results():
+    res = {}
+    for i, s in enumerate(specs.table3_specs()):
+        res[s.name] = {"n": 4, "rcap": 0.1 + 0.01 * i, "dauc": 0.2, "iauc": 0.3 + 0.001 * i, "rcap_sem": 0.0,
+                       "dauc_sem": 0.0, "iauc_sem": 0.0}
+    return res
+
+
+def test_table3_is_mean_over_bases_of_variant_over_original(tmp_path):
+    res = _fake_results()
+    rows = specs.table3_specs()
+    out = tables.write_tables(3, rows, {"isic": res}, {"isic": ("rcap", "dauc", "iauc")}, str(tmp_path))
+    got = {r["variant"]: r for r in tables.read_table_csv(out["csv"])}
+    assert list(got) == ["+", "\u2212", "A", "G", "GA"]
+    expect = np.mean([res[f"{b}.pos"]["rcap"] / res[b]["rcap"] for b in specs.TABLE3_BASES])
+    assert float(got["+"]["isic_rcap"]) == pytest.approx(expect)
+    assert float(got["GA"]["isic_dauc"]) == pytest.approx(1.0)
+    ratios = tables.read_table_csv(out["ratios"])
+    assert len(ratios) == 25 and {r["method"] for r in ratios} == set(specs.TABLE3_BASES)
+    md = open(out["md"], encoding="utf-8").read()
+    assert "| Variant | ISIC RCAP\u2191 | ISIC DAUC\u2193 | ISIC IAUC\u2191 |" in md
+
+
+def test_table2_layout_columns_best_in_bold(tmp_path):
+    rows = specs.table2_specs()
+    res = {s.name: {"n": 3, "log_cosh_dice": 0.3, "mae": 0.5, "rcap": 0.1, "dauc": 0.2, "iauc": 0.4} for s in rows}
+    res["gag"]["rcap"] = 0.9        # best gradient method
+    res["gradcam"]["rcap"] = 0.95   # Grad-CAM is not ranked (part 1), as in the paper
+    res2 = {s.name: {"n": 5, "rcap": 0.2, "dauc": 0.1, "iauc": 0.5} for s in rows}
+    results = {"places365": res2, "imagenet_s": res}
+    metrics = {"imagenet_s": ("log_cosh_dice", "mae", "rcap", "dauc", "iauc"), "places365": ("rcap", "dauc", "iauc")}
+    out = tables.write_tables(2, rows, results, metrics, str(tmp_path))
+    with open(out["csv"], newline="") as f:
+        header = next(csv.reader(f))
+    # ImageNet-S first (the paper's order), then Places365; mean and sem per metric
+    assert header[:5] == ["method", "label", "part", "imagenet_s_n", "imagenet_s_log_cosh_dice"]
+    assert "places365_iauc_sem" in header and header.index("places365_n") > header.index("imagenet_s_iauc")
+    table = tables.read_table_csv(out["csv"])
+    assert [r["method"] for r in table] == [s.name for s in rows]
+    md = open(out["md"], encoding="utf-8").read()
+    assert "**0.900000**" in md and "**0.950000**" not in md
+    assert "| Method | ImageNet-S L_lc-dce\u2193 | ImageNet-S MAE\u2193 | ImageNet-S RCAP\u2191" in md
+    assert "SG^R" in md
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    """Untrained tiny CNN (the runner does not care about accuracy) on 16x16 synthetic shapes."""
+    module = tiny.TinyCNN(num_classes=5, width=4)
+    variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))
+    model = gj.ModelFunctions(**tiny.tiny_model_functions(module, variables))
+    return model
+
+
+def _config(**kw):
+    base = dict(case="synthetic", model="tiny", image_size=16, batch_size=4, confidence=None, seed=3,
+                metrics=("log_cosh_dice", "mae", "rcap", "dauc", "iauc"), method_overrides={"n": 2})
+    base.update(kw)
+    return runner.RunConfig(**base)
+
+
+def _run(out, model, rows, **kw):
+    batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
+    return runner.run(_config(), rows, str(out), batches=batches, model=model, progress=False, **kw)
+
+
+def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_setup, monkeypatch):
+    rows = specs.parse_methods(["gag", "sg_r"])
+    full = _run(tmp_path / "full", tiny_setup, rows)
+    assert full["counts"] == {"computed": 4, "reused": 0}  # 7 images -> 2 batches x 2 methods
+
+    calls = []
+    original = runner.explain_batch
+
+    def counting(spec, *a, **k):
+        calls.append(spec.name)
+        return original(spec, *a, **k)
+
+    monkeypatch.setattr(runner, "explain_batch", counting)
+    with pytest.raises(runner.Interrupted):
+        _run(tmp_path / "resumed", tiny_setup, rows, stop_after_batches=1)
+    assert calls == ["gag"]
+    first_record = runner.record_path(str(tmp_path / "resumed"), "gag", 0)
+    stamp = os.stat(first_record).st_mtime_ns
+    manifest = open(tmp_path / "resumed" / "manifest.json").read()
+    assert '"status": "interrupted"' in manifest
+
+    calls.clear()
+    resumed = _run(tmp_path / "resumed", tiny_setup, rows)
+    assert sorted(calls) == ["gag", "sg_r", "sg_r"]          # the finished batch is not recomputed
+    assert resumed["counts"] == {"computed": 3, "reused": 1}
+    assert os.stat(first_record).st_mtime_ns == stamp          # ... nor rewritten
+    for name in ("gag", "sg_r"):
+        for metric in ("rcap", "dauc", "iauc", "log_cosh_dice", "mae"):
+            assert resumed["results"][name][metric] == full["results"][name][metric]
+        assert resumed["results"][name]["n"] == 7
+
+    # a third run computes nothing at all
+    calls.clear()
+    again = _run(tmp_path / "resumed", tiny_setup, rows)
+    assert calls == [] and again["counts"] == {"computed": 0, "reused": 4}
+
+
+def test_damaged_record_is_recomputed_and_mismatch_refused(tmp_path, tiny_setup):
+    rows = specs.parse_methods(["vg"])
+    first = _run(tmp_path, tiny_setup, rows)
+    path = runner.record_path(str(tmp_path), "vg", 1)
+    with open(path, "wb") as f:
+        f.write(b"truncated by a hard kill")
+    second = _run(tmp_path, tiny_setup, rows)
+    assert second["counts"] == {"computed": 1, "reused": 1}
+    assert second["results"]["vg"]["rcap"] == first["results"]["vg"]["rcap"]
+    batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
+    with pytest.raises(runner.RunMismatchError, match="seed"):
+        runner.run(_config(seed=4), rows, str(tmp_path), batches=batches, model=tiny_setup, progress=False)
+
+
+def test_confidence_selection_keeps_only_confident_rows(tmp_path, tiny_setup):
+    batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
+    probs = np.concatenate([np.asarray(gj.metrics.target_probs(tiny_setup.logits, b["images"], b["labels"]))[b["valid"]]
+                            for b in batches])
+    threshold = float(np.median(probs))
+    plan = runner.select(batches, tiny_setup, str(tmp_path), threshold, 4, progress=False)
+    assert plan.num_seen == 7
+    assert plan.num_kept == int((probs > threshold).sum())
+    flat = [b * 4 + r for b, r in plan.rows]
+    assert flat == [i for i in range(7) if probs[i] > threshold]
+
+
+def test_parse_metrics():
+    assert runner.parse_metrics(None, has_masks=False) == ("rcap", "dauc", "iauc")
+    assert runner.parse_metrics("iauc,dice", has_masks=True) == ("log_cosh_dice", "iauc")
+    with pytest.raises(ValueError, match="masks"):
+        runner.parse_metrics(["mae"], has_masks=False)
+    with pytest.raises(ValueError, match="unknown metric"):
+        runner.parse_metrics(["auc"], has_masks=True)
+
+
+# ----------------------------------------------------------------------------- figures, tiny model
+
+
+def test_figures_write_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (2, 20, 20, 3), dtype=np.uint8)
+    maps = {"gag": rng.random((2, 20, 20)), "sg": rng.random((2, 20, 20))}
+    paths = [
+        figures.method_grid(str(tmp_path / "grid.png"), pixels, maps, row_titles=["a", "b"],
+                            scores={"gag": np.array([0.1, 0.2])}),
+        figures.rcap_partitions(str(tmp_path / "parts.png"), pixels[0], maps["gag"][0],
+                                ratios=[0.9, 0.8, 0.7, 0.6, 0.5], probs=[0.5] * 5),
+        figures.rcap_curves(str(tmp_path / "curves.png"), {"gag": {"rcap_ratios": [1] * 5, "rcap_probs": [.5] * 5}}),
+        figures.p_ablation_curve(str(tmp_path / "p.png"), {"isic": {"gag-0": {"rcap": 0.3}, "gag-85": {"rcap": 0.5}}},
+                                 {"isic": ("rcap",)}),
+        figures.save_overlay(str(tmp_path / "o.png"), pixels[0], maps["sg"][0]),
+    ]
+    out = figures.synthetic_propositions(str(tmp_path / "fig4.png"), size=40)
+    paths.append(out["path"])
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Figure 4: Proposition 1 (M1 > M3) and Proposition 2 (M1 > M2) hold with coverage as prob
+    r = out["rcap"]
+    assert r["M1"] > r["M3"] and r["M1"] > r["M2"] and r["M1"] > r["M4"]
+
+
+def test_tiny_checkpoint_round_trip(tmp_path):
+    module = tiny.TinyCNN(num_classes=3, width=4)
+    variables = module.init(jax.random.PRNGKey(1), np.zeros((1, 16, 16, 3), np.float32))
+    path = str(tmp_path / "t.msgpack")
+    tiny.save_tiny(variables, path, num_classes=3, width=4)
+    m2, v2 = tiny.load_tiny(path)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(module.apply(variables, x)), np.asarray(m2.apply(v2, x)))
+    fns = tiny.tiny_model_functions(m2, v2)
+    np.testing.assert_allclose(np.asarray(fns["head"](fns["features"](x))), np.asarray(fns["logits"](x)), rtol=1e-6)
+    with open(tmp_path / "bad.msgpack", "wb") as f:
+        f.write(b"not msgpack")
+    with pytest.raises(ValueError, match="tiny-model checkpoint"):
+        tiny.load_tiny(str(tmp_path / "bad.msgpack"))
