@@ -7,9 +7,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gag_jax import aggregations, gradients, interpretations, modifications, ops, postprocess
+from gag_jax._lifting import join_function, split_function
 from gag_jax._validation import check_fraction, check_images, check_labels, check_positive_int
 from gag_jax.gradcam import gradcam
 from gag_jax.pipeline import Explainer, chain
@@ -217,42 +217,14 @@ def explainer(method: str, *, postprocess: bool = True, **options) -> Callable:
 postprocess_lib = postprocess
 
 
-def _is_array(leaf) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray))
-
-
 def _lift_parameters(model: ModelFunctions) -> tuple[tuple, tuple]:
-    """Split ``functools.partial(apply, variables, ...)`` model functions into a static part and
-    their array arguments, so parameters enter the compiled program as arguments rather than as
-    constants baked into it (faster compiles, no copy of the weights per program)."""
-    statics, dynamics = [], []
-    for fn in model:
-        leaves = jax.tree_util.tree_leaves(getattr(fn, "args", ()))
-        if isinstance(fn, functools.partial) and leaves and all(_is_array(leaf) for leaf in leaves):
-            try:
-                keywords = tuple(sorted(fn.keywords.items()))
-                hash(keywords)
-            except TypeError:
-                statics.append((False, fn))
-                dynamics.append(None)
-                continue
-            statics.append((True, (fn.func, keywords)))
-            dynamics.append(fn.args)
-        else:
-            statics.append((False, fn))
-            dynamics.append(None)
-    return tuple(statics), tuple(dynamics)
+    """Static parts and array arguments of the model functions (see ``gag_jax._lifting``)."""
+    parts = [split_function(fn) for fn in model]
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
 
 
 def _rebuild(statics: tuple, dynamics: tuple) -> ModelFunctions:
-    fns = []
-    for (lifted, static), args in zip(statics, dynamics):
-        if lifted:
-            func, keywords = static
-            fns.append(functools.partial(func, *args, **dict(keywords)))
-        else:
-            fns.append(static)
-    return ModelFunctions(*fns)
+    return ModelFunctions(*(join_function(s, a) for s, a in zip(statics, dynamics)))
 
 
 @functools.partial(jax.jit, static_argnames=("method", "options", "model_statics", "postprocess"))

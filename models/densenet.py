@@ -97,7 +97,6 @@ class DenseNet(nn.Module):
         self.conv0 = conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)))
         self.norm0 = _BN(dtype=self.dtype, param_dtype=jnp.float32)
         n = self.num_init_features
-        blocks, transitions = [], []
         for b, n_layers in enumerate(self.block_config):
             layers = [DenseLayer(self.growth_rate, self.bn_size, dtype=self.dtype,
                                  guided_backprop=self.guided_backprop) for _ in range(n_layers)]

@@ -11,10 +11,8 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -5,7 +5,6 @@ full-size equivalence lives in ``test_models_resnet_densenet.py``.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp

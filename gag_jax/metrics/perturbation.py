@@ -1,13 +1,13 @@
 """Deletion / Insertion AUC (RISE-style, as the paper computed them; SPEC section 3)."""
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 
@@ -33,7 +33,7 @@ def trapezoid_auc(curves: jax.Array, fractions: Sequence[float]) -> jax.Array:
     return jnp.sum(dx * (curves[..., 1:] + curves[..., :-1]) * 0.5, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "fractions", "batch_size", "blur_kernel",
+@jit_lifting_model(("model_fn", "fractions", "batch_size", "blur_kernel",
                                              "blur_sigma"))
 def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, batch_size,
                              blur_kernel, blur_sigma):

@@ -1,13 +1,12 @@
 """ReCover And Predict (RCAP), section 4.2 of the paper, eq. 5/6."""
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD, ModelFn
 
@@ -35,7 +34,7 @@ def rcap_percentiles(lower_bound: float = 50, interval: float = 10) -> tuple[flo
     return tuple(100.0 - k * iv for k in range(1, j + 1))
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "percentiles", "baseline", "mean", "std",
+@jit_lifting_model(("model_fn", "percentiles", "baseline", "mean", "std",
                                              "batch_size", "blur_kernel", "blur_sigma"))
 def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mean, std, batch_size,
                blur_kernel, blur_sigma):
@@ -112,8 +111,9 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     All ``j * B`` recovered images go through ``model_fn`` as one batch, or, with ``batch_size``, as
     ``ceil(j*B / batch_size)`` batches in a ``jax.lax.map`` (memory for one chunk of copies). The
     jitted computation is cached per (shapes, dtypes, ``model_fn``, options): calling again with
-    the same shapes and the *same* ``model_fn`` object does not re-trace (a new
-    ``functools.partial`` each call does).
+    the same shapes and the same ``model_fn`` does not re-trace. Arrays bound by
+    ``functools.partial(apply, variables)`` (as ``models.model_functions`` does) are passed to the
+    compiled program as arguments, so new weights for the same ``apply`` do not re-trace either.
 
     Degenerate maps: a constant map (every pixel equals every percentile) recovers the whole image
     at every ``k`` and gets ``ratio_k = 1``, i.e. ``RCAP = softmax(model(original))[label]``. The

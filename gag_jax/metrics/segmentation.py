@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 
@@ -88,7 +89,7 @@ def mae(saliency, masks, *, sqrt: bool = False):
     return err
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "batch_size"))
+@jit_lifting_model(("model_fn", "batch_size"))
 def _target_probs_core(images, labels, *, model_fn, batch_size):
     images = images.astype(jnp.float32)
     return C.target_probs_of_items(model_fn, lambda bi: images[bi], (jnp.arange(images.shape[0]),),
