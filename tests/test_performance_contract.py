@@ -80,3 +80,37 @@ def test_benchmark_entry_point_smoke(tmp_path, capsys):
     table = results.read_text()
     assert "expl/s" in table and "| float32 |" in table and "cpu" in table.lower()
     assert "expl/s" in capsys.readouterr().out
+
+
+def test_bound_weights_enter_explain_and_metrics_as_arguments():
+    """``partial(apply, variables)`` must not be baked into the programs as constants."""
+    import functools
+    import warnings
+
+    import jax.numpy as jnp
+
+    import gag_jax as gj
+
+    weights = jnp.ones((32, 32, 3))
+
+    def apply(w, x):
+        s = jnp.sum(x * w, axis=(1, 2, 3))
+        return jnp.stack([s, -s], -1)
+
+    images, labels = jnp.ones((2, 32, 32, 3)), jnp.array([0, 1])
+    old = jax.config.jax_captured_constants_warn_bytes
+    jax.config.update("jax_captured_constants_warn_bytes", 1000)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model_fn = functools.partial(apply, weights)
+            maps = gj.explain("gag", model_fn, images, labels, key=jax.random.PRNGKey(0), n=2)
+            gj.metrics.rcap(model_fn, images, labels, maps)
+            gj.metrics.deletion_insertion(model_fn, images, labels, maps)
+        assert not [w for w in caught if "constants were captured" in str(w.message)]
+        with warnings.catch_warnings(record=True) as caught:  # the check itself can fail: a closure is caught
+            warnings.simplefilter("always")
+            gj.explain("gag", lambda x: apply(weights, x), images, labels, key=jax.random.PRNGKey(0), n=2)
+        assert [w for w in caught if "constants were captured" in str(w.message)]
+    finally:
+        jax.config.update("jax_captured_constants_warn_bytes", old)
