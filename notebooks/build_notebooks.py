@@ -54,13 +54,13 @@ QUICKSTART = [
     """),
     code("""
     import jax, jax.numpy as jnp, numpy as np, matplotlib.pyplot as plt, gag_jax as gj, models
-    from skimage import data, transform
+    from skimage import data
 
     SIZE = 128
     model = models.model_functions(*models.load("efficientnet_lite0"))  # shipped ImageNet weights
     classes = open(models.__file__.replace("__init__.py", "imagenet_classes.txt")).read().splitlines()
-    pixels = np.stack([transform.resize(p, (SIZE, SIZE), anti_aliasing=True) for p in (data.chelsea(), data.stereo_motorcycle()[0])])
-    images = gj.ops.from_pixels(pixels.astype(np.float32))     # (2, SIZE, SIZE, 3), ImageNet-normalised
+    images = gj.data.prepare_pixels([data.chelsea(), data.stereo_motorcycle()[0]], SIZE)  # (2, SIZE, SIZE, 3), ImageNet-normalised
+    pixels = np.clip(gj.ops.to_pixels(images), 0, 1)           # back to [0, 1] RGB, for display
     labels = jnp.argmax(model["logits"](images), axis=-1)      # explain the predicted class
     """),
     md("""
@@ -384,14 +384,14 @@ RCAP = [
     code("""
     import jax, jax.numpy as jnp, numpy as np, matplotlib.pyplot as plt
     import gag_jax as gj, models
-    from skimage import data, transform
+    from skimage import data
 
     SIZE = 128
     model = models.model_functions(*models.load("efficientnet_lite0"))
     logits_fn = model["logits"]
     photo = data.stereo_motorcycle()[0]                 # the left view of scikit-image's stereo pair
-    pixels = transform.resize(photo, (SIZE, SIZE), anti_aliasing=True).astype(np.float32)[None]
-    images = gj.ops.from_pixels(pixels)
+    images = gj.data.prepare_pixels([photo], SIZE)      # (1, SIZE, SIZE, 3), ImageNet-normalised
+    pixels = np.asarray(gj.ops.to_pixels(images))       # the same image in [0, 1] pixel space
     classes = open(models.__file__.replace("__init__.py", "imagenet_classes.txt")).read().splitlines()
     label = int(jnp.argmax(logits_fn(images), axis=-1)[0])
     print(f"predicted {classes[label]!r} (class {label}) with probability {float(jax.nn.softmax(logits_fn(images))[0, label]):.3f}")
