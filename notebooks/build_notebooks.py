@@ -134,7 +134,7 @@ COMPOSE = [
     | aggregation (over the n samples) | `gj.aggregations` | `total`, `mean`, `variance`, `guide` (eq. 2-5) |
 
     This notebook trains a small Flax CNN of its own on the synthetic shapes dataset (32 x 32
-    images with exact object masks; the training takes a few seconds), rebuilds GAG from the
+    images with exact object masks; training takes well under a minute on two CPU cores), rebuilds GAG from the
     seams, builds two new explainers (one with a modification written here), jits and vmaps them,
     and compares them with the presets against the exact masks.
     """),
@@ -598,7 +598,7 @@ REPRODUCE = [
 
     This notebook runs the pipeline on the **synthetic case**, which needs no data: 32 x 32
     images of five shapes with exact object masks (so Log-Cosh Dice and MAE are computed too), and
-    a small CNN that `evaluate` trains for a few seconds on a separate synthetic draw. To keep the
+    a small CNN that `evaluate` trains in seconds on a separate synthetic draw. To keep the
     notebook to a couple of minutes on two CPU cores it uses 32 images and, for Table 3, only
     SmoothGrad's variants. The last section gives the commands for ImageNet-S, ISIC and Places365.
     The notebook calls the command-line entry point in-process (`gag_jax.cli.main`), so every
