@@ -104,7 +104,7 @@ def test_evaluate_interrupted_then_resumed_equals_uninterrupted(evaluated, tmp_p
 
 
 def test_demo_explains_real_photos_for_every_method(tmp_path, capsys):
-    rc, out, err = _main(["demo", "--size", "64", "--n", "2", "--out", tmp_path, *FAST], capsys)
+    rc, out, err = _main(["demo", "--size", "64", "--n", "4", "--out", tmp_path, *FAST], capsys)
     assert rc == 0, err
     rows = read_table_csv(str(tmp_path / "demo_table.csv"))
     assert [r["method"] for r in rows] == list(gj.METHODS)
@@ -141,6 +141,39 @@ def test_explain_skips_an_undecodable_image_and_names_it(tmp_path, capsys):
     rows = read_table_csv(str(tmp_path / "out" / "explain.csv"))
     assert [r["image"] for r in rows] == ["a.png", "b.jpg"]
     assert "skipped 1 unreadable file" in out
+
+
+def test_evaluate_places365_folder_with_an_undecodable_image(tmp_path, capsys):
+    """A user's dataset copy (fake Places365 tree): the broken file is named, the others evaluated."""
+    root = tmp_path / "places365"
+    (root / "val_256").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    names = [f"Places365_val_{i:08d}.jpg" for i in range(1, 6)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "val_256" / name)
+    (root / "val_256" / names[2]).write_bytes(b"not an image")
+    (root / "places365_val.txt").write_text("".join(f"{n} {7 * i}\n" for i, n in enumerate(names)))
+    rc, out, err = _main(["evaluate", "--case", "places365", "--data-dir", root, "--model", "efficientnet_lite0",
+                          "--image-size", "32", "--batch-size", "4", "--methods", "vg", "--confidence", "none",
+                          "--backend", "files", "--out", tmp_path / "out", *FAST], capsys)
+    assert rc == 0, err
+    named = [line for line in err.splitlines() if names[2] in line]
+    assert len(named) == 1 and "Traceback" not in err
+    rows = read_table_csv(str(tmp_path / "out" / "table2.csv"))
+    assert [r["method"] for r in rows] == ["vg"] and rows[0]["places365_n"] == "4"
+    assert list(rows[0])[3:] == ["places365_n", "places365_rcap", "places365_rcap_sem", "places365_dauc",
+                                 "places365_dauc_sem", "places365_iauc", "places365_iauc_sem"]
+    assert names[2] in (tmp_path / "out" / "manifest.json").read_text()
+    assert "skipped 1 unreadable file" in out
+
+
+def test_tables_command_rebuilds_the_tables_of_a_run(evaluated, tmp_path, capsys):
+    rc, out, _ = _main(["tables", evaluated, "--table", "1,3", "--out", tmp_path], capsys)
+    assert rc == 0
+    for name in ("table1.csv", "table3.csv"):
+        assert (tmp_path / name).read_text() == (evaluated / name).read_text()
+    rc, _, err = _main(["tables", tmp_path, "--out", tmp_path], capsys)
+    assert rc == 2 and "not an evaluate output directory" in err
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -136,7 +136,12 @@ class DemoResult:
     seconds: dict
 
 
-def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int = 20, size: int = 224,
+DEMO_SIZE = 160
+"""Default demo input side: at 160 px Lite0 classifies the four photos confidently (cat 0.58, espresso
+0.97, missile 0.54, moped 0.98) and the demo costs about half of 224 px."""
+
+
+def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int = 20, size: int = DEMO_SIZE,
              images: Sequence[str] | None = None, seed: int = 0, batch_size: int = 4,
              metric_batch_size: int | None = 40, chunk_size: int | None = None, model_name: str = "efficientnet_lite0",
              checkpoint: str | None = None, report: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
@@ -146,7 +151,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
       out_dir: where everything is written (created).
       methods: ``gj.METHODS`` entries (default: all of them).
       n: modifications per method (paper: 20).
-      size: input side in pixels (EfficientNet-Lite0 was trained at 224).
+      size: input side in pixels (default 160; EfficientNet-Lite0 was trained at 224, which costs
+        about twice as much).
       images: image files / folders (default: the scikit-image photos).
       seed: PRNG seed.
       batch_size: images explained together (bounded memory; the last batch is padded).
@@ -175,7 +181,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     pixels, x, names = read_images(paths, size, report=report)
     if not names:
         raise RuntimeError("no readable image among the inputs")
-    names = [os.path.splitext(nm)[0] for nm in names]
+    demo_names = {file: label for label, file in DEMO_IMAGES} if not images else {}
+    names = [demo_names.get(nm, os.path.splitext(nm)[0]) for nm in names]
     t_load = time.perf_counter()
 
     probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))

@@ -557,8 +557,9 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
 
     plan = select(batches, model, out_dir, config.confidence, config.batch_size, progress=progress,
                   metric_batch_size=metric_batch_size)
+    skipped = [dataclasses.asdict(s) for s in getattr(batches, "skipped", [])]
     manifest["plan"] = {"images_seen": plan.num_seen, "images_kept": plan.num_kept, "batches": len(plan),
-                        "skipped_files": [dataclasses.asdict(s) for s in getattr(batches, "skipped", [])]}
+                        "skipped_files": skipped or manifest.get("plan", {}).get("skipped_files", [])}
     _atomic_json(manifest_file, manifest)
     try:
         counts = evaluate_plan(plan, batches, model, specs, out_dir, config=config,
