@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 PROG = "gag-jax"
 EXIT_USAGE = 2
@@ -36,7 +36,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``gag-jax evaluate: error: ... (see --help)``) and exit status 2."""
 
-    def error(self, message):  # noqa: D102 - argparse API
+    def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, *, cache=True):
         p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
         if cache:
-            p.add_argument("--compile-cache", default=_default_cache_dir(), metavar="DIR",
-                           help="persistent XLA compilation cache ('none' to disable; default %(default)s)")
+            p.add_argument("--compile-cache", default=os.environ.get("GAG_JAX_COMPILE_CACHE", _default_cache_dir()),
+                           metavar="DIR", help="persistent XLA compilation cache, so a second run skips most "
+                           "compilation ('none' to disable; default $GAG_JAX_COMPILE_CACHE or %(default)s)")
 
     methods_help = "comma-separated; gj.METHODS: vg, sg, vargrad, ig, guided_ig, blur_ig, gb, gradcam, ag, gag"
 
@@ -302,9 +303,10 @@ def cmd_demo(args) -> int:
          f"{args.size}x{args.size}")
     result = run_demo(args.out, methods=methods, n=args.n, size=args.size, images=args.images, seed=args.seed,
                       batch_size=args.batch_size, metric_batch_size=args.metric_batch_size,
-                      chunk_size=args.chunk_size, report=_say, progress=not args.no_progress)
+                      chunk_size=args.chunk_size, report=_say, warn=_warn, progress=not args.no_progress)
     _say("")
-    _say(open(result.files["table_md"], encoding="utf-8").read().rstrip())
+    with open(result.files["table_md"], encoding="utf-8") as f:
+        _say(f.read().rstrip())
     _say("")
     _say(f"Wrote (in {result.seconds['total']:.0f} s):")
     for label, key in (("method grid (Figure 1 style)", "grid"), ("table (Markdown)", "table_md"),
@@ -373,7 +375,8 @@ def cmd_evaluate(args) -> int:
     """``gag-jax evaluate``."""
     from gag_jax.data import DatasetLayoutError, load_case
     from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES
-    from gag_jax.experiments import figures, runner, specs as specs_lib, tables
+    from gag_jax.experiments import figures, runner, tables
+    from gag_jax.experiments import specs as specs_lib
     from gag_jax.experiments.modelzoo import CASE_MODELS, TINY, check_model_name, load_model
 
     if args.case not in CASES:
@@ -515,7 +518,8 @@ def _rows_for_table(table: int, specs, specs_lib):
 
 def cmd_tables(args) -> int:
     """``gag-jax tables``: one table from several finished evaluate runs."""
-    from gag_jax.experiments import runner, specs as specs_lib, tables
+    from gag_jax.experiments import runner, tables
+    from gag_jax.experiments import specs as specs_lib
 
     results, metrics_by_case, all_specs = {}, {}, {}
     for run_dir in args.runs:

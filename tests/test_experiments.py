@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,7 +14,6 @@ import pytest
 import gag_jax as gj
 from gag_jax.data import load_case
 from gag_jax.experiments import figures, runner, specs, tables, tiny
-
 
 # ----------------------------------------------------------------------------- specs
 
@@ -87,7 +87,7 @@ def test_table3_is_mean_over_bases_of_variant_over_original(tmp_path):
     assert float(got["GA"]["isic_dauc"]) == pytest.approx(1.0)
     ratios = tables.read_table_csv(out["ratios"])
     assert len(ratios) == 25 and {r["method"] for r in ratios} == set(specs.TABLE3_BASES)
-    md = open(out["md"], encoding="utf-8").read()
+    md = Path(out["md"]).read_text(encoding="utf-8")
     assert "| Variant | ISIC RCAP\u2191 | ISIC DAUC\u2193 | ISIC IAUC\u2191 |" in md
 
 
@@ -107,7 +107,7 @@ def test_table2_layout_columns_best_in_bold(tmp_path):
     assert "places365_iauc_sem" in header and header.index("places365_n") > header.index("imagenet_s_iauc")
     table = tables.read_table_csv(out["csv"])
     assert [r["method"] for r in table] == [s.name for s in rows]
-    md = open(out["md"], encoding="utf-8").read()
+    md = Path(out["md"]).read_text(encoding="utf-8")
     assert "**0.900000**" in md and "**0.950000**" not in md
     assert "| Method | ImageNet-S L_lc-dce\u2193 | ImageNet-S MAE\u2193 | ImageNet-S RCAP\u2191" in md
     assert "SG^R" in md
@@ -126,8 +126,8 @@ def tiny_setup():
 
 
 def _config(**kw):
-    base = dict(case="synthetic", model="tiny", image_size=16, batch_size=4, confidence=None, seed=3,
-                metrics=("log_cosh_dice", "mae", "rcap", "dauc", "iauc"), method_overrides={"n": 2})
+    base = {"case": "synthetic", "model": "tiny", "image_size": 16, "batch_size": 4, "confidence": None, "seed": 3,
+            "metrics": ("log_cosh_dice", "mae", "rcap", "dauc", "iauc"), "method_overrides": {"n": 2}}
     base.update(kw)
     return runner.RunConfig(**base)
 
@@ -155,7 +155,7 @@ def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_
     assert calls == ["gag"]
     first_record = runner.record_path(str(tmp_path / "resumed"), "gag", 0)
     stamp = os.stat(first_record).st_mtime_ns
-    manifest = open(tmp_path / "resumed" / "manifest.json").read()
+    manifest = (tmp_path / "resumed" / "manifest.json").read_text()
     assert '"status": "interrupted"' in manifest
 
     calls.clear()

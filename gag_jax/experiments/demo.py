@@ -14,7 +14,7 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +144,8 @@ DEMO_SIZE = 160
 def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int = 20, size: int = DEMO_SIZE,
              images: Sequence[str] | None = None, seed: int = 0, batch_size: int = 4,
              metric_batch_size: int | None = 40, chunk_size: int | None = None, model_name: str = "efficientnet_lite0",
-             checkpoint: str | None = None, report: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
+             checkpoint: str | None = None, report: Callable[[str], None] = print,
+             warn: Callable[[str], None] | None = None, progress: bool = True) -> DemoResult:
     """Explain real photos with a real model for every method and score the maps.
 
     Args:
@@ -159,7 +160,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
       metric_batch_size: perturbed copies per model call in the metrics.
       chunk_size: modifications per vmapped chunk in the explainers (None: all n at once).
       model_name, checkpoint: the classifier (default: the shipped EfficientNet-Lite0).
-      report: receives one line per skipped file and per phase.
+      report: receives the predictions, one line each.
+      warn: receives one line per undecodable image file (default: ``report``).
       progress: show a tqdm bar over the methods.
 
     Returns:
@@ -178,7 +180,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     os.makedirs(out_dir, exist_ok=True)
     model, info = load_model(model_name, checkpoint)
     paths = list(images) if images else demo_image_paths()
-    pixels, x, names = read_images(paths, size, report=report)
+    pixels, x, names = read_images(paths, size, report=warn or report)
     if not names:
         raise RuntimeError("no readable image among the inputs")
     demo_names = {file: label for label, file in DEMO_IMAGES} if not images else {}
@@ -235,8 +237,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
                             repr(float(scores[m]["dauc"][i])), repr(float(scores[m]["iauc"][i]))])
     best = {k: (max if k != "dauc" else min)(table[m][k] for m in methods) for k in ("rcap", "dauc", "iauc")}
     lines = [f"# gag-jax demo: {info['name']} on {len(names)} photos ({size}x{size}, n = {n})", "",
-             "Mean over the images; label = the model's top-1 class. Higher RCAP / IAUC and lower DAUC are "
-             "better (best in bold).", "",
+             ("Mean over the images; label = the model's top-1 class. Higher RCAP / IAUC and lower DAUC are "
+              "better (best in bold)."), "",
              "| Image | top-1 class | probability |", "|---|---|---:|"]
     lines += [f"| {nm} | {cname} | {p:.3f} |" for nm, _, cname, p in predictions]
     lines += ["", "| Method | RCAP\u2191 | DAUC\u2193 | IAUC\u2191 | seconds |", "|---|---:|---:|---:|---:|"]

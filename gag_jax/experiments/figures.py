@@ -7,7 +7,7 @@ Every function writes one PNG and returns its path; none needs a display.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -239,7 +239,7 @@ def proposition_maps(size: int = 100) -> tuple[np.ndarray, dict[str, np.ndarray]
     Returns:
       ``(mask (size, size) bool, {"M1": ..., "M4": ...})``.
     """
-    side = int(round(size * np.sqrt(0.2)))
+    side = round(size * float(np.sqrt(0.2)))
     start = (size - side) // 2
     mask = np.zeros((size, size), bool)
     mask[start:start + side, start:start + side] = True

@@ -56,6 +56,7 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
         return gj.ModelFunctions(**tiny_model_functions(module, variables)), {
             "name": name, "checkpoint": os.fspath(checkpoint), "num_classes": module.num_classes}
     import jax.numpy as jnp
+
     from models import load, model_functions
 
     module, variables = load(name, checkpoint, num_classes=num_classes, dtype=dtype or jnp.float32)

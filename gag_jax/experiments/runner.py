@@ -33,7 +33,8 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -154,10 +155,10 @@ def versions() -> dict[str, str]:
 
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip()
+                                timeout=5, check=False).stdout.strip()
         if commit:
             out["git_commit"] = commit
-    except (OSError, ValueError, Exception):  # noqa: BLE001 - best effort only
+    except Exception:  # noqa: BLE001, S110 - best effort only: no git, not a checkout
         pass
     return out
 
@@ -267,7 +268,8 @@ class Plan:
         return int(self.rows.shape[0])
 
     def __len__(self) -> int:
-        return -(-self.num_kept // self.batch_size)
+        """Number of evaluated batches (the last one may be partly padding)."""
+        return (self.num_kept + self.batch_size - 1) // self.batch_size
 
     def batch_rows(self, k: int) -> np.ndarray:
         """``(n, 2)`` (data batch, row) of evaluated batch ``k`` (n <= batch_size)."""
@@ -284,6 +286,7 @@ class _Reader:
         self.current: dict | None = None
 
     def get(self, index: int) -> dict:
+        """Data batch ``index`` (reads forward; restarts the iterator only to go back)."""
         if self.current is not None and index == self.index:
             return self.current
         if self.iterator is None or index < self.index:
@@ -488,9 +491,9 @@ def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metric
             for m in metrics:
                 if m in rec:
                     values[m].append(rec[m][valid])
-            for c in curves:
+            for c, parts in curves.items():
                 if c in rec:
-                    curves[c].append(rec[c][valid])
+                    parts.append(rec[c][valid])
         res: dict[str, Any] = {"batches": found, "complete": found == plan_batches}
         for m in metrics:
             v = np.concatenate(values[m]).astype(np.float64) if values[m] else np.zeros(0)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gag_jax.explainers import DEFAULTS, METHODS
 

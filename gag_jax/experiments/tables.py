@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from gag_jax.experiments.specs import TABLE3_BASES, VARIANTS, MethodSpec
 
@@ -77,7 +77,7 @@ def table3_values(specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str
             for case, metric in columns:
                 orig = results[case].get(b, {}).get(metric)
                 var = results[case].get(f"{b}.{suffix}", {}).get(metric)
-                ok = orig is not None and var is not None and orig == orig and var == var and orig != 0
+                ok = orig is not None and var is not None and not math.isnan(orig) and not math.isnan(var) and orig != 0
                 detail[f"{case}_{metric}"] = var / orig if ok else float("nan")
             details.append(detail)
     return rows, details

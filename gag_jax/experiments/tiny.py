@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import linen as nn
 from flax import serialization
@@ -43,6 +42,7 @@ class TinyCNN(nn.Module):
     guided_backprop: bool = False
 
     def setup(self):
+        """Create the three conv layers and the classifier."""
         self.conv1 = nn.Conv(self.width, (3, 3), padding="SAME")
         self.conv2 = nn.Conv(2 * self.width, (3, 3), strides=(2, 2), padding="SAME")
         self.conv3 = nn.Conv(2 * self.width, (3, 3), padding="SAME")
@@ -159,8 +159,8 @@ def tiny_model_functions(module: TinyCNN, variables: dict) -> dict[str, Any]:
     guided = module.clone(guided_backprop=True)
     apply = jax.jit(module.apply, static_argnames="method")
     guided_apply = jax.jit(guided.apply, static_argnames="method")
-    return dict(logits=partial(apply, variables), features=partial(apply, variables, method="features"),
-                head=partial(apply, variables, method="head"), guided_logits=partial(guided_apply, variables))
+    return {"logits": partial(apply, variables), "features": partial(apply, variables, method="features"),
+            "head": partial(apply, variables, method="head"), "guided_logits": partial(guided_apply, variables)}
 
 
 def trained_tiny(path: str | os.PathLike, num_classes: int, image_size: int, *, seed: int = 0,
@@ -183,6 +183,3 @@ def trained_tiny(path: str | os.PathLike, num_classes: int, image_size: int, *, 
     info.update(trained=True, path=os.fspath(path))
     return module, variables, info
 
-
-def _np(x) -> np.ndarray:
-    return np.asarray(x)
