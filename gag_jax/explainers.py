@@ -273,7 +273,8 @@ def explain(method: str, model_fn, images, labels, *, key=None, postprocess: boo
     """
     resolved = resolve_options(method, options)
     model = as_model_functions(model_fn)
-    needs_key = method in STOCHASTIC or dict(resolved).get("guide", False)
+    # vg and gb draw noisy samples only when a variance guide is asked for
+    needs_key = method in STOCHASTIC or (method in ("vg", "gb") and dict(resolved).get("guide", False))
     if key is None:
         if needs_key:
             raise ValueError(f"method {method!r} draws random noise: pass key=jax.random.PRNGKey(...)")

@@ -11,8 +11,9 @@ never with n. Sample i is the same whatever the chunking (noise is keyed by i).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,13 @@ from gag_jax import interpretations as interpretations_lib
 from gag_jax import modifications as modifications_lib
 
 
-class Explainer(NamedTuple):
-    """The four seams of one gradient method plus the chunk size of the sample stream."""
+@dataclasses.dataclass(frozen=True)
+class Explainer:
+    """The four seams of one gradient method plus the chunk size of the sample stream.
+
+    Call it as ``explainer(model_fn, images, labels, key)``; to jit it, mark the model static:
+    ``jax.jit(explainer, static_argnums=0)`` or ``jax.jit(functools.partial(explainer, model_fn))``.
+    """
 
     modification: modifications_lib.Modification
     gradient: gradients_lib.GradientFn
@@ -74,7 +80,8 @@ def chain(
 
 def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
     """Run an explainer (see ``Explainer``); returns ``(B, H, W, C)`` float32 attributions."""
-    modification, gradient, interpret, aggregation, chunk_size = explainer
+    modification, gradient = explainer.modification, explainer.gradient
+    interpret, aggregation, chunk_size = explainer.interpretation, explainer.aggregation, explainer.chunk_size
     images = images.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
     state = modification.prepare(images, key)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from models import porter
 from models.porter import CheckpointMismatchError
 
-__all__ = ["MODEL_NAMES", "load", "get_model", "model_functions", "CheckpointMismatchError", "porter"]
+__all__ = ["MODEL_NAMES", "load", "get_model", "imagenet_classes", "model_functions", "CheckpointMismatchError", "porter"]
 
 # name -> (module path, class attribute, torch_prefix attribute, checkpoint optional)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -157,3 +157,10 @@ def model_functions(module: Any, variables: dict) -> dict[str, Callable[[jax.Arr
         head=partial(apply, variables, method="head"),
         guided_logits=partial(guided_apply, variables),
     )
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names (index = label), from ``models/imagenet_classes.txt``."""
+    path = os.path.join(os.path.dirname(__file__), "imagenet_classes.txt")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]

@@ -220,6 +220,7 @@ def test_chain_equals_the_steps_by_hand():
     explainer = gj.chain(modifications.gaussian_noise(6, 0.2), gradients.logit_gradient(),
                          interpretations.square(), aggregations.variance(), chunk_size=4)
     got = jax.jit(functools.partial(explainer, model_fn))(x, labels, KEY)
+    np.testing.assert_array_equal(jax.jit(explainer, static_argnums=0)(model_fn, x, labels, KEY), got)
     sigma = 0.2 * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[:, None, None, None]
     squares = [gradients.logit_gradient()(model_fn, x + sigma * jax.random.normal(jax.random.fold_in(KEY, i), x.shape),
                                           labels) ** 2 for i in range(6)]
@@ -291,3 +292,5 @@ def test_unknown_method_and_missing_key():
         gj.explain("smoothgrad", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY)
     with pytest.raises(ValueError, match="key"):
         gj.explain("gag", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]))
+    # deterministic paths with a guide draw no noise and need no key
+    assert gj.explain("ig", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), guide=True, n=4).shape == (1, 4, 4)
