@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive_int, default=None,
                    help="modifications per vmapped chunk (memory; does not change results beyond rounding)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the explanations and synthetic data (default 0)")
+    p.add_argument("--case-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a loader option of the case (repeatable): imagenet_s: label_space=imagenet1k|imagenet_s, "
+                   "synsets=FILE, mask_mode=class|foreground; isic: labels=diagnosis|melanoma|malignant; "
+                   "synthetic: num_classes=1..5")
     p.add_argument("--backend", choices=("auto", "tfds", "files"), default="auto",
                    help="read a prepared tensorflow-datasets copy (tfds) or the files directly (default auto)")
     p.add_argument("--train-steps", type=_positive_int, default=300,
@@ -403,10 +407,10 @@ def cmd_evaluate(args) -> int:
         specs = specs_lib.parse_methods([s.name for s in specs], 3)
 
     image_size = args.image_size or CASE_IMAGE_SIZES[args.case]
-    case_options = {}
+    case_options = _case_options(args.case_option)
     limit = args.limit
     if args.case == "synthetic":
-        case_options = {"num_images": args.limit or 64, "seed": args.seed}
+        case_options.update({"num_images": args.limit or 64, "seed": args.seed})
         limit = None
     try:
         with _OneLineWarnings():
@@ -436,14 +440,16 @@ def cmd_evaluate(args) -> int:
         extra["tiny_model_training"] = {k: v for k, v in info.items() if k != "path"}
     model, model_info = load_model(model_name, checkpoint, num_classes=args.num_classes)
     if batches.num_classes is not None and model_info["num_classes"] < batches.num_classes:
-        _warn(f"the model has {model_info['num_classes']} classes, the data {batches.num_classes}")
+        raise UsageError(f"the model has {model_info['num_classes']} classes but the {args.case} labels have "
+                         f"{batches.num_classes}: give a checkpoint with {batches.num_classes} classes or other "
+                         "labels (--case-option, e.g. labels=melanoma for a 2-class ISIC model)")
 
     config = runner.RunConfig(
         case=args.case, model=model_name, data_dir=args.data_dir, checkpoint=checkpoint,
         checkpoint_sha256=runner.file_digest(checkpoint), image_size=image_size, batch_size=args.batch_size,
         limit=args.limit, confidence=args.confidence, seed=args.seed, metrics=metrics,
         method_overrides={k: v for k, v in {"n": args.n, "chunk_size": args.chunk_size}.items() if v is not None},
-        metric_options={}, split=args.split)
+        metric_options={}, split=args.split, case_options=_case_options(args.case_option))
     _say(f"evaluate: case {args.case} ({batches.num_examples} images, {image_size}x{image_size}), model "
          f"{model_name}, {len(specs)} method(s), metrics {', '.join(metrics)} -> {args.out}")
     t0 = time.perf_counter()
@@ -498,6 +504,18 @@ def cmd_evaluate(args) -> int:
         _say(f"skipped {len(plan['skipped_files'])} unreadable file(s), named above and in {out['manifest']}")
     _say("wrote: " + ", ".join(written + [out["manifest"]]))
     return 0
+
+
+def _case_options(items: Sequence[str]) -> dict:
+    """``["labels=melanoma", "num_classes=3"]`` -> ``{"labels": "melanoma", "num_classes": 3}``."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--case-option expects KEY=VALUE, got {item!r}")
+        value = value.strip()
+        options[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return options
 
 
 def _rows_for_table(table: int, specs, specs_lib):

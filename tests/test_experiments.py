@@ -174,6 +174,19 @@ def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_
     assert calls == [] and again["counts"] == {"computed": 0, "reused": 4}
 
 
+def test_ctrl_c_keeps_finished_batches(tmp_path, tiny_setup):
+    rows = specs.parse_methods(["vg"])
+
+    def interrupt(name, batch):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, tiny_setup, rows, on_record=interrupt)
+    assert os.path.exists(runner.record_path(str(tmp_path), "vg", 0))
+    assert '"status": "interrupted"' in (tmp_path / "manifest.json").read_text()
+    assert _run(tmp_path, tiny_setup, rows)["counts"] == {"computed": 1, "reused": 1}
+
+
 def test_damaged_record_is_recomputed_and_mismatch_refused(tmp_path, tiny_setup):
     rows = specs.parse_methods(["vg"])
     first = _run(tmp_path, tiny_setup, rows)

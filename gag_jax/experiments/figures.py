@@ -155,7 +155,7 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
         ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 0.86 if title else 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -203,6 +203,7 @@ class RunConfig:
       method_overrides: options applied to every method that takes them (e.g. ``n``).
       metric_options: ``lower_bound``, ``interval``, ``baseline`` of RCAP.
       split: dataset split (None: the case's default).
+      case_options: loader options of the case (``load_case(**case_options)``).
     """
 
     case: str
@@ -219,6 +220,7 @@ class RunConfig:
     method_overrides: dict = dataclasses.field(default_factory=dict)
     metric_options: dict = dataclasses.field(default_factory=dict)
     split: str | None = None
+    case_options: dict = dataclasses.field(default_factory=dict)
 
     def result_keys(self) -> dict[str, Any]:
         """The options that must match for a run to be resumed (checkpoint by digest, not path)."""
@@ -233,6 +235,8 @@ def _check_resume(manifest: Mapping, config: RunConfig) -> None:
     old = manifest.get("config", {})
     new = config.result_keys()
     for key in sorted(set(old) | set(new)):
+        if key == "case_options" and key not in old:  # manifests written before the field existed
+            continue
         if key in ("method_overrides",):
             a, b = old.get(key) or {}, new.get(key) or {}
             a = {k: v for k, v in a.items() if k != "chunk_size"}
