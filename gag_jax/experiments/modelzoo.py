@@ -69,6 +69,4 @@ def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet class names shipped in ``models/imagenet_classes.txt`` (index = label)."""
     import models
 
-    path = os.path.join(os.path.dirname(models.__file__), "imagenet_classes.txt")
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return models.imagenet_classes()
