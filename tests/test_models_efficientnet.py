@@ -31,6 +31,7 @@ from models.efficientnet import (
     torch_prefix_lite0,
 )
 from models.porter import CheckpointMismatchError, load_variables
+from torch_helpers import randomise_bn
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -107,19 +108,6 @@ def _torch():
     return torch
 
 
-def _randomise_bn(model, seed=0):
-    """Random BN affine params and running statistics so that BN is not the identity."""
-    torch = _torch()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-    return model.eval()
 
 
 def _torch_run(fn, x_nhwc):
@@ -138,7 +126,7 @@ def _lite_torch(pretrained: bool):
         return lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
     torch = _torch()
     torch.manual_seed(0)
-    return _randomise_bn(lite.EfficientNet.from_name("efficientnet-lite0"), seed=1)
+    return randomise_bn(lite.EfficientNet.from_name("efficientnet-lite0"), seed=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +187,7 @@ def test_b0_matches_torchvision(num_classes):
     from models.porter import convert
 
     torch.manual_seed(num_classes)
-    tm = _randomise_bn(torchvision.models.efficientnet_b0(num_classes=num_classes), seed=num_classes)
+    tm = randomise_bn(torchvision.models.efficientnet_b0(num_classes=num_classes), seed=num_classes)
     module = EfficientNetB0(num_classes=num_classes)
     variables = convert(tm.state_dict(), module, torch_prefix_b0)
     x = np.random.default_rng(num_classes).standard_normal((2, 64, 64, 3)).astype(np.float32)

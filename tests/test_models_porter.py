@@ -17,27 +17,18 @@ torchvision = pytest.importorskip("torchvision")
 import models  # noqa: E402
 from models import densenet, porter, resnet  # noqa: E402
 from models.porter import CheckpointMismatchError  # noqa: E402
+from torch_helpers import randomise_bn  # noqa: E402
 
 SHAPE = (1, 32, 32, 3)
 TINY = dict(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2)
 
 
-def _randomise_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def tiny_torch():
     torch.manual_seed(0)
-    return _randomise_bn(torchvision.models.DenseNet(num_classes=10, **TINY))
+    return randomise_bn(torchvision.models.DenseNet(num_classes=10, **TINY))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 
 import models
 from models import densenet, porter, resnet
+from torch_helpers import randomise_bn
 
 TOL = 1e-4
 SHAPE = (1, 64, 64, 3)
@@ -31,19 +32,6 @@ def _images(seed, shape=(2, 64, 64, 3)):
     return np.random.RandomState(seed).randn(*shape).astype(np.float32)
 
 
-def _randomise_bn(torch, model, seed):
-    """Random BN affine + running stats, so a wrong mapping of any of them changes the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, torch.nn.Linear):
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def _nchw(torch, x):
@@ -72,7 +60,7 @@ def resnet50_pair():
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    tm = _randomise_bn(torch, torchvision.models.resnet50(), seed=1)
+    tm = randomise_bn(torchvision.models.resnet50(), seed=1)
     module = resnet.ResNet50()
     variables = jax.tree_util.tree_map(jnp.asarray, porter.convert(tm.state_dict(), module, resnet.torch_prefix, SHAPE))
     return torch, tm, module, variables
@@ -83,7 +71,7 @@ def densenet161_pair():
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    tm = _randomise_bn(torch, torchvision.models.densenet161(), seed=2)
+    tm = randomise_bn(torchvision.models.densenet161(), seed=2)
     module = densenet.DenseNet161()
     variables = jax.tree_util.tree_map(jnp.asarray, porter.convert(tm.state_dict(), module, densenet.torch_prefix, SHAPE))
     return torch, tm, module, variables
@@ -145,7 +133,7 @@ def test_densenet161_places365_checkpoint(tmp_path, densenet161_features):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(3)
-    tm = _randomise_bn(torch, torchvision.models.densenet161(num_classes=365), seed=3)
+    tm = randomise_bn(torchvision.models.densenet161(num_classes=365), seed=3)
     path = tmp_path / "densenet161_places365.pth.tar"
     torch.save({"epoch": 90, "arch": "densenet161",
                 "state_dict": {"module." + k: v for k, v in tm.state_dict().items()}}, path)
@@ -232,7 +220,7 @@ def test_bfloat16_keeps_top1():
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(7)
-    tm = _randomise_bn(torch, torchvision.models.DenseNet(8, (2, 2, 2, 2), 16, bn_size=2, num_classes=10), seed=7)
+    tm = randomise_bn(torchvision.models.DenseNet(8, (2, 2, 2, 2), 16, bn_size=2, num_classes=10), seed=7)
     rng = np.random.RandomState(7)
     # Per-image random contrast and colour offset, so a random-weight net does not give every
     # image the same class.
