@@ -19,12 +19,12 @@ from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import normalize, reverse, to_saliency
 
-from gag_jax import data, metrics
+from gag_jax import data, distributed, metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULTS", "METHODS", "Explainer", "IMAGENET_MEAN", "IMAGENET_STD", "ModelFunctions", "aggregations",
-    "chain", "data", "explain", "explainer", "gradcam", "gradients", "guided_absolute_grad", "interpretations",
+    "chain", "data", "distributed", "explain", "explainer", "gradcam", "gradients", "guided_absolute_grad", "interpretations",
     "metrics", "modifications", "normalize", "ops", "postprocess", "reverse", "to_saliency",
 ]
