@@ -26,12 +26,14 @@ class RunningStat:
         self.n, self.mean, self.m2 = int(n), float(mean), float(m2)
 
     def update(self, values) -> None:
+        """Add a batch of values (any shape, flattened)."""
         v = np.asarray(values, dtype=np.float64).ravel()
         if v.size == 0:
             return
         self.merge(RunningStat(v.size, v.mean(), float(np.sum((v - v.mean()) ** 2))))
 
     def merge(self, other: "RunningStat") -> None:
+        """Fold another stream's statistics into this one (Chan's pairwise update)."""
         if other.n == 0:
             return
         n = self.n + other.n
@@ -51,6 +53,7 @@ class RunningStat:
         return self.std / math.sqrt(self.n) if self.n > 1 else float("nan")
 
     def as_dict(self) -> dict:
+        """``{"mean", "sem", "std", "n"}`` of the stream so far (mean NaN when empty)."""
         return {"mean": self.mean if self.n else float("nan"), "sem": self.sem, "std": self.std,
                 "n": self.n}
 
