@@ -252,7 +252,8 @@ def explain(method: str, model_fn, images, labels, *, key=None, postprocess: boo
         ``gradcam``). Parameters are closed over.
       images: ``(B, H, W, C)`` float, normalised as the model expects.
       labels: ``(B,)`` int target classes.
-      key: PRNG key; required by the noise-based methods (sg, vargrad, ag, gag and any guided variant).
+      key: PRNG key; required by the noise-based methods (sg, vargrad, ag, gag; vg/gb with a guide).
+        A batch of keys (one per image) makes each image's noise independent of its batch.
       postprocess: True: ``(B, H, W)`` float32 maps in [0, 1] (channel sum, per-image min-max,
         constant map -> zeros). False: raw aggregated ``(B, H, W, C)``.
       validate: check shapes, dtypes, NaN and label range first (a host sync); False skips it.
@@ -281,6 +282,9 @@ def explain(method: str, model_fn, images, labels, *, key=None, postprocess: boo
         key = jax.random.PRNGKey(0)
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
+    if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
+        raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
+                         f"{images.shape[0] if images.ndim else 0} images")
     if validate:
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))

@@ -70,10 +70,20 @@ def noise_scale(images: jax.Array, noise_level: float, noise_range: str = "image
     return (noise_level * span).astype(jnp.float32).reshape(-1, 1, 1, 1)
 
 
+def is_key_batch(key) -> bool:
+    """True for a batch of PRNG keys (typed keys of rank 1, or raw uint32 keys of shape (B, 2))."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
+
+
 def gaussian_noise(num_samples: int = 20, noise_level: float = 0.15, noise_range: str = "image") -> Modification:
     """SmoothGrad modifications ``x + N(0, sigma^2)``, ``sigma = noise_level * (max - min)``.
 
     Sample i draws its noise from ``fold_in(key, i)``, so a map does not depend on the chunk size.
+    ``key`` is one PRNG key for the batch, or a batch of keys (one per image, leading axis B):
+    then image b's noise comes from ``fold_in(key[b], i)`` alone, so its map does not depend on
+    which other images share its batch (e.g. ``keys = vmap(fold_in, (None, 0))(key, dataset_index)``).
     """
     check_positive_int(num_samples, "n")
     if noise_level < 0:
@@ -86,7 +96,11 @@ def gaussian_noise(num_samples: int = 20, noise_level: float = 0.15, noise_range
 
     def sample(state, i):
         images, sigma, key = state
-        noise = jax.random.normal(jax.random.fold_in(key, i), images.shape, jnp.float32)
+        if is_key_batch(key):
+            draw = lambda k: jax.random.normal(jax.random.fold_in(k, i), images.shape[1:], jnp.float32)  # noqa: E731
+            noise = jax.vmap(draw)(key)
+        else:
+            noise = jax.random.normal(jax.random.fold_in(key, i), images.shape, jnp.float32)
         return images + sigma * noise, jnp.ones((), jnp.float32)
 
     return Modification(num_samples, prepare, sample)

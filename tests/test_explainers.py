@@ -294,3 +294,18 @@ def test_unknown_method_and_missing_key():
         gj.explain("gag", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]))
     # deterministic paths with a guide draw no noise and need no key
     assert gj.explain("ig", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), guide=True, n=4).shape == (1, 4, 4)
+
+
+def test_per_image_keys_make_maps_independent_of_the_batch():
+    _, _, model_fn = tiny_conv_net(size=8)
+    x = jax.random.normal(jax.random.PRNGKey(17), (3, 8, 8, 3))
+    labels = jnp.array([0, 1, 2])
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(KEY, jnp.arange(3))
+    together = gj.explain("gag", model_fn, x, labels, key=keys, n=4)
+    for b in range(3):
+        alone = gj.explain("gag", model_fn, x[b:b + 1], labels[b:b + 1], key=keys[b:b + 1], n=4)
+        np.testing.assert_allclose(alone[0], together[b], atol=1e-6)
+    typed = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(3))
+    assert gj.explain("sg", model_fn, x, labels, key=typed, n=2).shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="one key per image"):
+        gj.explain("gag", model_fn, x, labels, key=keys[:2], n=4)
