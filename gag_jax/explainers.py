@@ -8,11 +8,12 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gag_jax import aggregations, gradients, interpretations, modifications, ops, postprocess
+from gag_jax import aggregations, gradients, interpretations, modifications, ops
 from gag_jax._lifting import join_function, split_function
 from gag_jax._validation import check_fraction, check_images, check_labels, check_positive_int
 from gag_jax.gradcam import gradcam
 from gag_jax.pipeline import Explainer, chain
+from gag_jax.postprocess import to_saliency
 
 
 class ModelFunctions(NamedTuple):
@@ -209,12 +210,10 @@ def explainer(method: str, *, postprocess: bool = True, **options) -> Callable:
 
     def fn(model, images, labels, key):
         raw = _attributions(method, resolved, as_model_functions(model), images, labels, key)
-        return postprocess_lib.to_saliency(raw, reduce) if postprocess else raw
+        return to_saliency(raw, reduce) if postprocess else raw
 
     return fn
 
-
-postprocess_lib = postprocess
 
 
 def _lift_parameters(model: ModelFunctions) -> tuple[tuple, tuple]:
@@ -231,7 +230,7 @@ def _rebuild(statics: tuple, dynamics: tuple) -> ModelFunctions:
 def _explain_jit(images, labels, key, model_args, *, method, options, model_statics, postprocess):
     model = _rebuild(model_statics, model_args)
     raw = _attributions(method, options, model, images, labels, key)
-    return postprocess_lib.to_saliency(raw, dict(options)["reduce"]) if postprocess else raw
+    return to_saliency(raw, dict(options)["reduce"]) if postprocess else raw
 
 
 def _num_classes(model: ModelFunctions, images) -> int:
