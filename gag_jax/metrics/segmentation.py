@@ -21,6 +21,14 @@ def _check_maps(saliency, masks) -> None:
                          f"the saliency resolution first")
 
 
+def _map_metric(core, saliency, masks, option):
+    """Check the maps, run a jitted ``core(saliency, masks, option) -> (values, any_non_finite)``."""
+    _check_maps(saliency, masks)
+    values, bad = core(jnp.asarray(saliency), jnp.asarray(masks), option)
+    C.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
+    return values
+
+
 @functools.partial(jax.jit, static_argnames=("smooth",))
 def _log_cosh_dice_core(saliency, masks, smooth):
     s = saliency.astype(jnp.float32).reshape(saliency.shape[0], -1)
@@ -50,10 +58,7 @@ def log_cosh_dice(saliency, masks, smooth: float = 1.0):
       ValueError: ``masks`` shape differs from ``saliency`` shape (both named); NaN / inf in
         ``saliency``.
     """
-    _check_maps(saliency, masks)
-    loss, bad = _log_cosh_dice_core(jnp.asarray(saliency), jnp.asarray(masks), float(smooth))
-    C.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
-    return loss
+    return _map_metric(_log_cosh_dice_core, saliency, masks, float(smooth))
 
 
 @functools.partial(jax.jit, static_argnames=("sqrt",))
@@ -83,10 +88,7 @@ def mae(saliency, masks, *, sqrt: bool = False):
       ValueError: ``masks`` shape differs from ``saliency`` shape (both named); NaN / inf in
         ``saliency``.
     """
-    _check_maps(saliency, masks)
-    err, bad = _mae_core(jnp.asarray(saliency), jnp.asarray(masks), bool(sqrt))
-    C.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
-    return err
+    return _map_metric(_mae_core, saliency, masks, bool(sqrt))
 
 
 @jit_lifting_model(("model_fn", "batch_size"))
