@@ -13,7 +13,7 @@ from gag_jax._lifting import join_function, split_function
 from gag_jax._validation import check_fraction, check_images, check_labels, check_positive_int
 from gag_jax.gradcam import gradcam
 from gag_jax.pipeline import Explainer, chain
-from gag_jax.postprocess import to_saliency
+from gag_jax.postprocess import REDUCTIONS, to_saliency
 
 
 class ModelFunctions(NamedTuple):
@@ -60,7 +60,7 @@ METHODS = ("vg", "sg", "vargrad", "ig", "guided_ig", "blur_ig", "gb", "gradcam",
 _NOISE = {"n": 20, "noise_level": 0.15, "noise_range": "image"}
 _GUIDE = {"guide": False, "percentile": 0.85, "guide_axes": "channel"}
 _PATH = {"baseline": "black", "mean": ops.IMAGENET_MEAN, "std": ops.IMAGENET_STD}
-_COMMON = {"chunk_size": None, "reduce": "sum"}
+_COMMON = {"chunk_size": None, "reduce": "abs_sum"}
 
 # Default options of each method. Single-gradient methods (vg, gb) take noisy samples only
 # when a variance guide is asked for: a variance needs n >= 2 gradients.
@@ -126,8 +126,8 @@ def resolve_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str,
         raise ValueError("a variance guide needs n >= 2 gradient samples")
     if merged["chunk_size"] is not None:
         check_positive_int(merged["chunk_size"], "chunk_size")
-    if merged["reduce"] not in ("sum", "abs_sum", "max_abs"):
-        raise ValueError(f"unknown reduce {merged['reduce']!r}; expected 'sum', 'abs_sum' or 'max_abs'")
+    if merged["reduce"] not in REDUCTIONS:
+        raise ValueError(f"unknown reduce {merged['reduce']!r}; expected one of {', '.join(REDUCTIONS)}")
     return tuple(sorted(merged.items()))
 
 
@@ -253,8 +253,8 @@ def explain(method: str, model_fn, images, labels, *, key=None, postprocess: boo
       labels: ``(B,)`` int target classes.
       key: PRNG key; required by the noise-based methods (sg, vargrad, ag, gag; vg/gb with a guide).
         A batch of keys (one per image) makes each image's noise independent of its batch.
-      postprocess: True: ``(B, H, W)`` float32 maps in [0, 1] (channel sum, per-image min-max,
-        constant map -> zeros). False: raw aggregated ``(B, H, W, C)``.
+      postprocess: True: ``(B, H, W)`` float32 maps in [0, 1] (sum over channels of ``|A|``, per-image
+        min-max, constant map -> zeros; ``reduce="sum"`` for the signed sum). False: raw aggregated ``(B, H, W, C)``.
       validate: check shapes, dtypes, NaN and label range first (a host sync); False skips it.
       **options: method options, e.g. ``n``, ``noise_level``, ``noise_range``, ``percentile``,
         ``guide_axes``, ``interpretation`` ("raw", "positive", "negative", "absolute", "square"),

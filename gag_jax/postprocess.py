@@ -7,12 +7,17 @@ import jax.numpy as jnp
 from gag_jax._validation import check_fraction
 
 
-def reduce_channels(attributions: jax.Array, how: str = "sum") -> jax.Array:
+REDUCTIONS = ("abs_sum", "sum", "max_abs")
+
+
+def reduce_channels(attributions: jax.Array, how: str = "abs_sum") -> jax.Array:
     """Reduce ``(B, H, W, C)`` attributions to ``(B, H, W)``.
 
     Args:
       attributions: ``(B, H, W, C)`` array.
-      how: ``"sum"`` (the paper's choice: sum over channels), ``"abs_sum"`` or ``"max_abs"``.
+      how: ``"abs_sum"`` (default, the authors' code for every method: ``sum_c |A[..., c]|``),
+        ``"sum"`` (signed sum: positive and negative evidence end up at opposite ends of [0, 1])
+        or ``"max_abs"`` (``max_c |A[..., c]|``).
 
     Returns:
       ``(B, H, W)`` float32.
@@ -24,7 +29,7 @@ def reduce_channels(attributions: jax.Array, how: str = "sum") -> jax.Array:
         return jnp.abs(attributions).sum(-1)
     if how == "max_abs":
         return jnp.abs(attributions).max(-1)
-    raise ValueError(f"unknown channel reduction {how!r}; expected 'sum', 'abs_sum' or 'max_abs'")
+    raise ValueError(f"unknown channel reduction {how!r}; expected one of {', '.join(REDUCTIONS)}")
 
 
 def normalize(maps: jax.Array) -> jax.Array:
@@ -40,8 +45,11 @@ def normalize(maps: jax.Array) -> jax.Array:
     return jnp.where(span > 0, (maps - low) / safe, 0.0)
 
 
-def to_saliency(attributions: jax.Array, reduce: str = "sum") -> jax.Array:
-    """``(B, H, W, C)`` attributions -> ``(B, H, W)`` saliency in [0, 1] (reduce, then min-max)."""
+def to_saliency(attributions: jax.Array, reduce: str = "abs_sum") -> jax.Array:
+    """``(B, H, W, C)`` attributions -> ``(B, H, W)`` saliency in [0, 1].
+
+    Channel reduction (``reduce_channels``; default ``sum_c |A|``), then per-image min-max.
+    """
     return normalize(reduce_channels(attributions, reduce))
 
 
