@@ -590,29 +590,26 @@ def cmd_port(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """``gag-jax bench``: delegate to ``benchmarks.run:main``."""
+    """``gag-jax bench``: run the source checkout's ``benchmarks/run.py`` (benchmarks are not installed)."""
+    import pathlib
+
+    checkout = pathlib.Path(__file__).resolve().parent.parent
+    if not (checkout / "benchmarks" / "run.py").is_file():
+        _warn("bench: the benchmarks are repository tools and this installation is not a source checkout "
+              f"({checkout} has no benchmarks/run.py); clone the repository and run: python -m benchmarks.run")
+        return EXIT_USAGE
+    if str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
     try:
         from benchmarks import run as bench_run
     except ImportError as err:
-        _warn("bench: the benchmark suite (benchmarks/run.py) is not available in this installation "
-              f"({err}); run it from a source checkout: python -m benchmarks.run")
+        _warn(f"bench: cannot import the checkout's benchmarks/run.py ({err}); run: python -m benchmarks.run")
         return EXIT_USAGE
-    main_fn = getattr(bench_run, "main", None)
-    if main_fn is None:
-        _warn("bench: benchmarks/run.py has no main()")
-        return EXIT_USAGE
-    saved = sys.argv
-    sys.argv = [f"{PROG} bench"] + list(args.bench_args)
     try:
-        try:
-            result = main_fn(list(args.bench_args))
-        except TypeError:
-            result = main_fn()
+        bench_run.main(list(args.bench_args))
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else EXIT_FAILURE)
-    finally:
-        sys.argv = saved
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 COMMANDS = {"demo": cmd_demo, "explain": cmd_explain, "evaluate": cmd_evaluate, "tables": cmd_tables,

@@ -1,6 +1,8 @@
 """Performance contract checks that do not depend on wall-clock time (SPEC section 7)."""
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -72,14 +74,41 @@ def test_variables_are_arguments_not_constants(toy):
 
 
 def test_benchmark_entry_point_smoke(tmp_path, capsys):
-    bench = pytest.importorskip("benchmarks.run")
+    from benchmarks import run as bench
+
     results = tmp_path / "RESULTS.md"
     bench.main(["--model", "tiny", "--size", "16", "--batch-sizes", "2", "--n", "4", "--repeats", "1",
                 "--dtypes", "float32", "--metrics-batch", "1", "--results", str(results), "--no-torch",
-                "--memory-n", ""])
+                "--memory-n", "", "--out", str(tmp_path / "out")])
     table = results.read_text()
     assert "expl/s" in table and "| float32 |" in table and "cpu" in table.lower()
     assert "expl/s" in capsys.readouterr().out
+    assert (tmp_path / "out" / "benchmark.md").read_text() in table  # written where asked, and appended
+    data = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert [(r["batch"], r["dtype"]) for r in data["gag"]] == [(2, "float32")] and data["gag"][0]["expl_s"] > 0
+
+
+def test_benchmark_results_log_only_in_a_checkout(monkeypatch):
+    from benchmarks import measure, run
+
+    assert run.parse_args([]).results == str(measure.RESULTS)  # the tests run from a checkout
+    monkeypatch.setattr(measure, "in_checkout", lambda: False)
+    assert run.parse_args([]).results == ""
+
+
+def test_benchmarks_and_notebooks_are_not_installed():
+    """pyproject's package list holds the library and the models, not the repository tools."""
+    import pathlib
+
+    import setuptools
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_packages(str(root), include=find["include"])
+    assert "gag_jax" in packages and "models" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("benchmarks", "notebooks", "tests")]
 
 
 def test_bound_weights_enter_explain_and_metrics_as_arguments():
