@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from gag_jax.gradients import guided_backprop_activation
+from models._conv import DepthwiseConv
 
 __all__ = [
     "EfficientNet",
@@ -116,19 +117,30 @@ class _ConvBNAct(nn.Module):
     activation: Optional[Activation] = None
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    depthwise: str = "auto"
 
     def setup(self):
         p = (self.kernel - 1) // 2
-        self.conv = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            feature_group_count=self.groups,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        if self.groups > 1 and self.groups == self.features:  # depthwise (input channels == features)
+            self.conv = DepthwiseConv(
+                self.features,
+                (self.kernel, self.kernel),
+                strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)),
+                impl=self.depthwise,
+                dtype=self.dtype,
+            )
+        else:
+            self.conv = nn.Conv(
+                self.features,
+                (self.kernel, self.kernel),
+                strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)),
+                feature_group_count=self.groups,
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+            )
         self.bn = _batch_norm(self.epsilon, self.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -173,10 +185,11 @@ class _MBConv(nn.Module):
     activation: Activation = jax.nn.silu
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    depthwise: str = "auto"
 
     def setup(self):
         expanded = _make_divisible(self.in_channels * self.expand_ratio, 8)
-        cba = functools.partial(_ConvBNAct, epsilon=self.epsilon, dtype=self.dtype)
+        cba = functools.partial(_ConvBNAct, epsilon=self.epsilon, dtype=self.dtype, depthwise=self.depthwise)
         layers = []
         if expanded != self.in_channels:
             layers.append(cba(expanded, 1, activation=self.activation))
@@ -208,6 +221,9 @@ class EfficientNet(nn.Module):
       guided_backprop: wrap every SiLU in the Guided-Backprop activation (forward unchanged).
       width_mult, depth_mult: torchvision's compound-scaling coefficients (1.0, 1.0 for B0).
       epsilon: BatchNorm epsilon (torchvision EfficientNet-V1: default 1e-5).
+      depthwise: depthwise-conv implementation, ``"auto"`` (fastest measured on the default backend:
+        ``"slices"`` on CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"slices"``; same values and
+        variables (see :class:`models._conv.DepthwiseConv`).
     """
 
     num_classes: int = 1000
@@ -216,6 +232,7 @@ class EfficientNet(nn.Module):
     width_mult: float = 1.0
     depth_mult: float = 1.0
     epsilon: float = 1e-5
+    depthwise: str = "auto"
 
     def setup(self):
         act = _silu(self.guided_backprop)
@@ -236,6 +253,7 @@ class EfficientNet(nn.Module):
                     activation=act,
                     epsilon=self.epsilon,
                     dtype=self.dtype,
+                    depthwise=self.depthwise,
                 )
                 layers.append((f"features_{stage}_{i}", block))
         layers.append((f"features_{len(_B_STAGES) + 1}", cba(4 * ch(_B_STAGES[-1][4]), 1, activation=act)))
@@ -377,6 +395,7 @@ class _LiteMBConv(nn.Module):
     activation: Activation = jax.nn.relu6
     epsilon: float = 1e-3
     dtype: Any = jnp.float32
+    depthwise: str = "auto"
 
     def setup(self):
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
@@ -385,12 +404,13 @@ class _LiteMBConv(nn.Module):
         if self.expand_ratio != 1:
             self.expand_conv = conv(hidden, (1, 1), padding="VALID")
             self.bn0 = bn()
-        self.depthwise_conv = conv(
+        self.depthwise_conv = DepthwiseConv(
             hidden,
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
             padding=self.depthwise_padding,
-            feature_group_count=hidden,
+            impl=self.depthwise,
+            dtype=self.dtype,
         )
         self.bn1 = bn()
         self.project_conv = conv(self.out_filters, (1, 1), padding="VALID")
@@ -421,6 +441,9 @@ class EfficientNetLite(nn.Module):
       image_size: the size the static "SAME" pads are computed for (torch: ``global_params.image_size``,
         224 for Lite0). The pads do not follow the input; see the module docstring.
       epsilon: BatchNorm epsilon (lukemelas ``batch_norm_epsilon`` = 1e-3).
+      depthwise: depthwise-conv implementation, ``"auto"`` (fastest measured on the default backend:
+        ``"slices"`` on CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"slices"``; same values and
+        variables (see :class:`models._conv.DepthwiseConv`).
     """
 
     num_classes: int = 1000
@@ -430,6 +453,7 @@ class EfficientNetLite(nn.Module):
     depth_mult: float = 1.0
     image_size: Union[int, Tuple[int, int]] = 224
     epsilon: float = 1e-3
+    depthwise: str = "auto"
 
     def setup(self):
         self._act = _relu6(self.guided_backprop)
@@ -459,6 +483,7 @@ class EfficientNetLite(nn.Module):
                         activation=self._act,
                         epsilon=self.epsilon,
                         dtype=self.dtype,
+                        depthwise=self.depthwise,
                     )
                 )
                 size = _out_size(size, s)

@@ -359,3 +359,74 @@ def test_b0_guided_backprop_forward_identical(b0_small):
     _, v, x, logits = b0_small
     out = jax.jit(EfficientNetB0(num_classes=2, guided_backprop=True).apply)(v, x)
     np.testing.assert_array_equal(np.asarray(out), logits)
+
+
+# ----------------------------------------------------------------------------------------------
+# depthwise convolution: slices vs grouped conv vs a numpy loop
+# ----------------------------------------------------------------------------------------------
+
+
+def _numpy_depthwise(x, k, stride, pads):
+    """Direct loop: out[b, i, j, c] = sum_{u,v} xpad[b, i*s+u, j*s+v, c] * k[u, v, 0, c]."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    kh, kw = k.shape[:2]
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, x.shape[3]))
+    for u in range(kh):
+        for v in range(kw):
+            out += xp[:, u : u + (ho - 1) * stride + 1 : stride, v : v + (wo - 1) * stride + 1 : stride] * k[u, v, 0]
+    return out
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("pad_kind", ["tf_same", "symmetric"])
+def test_depthwise_slices_equal_grouped_conv(kernel, stride, pad_kind):
+    from models._conv import depthwise_conv
+
+    size = 13
+    pads = tf_same_padding(size, kernel, stride) if pad_kind == "tf_same" else ((kernel // 2,) * 2,) * 2
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = rng.standard_normal((2, size, size, 6)).astype(np.float32)
+    k = rng.standard_normal((kernel, kernel, 1, 6)).astype(np.float32)
+    ref = _numpy_depthwise(x, k, stride, pads)
+    outs = {
+        impl: np.asarray(jax.jit(lambda x, k, impl=impl: depthwise_conv(x, k, (stride, stride), pads, impl))(x, k))
+        for impl in ("grouped", "slices")
+    }
+    for out in outs.values():
+        assert out.shape == ref.shape
+        assert rel_err(out, ref) <= 1e-5
+    assert rel_err(outs["slices"], outs["grouped"]) <= 1e-5
+    # gradients w.r.t. input and kernel agree too (a random cotangent)
+    ct = rng.standard_normal(ref.shape).astype(np.float32)
+
+    def grads(impl):
+        f = lambda x, k: jnp.vdot(depthwise_conv(x, k, (stride, stride), pads, impl), ct)
+        return [np.asarray(g) for g in jax.jit(jax.grad(f, argnums=(0, 1)))(x, k)]
+
+    for gs, gg in zip(grads("slices"), grads("grouped")):
+        assert rel_err(gs, gg) <= 1e-5
+
+
+def test_depthwise_impl_field_keeps_variables_and_values(b0_small):
+    from models._conv import resolve_depthwise_impl
+
+    assert resolve_depthwise_impl("auto", "cpu") == "slices"
+    assert resolve_depthwise_impl("auto", "gpu") == "grouped"
+    assert resolve_depthwise_impl("grouped", "cpu") == "grouped"
+    with pytest.raises(ValueError, match="depthwise impl"):
+        resolve_depthwise_impl("fft")
+    shape = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    for ctor in (EfficientNetLite0, EfficientNetB0):
+        trees = [
+            jax.tree_util.tree_map(
+                lambda a: (a.shape, a.dtype), jax.eval_shape(ctor(depthwise=d).init, jax.random.PRNGKey(0), shape)
+            )
+            for d in ("grouped", "slices")
+        ]
+        assert trees[0] == trees[1]
+    m, v, x, logits = b0_small
+    for impl in ("grouped", "slices"):
+        out = np.asarray(jax.jit(m.clone(depthwise=impl).apply)(v, x))
+        assert rel_err(out, logits) <= 1e-5
