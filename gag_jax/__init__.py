@@ -20,6 +20,7 @@ from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import normalize, reverse, to_saliency
 
 from gag_jax import data, distributed, metrics
+from gag_jax import sanity
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,7 @@ Sub-commands::
     gag-jax tables    combine finished evaluate runs (several cases) into one table
     gag-jax port      a torch checkpoint -> Flax .msgpack
     gag-jax bench     the performance benchmarks (benchmarks/run.py)
+    gag-jax sanity    model-randomisation sanity check (Adebayo et al. 2018) -> CSV + figures
 
 Bad arguments (an unknown case, method or model, a missing directory or file) print one line on
 stderr and exit with status 2; an interrupted ``evaluate`` exits with 130 and resumes when run
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Everything after 'bench' is passed to benchmarks.run:main; "
                        "'gag-jax bench --help' shows its options.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for benchmarks/run.py")
+    _add_sanity_parser(sub, common)
     return parser
 
 
@@ -612,8 +614,108 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _add_sanity_parser(sub, common) -> None:
+    """The ``sanity`` sub-command's arguments."""
+    p = sub.add_parser(
+        "sanity", help="model-randomisation sanity check (Adebayo et al. 2018) -> CSV + figures",
+        description="Re-initialise the model's parameters block by block from the logits down (cascading, or one "
+        "block at a time with --independent), re-explain the same images after each step and measure how similar "
+        "each map stays to the trained model's map (Spearman of signed and absolute maps, SSIM, HOG). Writes "
+        "sanity.csv (per image), sanity_summary.csv (means, verdict), sanity_curves.png and sanity_maps.png.")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="resnet50, efficientnet_b0, efficientnet_lite0 (built-in weights), densenet161 or tiny "
+                   "(default %(default)s)")
+    p.add_argument("--checkpoint", default=None, help="weights (not needed for efficientnet_lite0)")
+    p.add_argument("--methods", type=_comma_list, default=None,
+                   help="comma-separated gj.METHODS (default all ten)")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files and / or folders")
+    p.add_argument("--max-images", type=_positive_int, default=4,
+                   help="use the first N readable images in sorted order (default %(default)s)")
+    p.add_argument("--labels", default="top-1",
+                   help="'top-1' (the trained model's prediction, default) or comma-separated class indices")
+    p.add_argument("--size", type=_positive_int, default=224, help="input side in pixels (default %(default)s)")
+    p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default: 20)")
+    p.add_argument("--independent", action="store_true", help="one block at a time instead of cascading")
+    p.add_argument("--by", choices=("layer", "stage"), default="layer",
+                   help="blocks: each top-level layer (default) or each named stage (layer1, denseblock2, ...)")
+    p.add_argument("--steps", type=_comma_list, default=None,
+                   help="only re-explain after these blocks (comma-separated labels; default every block)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per explainer call (default all)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None, help="modifications per vmapped chunk")
+    p.add_argument("--out", required=True, help="output directory")
+    common(p)
+
+
+def cmd_sanity(args) -> int:
+    """``gag-jax sanity``."""
+    import jax
+    import numpy as np
+
+    import gag_jax as gj
+    from gag_jax.experiments.demo import read_images
+    from gag_jax.experiments.modelzoo import TINY, check_model_name
+    from gag_jax.experiments.sanity_figures import run_sanity
+
+    methods = args.methods or list(gj.METHODS)
+    unknown = [m for m in methods if m not in gj.METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
+    _check_model(args.model, args.checkpoint, check_model_name)
+    _check_paths(args.images)
+    labels = _parse_labels(args.labels)
+    if args.model == TINY:
+        from gag_jax.experiments.tiny import load_tiny
+
+        if args.checkpoint is None:
+            raise UsageError("model 'tiny' needs --checkpoint")
+        module, variables = load_tiny(args.checkpoint)
+    else:
+        from models import load
+
+        module, variables = load(args.model, args.checkpoint)
+    from gag_jax.data._common import IMAGE_EXTENSIONS
+
+    paths = []  # folders listed here so that --max-images reads only the images it uses
+    for path in args.images:
+        if os.path.isdir(path):
+            paths += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            paths.append(path)
+    pixels, images, names = read_images(paths[: args.max_images], args.size, report=_warn)
+    if not names:
+        _warn("no readable image")
+        return EXIT_FAILURE
+    logits = np.asarray(module.apply(variables, images))
+    if labels is None:
+        y = logits.argmax(-1).astype(np.int32)
+    else:
+        y = np.asarray(labels if len(labels) > 1 else labels * len(names), np.int32)
+        if y.shape[0] != len(names) or y.min() < 0 or y.max() >= logits.shape[1]:
+            raise UsageError(f"--labels needs {len(names)} class indices in [0, {logits.shape[1]})")
+    options = {k: v for k, v in (("n", args.n), ("chunk_size", args.chunk_size)) if v is not None}
+    method_options = {m: {k: v for k, v in options.items() if k in gj.DEFAULTS[m]} for m in methods}
+    test_options = {"by": args.by, "batch_size": args.batch_size}
+    if args.steps:
+        test_options["steps"] = args.steps
+    _say(f"gag-jax sanity: {args.model}, {len(names)} image(s) at {args.size}, {len(methods)} method(s), "
+         f"{'independent' if args.independent else 'cascading'} randomisation")
+    run = run_sanity(module, variables, pixels, images, y, names, args.out, methods=methods,
+                     key=jax.random.PRNGKey(args.seed), cascading=not args.independent,
+                     method_options=method_options, report=_say, **test_options)
+    _say("")
+    _say(f"{'method':10s} {'last step':>10s} {'spearman_abs':>13s} {'ssim':>7s} {'hog':>7s}  verdict")
+    for m, r in run["results"].items():
+        _say(f"{m:10s} {r['steps'][-1]:>10s} {np.mean(r['spearman_abs'][-1]):13.3f} {np.mean(r['ssim'][-1]):7.3f} "
+             f"{np.mean(r['hog'][-1]):7.3f}  {'passes' if r['passed'] else 'FAILS (maps survive randomisation)'}")
+    _say("")
+    for label, path in run["files"].items():
+        _say(f"  {label:8s} {path}")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "explain": cmd_explain, "evaluate": cmd_evaluate, "tables": cmd_tables,
-            "port": cmd_port, "bench": cmd_bench}
+            "port": cmd_port, "bench": cmd_bench, "sanity": cmd_sanity}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

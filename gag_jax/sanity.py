@@ -1,0 +1,436 @@
+"""Model-parameter randomisation test (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018).
+
+A saliency method that explains the *model* must change its maps when the model's learned
+parameters are destroyed. The test re-initialises the parameters block by block from the top
+(logits) down, re-explains the same images after each step and measures how similar each new map
+is to the map of the trained model::
+
+    import gag_jax as gj
+    from models import load
+    module, variables = load("efficientnet_lite0")
+    result = gj.sanity.model_randomisation("gag", module, variables, images, labels, key, n=10)
+    result["steps"]          # ["fc", "conv_head", "blocks_15", ..., "blocks_0", "conv_stem"]
+    result["spearman_abs"]   # (S, B): similarity after each step, per image
+
+Choices (each an option, documented where it is taken):
+
+- **Blocks** are the module's top-level submodules in forward order (the order in which a forward
+  pass first calls them, traced without compiling), top first. A top-level normalisation layer
+  (parameters ``scale``/``bias`` only, with running statistics) joins the block before it (the
+  conv it normalises): Lite0 gives ``fc, conv_head (+bn1), blocks_15, ..., blocks_0,
+  conv_stem (+bn0)``. ``by="stage"`` merges consecutive list members ``name_0, name_1, ...`` into
+  one stage ``name`` (ResNet ``layer1..4``, DenseNet ``denseblock1..4``, EfficientNet-B0
+  ``features_1..7``); ``blocks=`` takes any explicit grouping.
+- **Re-initialisation** uses the module's own initialisers: ``module.init`` with a fresh key, then
+  the re-initialised leaves of the blocks randomised so far replace the trained ones. Every
+  ``params`` leaf of a block is re-drawn (batch-norm ``scale``/``bias`` go back to 1/0); the
+  batch-norm running statistics (``batch_stats``) keep their trained values. This is what the
+  authors' code does: it re-runs the initialisers of the block's *trainable* TensorFlow variables,
+  and the moving mean/variance are not trainable.
+- **Targets** stay the given ``labels`` at every step (the authors explain the randomised model's
+  own top-1 class instead; pass that as ``labels`` per step yourself if you need it).
+- **Noise**: the same key drives the method at every step, so the noisy samples / paths are the
+  same and only the model changes.
+- **Similarities** (per image, on the host): Spearman rank correlation of the signed maps
+  (channel sum of the raw attribution) and of the absolute maps (channel sum of ``|A|``, the
+  project's saliency before min-max); SSIM (``skimage.metrics.structural_similarity``,
+  ``data_range=1``) and HOG similarity (Pearson correlation of ``skimage.feature.hog``
+  descriptors) of the min-max normalised absolute maps. A correlation that is undefined because a
+  map is constant counts as 1 when the two maps are equal and 0 otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gag_jax.explainers import DEFAULTS, METHODS, ModelFunctions, explain
+
+__all__ = ["METRICS", "layer_blocks", "randomised_variables", "similarities", "model_randomisation", "passes"]
+
+METRICS = ("spearman", "spearman_abs", "ssim", "hog")
+"""The similarity curves ``model_randomisation`` returns, each ``(S, B)``."""
+
+GROUPINGS = ("layer", "stage")
+
+_SANITY_OPTIONS = ("by", "blocks", "steps", "batch_size", "threshold", "hog_orientations",
+                   "hog_pixels_per_cell", "hog_cells_per_block", "report")
+_NORM_PARAMS = {"scale", "bias"}
+
+
+# ----------------------------------------------------------------------------------------------
+# blocks and re-initialised variables
+# ----------------------------------------------------------------------------------------------
+
+
+def _forward_order(module, variables: Mapping, shape: tuple[int, ...], dtype) -> list[str]:
+    """Top-level submodule names in the order a forward pass first calls them (traced, not run)."""
+    import flax.linen as nn
+
+    order: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        path = context.module.path
+        if path and path[0] not in order:
+            order.append(path[0])
+        return next_fun(*args, **kwargs)
+
+    def forward(v, x):
+        with nn.intercept_methods(record):
+            return module.apply(v, x)
+
+    from flax.errors import FlaxError
+
+    try:
+        jax.eval_shape(forward, variables, jax.ShapeDtypeStruct(shape, dtype))
+    except FlaxError as err:
+        raise ValueError(f"the variables do not fit the module (wrong shape or structure): {err}") from None
+    return order
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _is_norm(name: str, variables: Mapping) -> bool:
+    params = variables["params"].get(name)
+    stats = variables.get("batch_stats", {})
+    return (isinstance(params, Mapping) and name in stats and set(params) <= _NORM_PARAMS
+            and not any(isinstance(v, Mapping) for v in params.values()))
+
+
+def layer_blocks(module, variables: Mapping, image_shape: Sequence[int], *, by: str = "layer",
+           dtype=jnp.float32) -> list[tuple[str, tuple[str, ...]]]:
+    """The randomisation blocks of a Flax module, **top (logits) first**.
+
+    Args:
+      module: a Flax linen module (any model in ``models/``, the tiny CNN, your own).
+      variables: its variables; needs ``"params"`` (``"batch_stats"`` optional).
+      image_shape: shape of an input batch, e.g. ``(1, 224, 224, 3)`` (only traced).
+      by: ``"layer"``: each top-level submodule, a normalisation layer joined to the block before
+        it; ``"stage"``: consecutive list members ``name_<i>`` merged into one stage ``name``.
+      dtype: input dtype for the trace.
+
+    Returns:
+      ``[(label, (top-level param names, ...)), ...]`` from the output layer down to the stem.
+
+    Raises:
+      ValueError: unknown ``by``, or variables without ``"params"``.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"unknown grouping by={by!r}; expected one of {GROUPINGS}")
+    if "params" not in variables:
+        raise ValueError(f"variables need a 'params' collection; got {sorted(variables)}")
+    names = list(variables["params"])
+    called = [n for n in _forward_order(module, variables, tuple(image_shape), dtype) if n in names]
+    order = called + sorted((n for n in names if n not in called), key=_natural_key)
+    groups: list[list[str]] = []
+    for name in order:
+        if groups and _is_norm(name, variables):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    labelled = [(g[0], tuple(g)) for g in groups]
+    if by == "stage":
+        merged: list[tuple[str, tuple[str, ...]]] = []
+        for label, keys in labelled:
+            stage = re.sub(r"_\d+$", "", label)
+            if stage != label and merged and merged[-1][0] == stage:
+                merged[-1] = (stage, merged[-1][1] + keys)
+            else:
+                merged.append((stage, keys))
+        labelled = merged
+    return labelled[::-1]
+
+
+def _check_blocks(spec, names: set) -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    for item in spec:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError(f"blocks must be (label, (param names, ...)) pairs, top first; got {item!r}")
+        label, keys = item[0], (item[1],) if isinstance(item[1], str) else tuple(item[1])
+        unknown = [k for k in keys if k not in names]
+        if unknown or not keys:
+            raise ValueError(f"block {label!r} names {unknown or 'no'} top-level parameter(s); "
+                             f"the variables have {sorted(names, key=_natural_key)}")
+        out.append((label, keys))
+    labels = [b[0] for b in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"block labels must be unique; got {labels}")
+    return out
+
+
+def randomised_variables(module, variables: Mapping, key: jax.Array, image_shape: Sequence[int], *,
+                         cascading: bool = True, by: str = "layer",
+                         blocks: Sequence[tuple[str, Sequence[str]]] | None = None,
+                         ) -> Iterator[tuple[str, dict]]:
+    """Yield ``(label, variables)`` after each randomisation step, top block first.
+
+    Cascading: step ``k`` re-initialises blocks ``0..k`` (everything above and including block
+    ``k``); independent (``cascading=False``): only block ``k``, the rest trained. Fresh values
+    come from ``module.init(key, zeros(image_shape))`` (the module's own initialisers, one draw
+    shared by all steps); ``batch_stats`` and any other collection keep the trained values.
+
+    Args:
+      module: Flax linen module.
+      variables: trained variables (``"params"`` required).
+      key: PRNG key of the re-initialisation.
+      image_shape: input batch shape for ``module.init`` and the block trace.
+      cascading: cascading (True) or independent (False) randomisation.
+      by: automatic grouping (see :func:`layer_blocks`).
+      blocks: explicit ``[(label, (top-level param names, ...)), ...]``, top first.
+
+    Raises:
+      ValueError: the fresh parameters do not have the structure of ``variables["params"]``, or a
+        bad ``blocks``.
+    """
+    if "params" not in variables:
+        raise ValueError(f"variables need a 'params' collection; got {sorted(variables)}")
+    spec = (layer_blocks(module, variables, image_shape, by=by) if blocks is None
+            else _check_blocks(blocks, set(variables["params"])))
+    fresh = jax.jit(module.init)(key, jnp.zeros(tuple(image_shape), jnp.float32))["params"]
+    trained = variables["params"]
+    if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(dict(trained)):
+        raise ValueError("module.init gives parameters of another structure than variables['params']: "
+                         "the variables do not belong to this module")
+    for (a, b) in zip(jax.tree_util.tree_leaves(fresh), jax.tree_util.tree_leaves(dict(trained))):
+        if a.shape != b.shape:
+            raise ValueError(f"module.init gives a parameter of shape {a.shape} where the variables have {b.shape}")
+    done: list[str] = []
+    for label, keys in spec:
+        done = done + list(keys) if cascading else list(keys)
+        params = {name: (fresh[name] if name in done else trained[name]) for name in trained}
+        yield label, {**variables, "params": params}
+
+
+# ----------------------------------------------------------------------------------------------
+# similarity of maps
+# ----------------------------------------------------------------------------------------------
+
+
+def _safe_corr(fn, a: np.ndarray, b: np.ndarray) -> float:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(fn(a, b)[0])
+
+
+def _minmax(m: np.ndarray) -> np.ndarray:
+    low, span = m.min(), np.ptp(m)
+    return (m - low) / span if span > 0 else np.zeros_like(m)
+
+
+def _split(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``(B, H, W, C)`` or ``(B, H, W)`` -> (signed, absolute) ``(B, H, W)`` float64 maps."""
+    raw = np.asarray(raw, np.float64)
+    if raw.ndim == 4:
+        return raw.sum(-1), np.abs(raw).sum(-1)
+    if raw.ndim == 3:
+        return raw, np.abs(raw)
+    raise ValueError(f"maps must be (B, H, W) or (B, H, W, C); got shape {raw.shape}")
+
+
+def similarities(original, randomised, *, hog_orientations: int = 9, hog_pixels_per_cell=(8, 8),
+                 hog_cells_per_block=(3, 3)) -> dict[str, np.ndarray]:
+    """Per-image similarity of two batches of attributions.
+
+    Args:
+      original, randomised: ``(B, H, W, C)`` raw attributions or ``(B, H, W)`` maps, same shape.
+      hog_orientations, hog_pixels_per_cell, hog_cells_per_block: ``skimage.feature.hog`` options.
+
+    Returns:
+      ``{"spearman", "spearman_abs", "ssim", "hog"}``, each ``(B,)`` float64: Spearman of the
+      signed channel sums, Spearman of the absolute channel sums, SSIM and HOG-Pearson of the
+      min-max normalised absolute maps.
+
+    Raises:
+      ValueError: shapes differ, a map is not 3-/4-D, or too small for the HOG cells / SSIM window.
+    """
+    from scipy.stats import pearsonr, spearmanr
+    from skimage.feature import hog
+    from skimage.metrics import structural_similarity
+
+    o_signed, o_abs = _split(original)
+    r_signed, r_abs = _split(randomised)
+    if o_signed.shape != r_signed.shape:
+        raise ValueError(f"original maps {np.shape(original)} and randomised maps {np.shape(randomised)} differ")
+    height, width = o_signed.shape[1:]
+    cells = (height // hog_pixels_per_cell[0], width // hog_pixels_per_cell[1])
+    if min(cells[0] - hog_cells_per_block[0], cells[1] - hog_cells_per_block[1]) < 0:
+        raise ValueError(f"maps of {height}x{width} have {cells[0]}x{cells[1]} HOG cells of {hog_pixels_per_cell} "
+                         f"pixels, fewer than one block of {hog_cells_per_block}: lower hog_pixels_per_cell")
+    if min(height, width) < 7:
+        raise ValueError(f"SSIM needs maps of at least 7x7 pixels; got {height}x{width}")
+    hog_options = dict(orientations=hog_orientations, pixels_per_cell=tuple(hog_pixels_per_cell),
+                       cells_per_block=tuple(hog_cells_per_block))
+    out = {m: np.zeros(o_signed.shape[0]) for m in METRICS}
+    for i in range(o_signed.shape[0]):
+        out["spearman"][i] = _safe_corr(spearmanr, o_signed[i].ravel(), r_signed[i].ravel())
+        out["spearman_abs"][i] = _safe_corr(spearmanr, o_abs[i].ravel(), r_abs[i].ravel())
+        a, b = _minmax(o_abs[i]), _minmax(r_abs[i])
+        out["ssim"][i] = float(structural_similarity(a, b, data_range=1.0))
+        out["hog"][i] = _safe_corr(pearsonr, hog(a, **hog_options), hog(b, **hog_options))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the test
+# ----------------------------------------------------------------------------------------------
+
+
+class _ModelBuilder:
+    """Model functions of ``module`` for any variables; jitted once, so every step reuses the compilations."""
+
+    def __init__(self, module):
+        fields = {f.name for f in dataclasses.fields(module)}
+        self.apply = jax.jit(module.apply, static_argnames="method")
+        self.split = callable(getattr(module, "features", None)) and callable(getattr(module, "head", None))
+        self.guided = (jax.jit(module.clone(guided_backprop=True).apply, static_argnames="method")
+                       if "guided_backprop" in fields else None)
+
+    def __call__(self, variables) -> ModelFunctions:
+        part = functools.partial
+        return ModelFunctions(
+            logits=part(self.apply, variables),
+            features=part(self.apply, variables, method="features") if self.split else None,
+            head=part(self.apply, variables, method="head") if self.split else None,
+            guided_logits=part(self.guided, variables) if self.guided is not None else None)
+
+
+def _attributions(method, model: ModelFunctions, images, labels, key, options: dict, batch_size: int) -> np.ndarray:
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        k = jax.random.fold_in(key, start)
+        if callable(method):
+            raw = method(model, x, y, k)
+        else:
+            raw = explain(method, model, x, y, key=k, postprocess=False, **options)
+        out.append(np.asarray(raw, np.float32))
+    raw = np.concatenate(out)
+    if raw.ndim not in (3, 4) or raw.shape[:3] != tuple(images.shape[:3]):
+        raise ValueError(f"the method returned shape {raw.shape}; expected (B, H, W) or (B, H, W, C) with "
+                         f"(B, H, W) = {tuple(images.shape[:3])}")
+    return raw
+
+
+def passes(result: Mapping, *, threshold: float = 0.5, metric: str = "spearman_abs") -> bool:
+    """Verdict of the test: True when randomising the model changes the maps.
+
+    Passes when the mean over images of ``metric`` falls below ``threshold`` at some step (for the
+    cascading test, in practice the last one: the whole model random). A method whose maps keep
+    their similarity (an edge detector, a method that mostly reconstructs the image) fails.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    curve = np.asarray(result[metric]).mean(axis=1)
+    return bool(curve.size and curve.min() < threshold)
+
+
+def model_randomisation(method: str | Callable, module, variables: Mapping, images, labels, key, *,
+                        cascading: bool = True, **options) -> dict[str, Any]:
+    """Cascading (or independent) model-parameter randomisation test of a saliency method.
+
+    Args:
+      method: a name in ``gj.METHODS`` (explained with ``gj.explain(..., postprocess=False)``) or a
+        callable ``method(model: gj.ModelFunctions, images, labels, key) -> (B, H, W[, C])`` raw maps.
+      module: the Flax linen module (e.g. from ``models.load``).
+      variables: its trained variables.
+      images: ``(B, H, W, C)`` normalised images.
+      labels: ``(B,)`` int target classes (kept at every step).
+      key: PRNG key; split into the method's key (the same at every step) and the re-initialisation key.
+      cascading: True: randomise from the top down, cumulatively; False: one block at a time.
+      **options: the test's own options, then the method's (``n``, ``noise_level``, ...):
+
+        - ``by`` (``"layer"``) / ``blocks`` (explicit ``[(label, names)]``): see :func:`layer_blocks`.
+        - ``steps``: labels of the blocks after whose randomisation the images are re-explained
+          (default all); the cascade still randomises every block above them.
+        - ``batch_size``: images per explainer call (default all).
+        - ``threshold`` (0.5): verdict threshold on the mean Spearman (abs) correlation (:func:`passes`).
+        - ``hog_orientations`` (9), ``hog_pixels_per_cell`` ((8, 8)), ``hog_cells_per_block`` ((3, 3)).
+        - ``report``: a callable receiving one line per step (progress).
+
+    Returns:
+      ``{"steps": [labels, top first], "spearman": (S, B), "spearman_abs": (S, B), "ssim": (S, B),
+      "hog": (S, B), "original": (B, H, W), "maps": (S, B, H, W), "blocks": {label: names},
+      "cascading": bool, "passed": bool, "threshold": float}``; ``original`` and ``maps`` are the
+      min-max normalised absolute maps in [0, 1].
+
+    Raises:
+      ValueError: unknown method or option, bad shapes, an unknown step label, variables that do
+        not belong to the module.
+    """
+    test_options = {k: options.pop(k) for k in list(options) if k in _SANITY_OPTIONS}
+    by = test_options.get("by", "layer")
+    blocks_spec = test_options.get("blocks")
+    steps = test_options.get("steps")
+    threshold = float(test_options.get("threshold", 0.5))
+    report = test_options.get("report") or (lambda line: None)
+    hog_options = {k: test_options[k] for k in ("hog_orientations", "hog_pixels_per_cell", "hog_cells_per_block")
+                   if k in test_options}
+    if callable(method):
+        if options:
+            raise ValueError(f"unknown option(s) {sorted(options)} for a callable method; "
+                             f"test options: {', '.join(_SANITY_OPTIONS)}")
+    elif method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)} or a callable")
+    else:
+        unknown = sorted(set(options) - set(DEFAULTS[method]))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for the randomisation test of {method!r}; test options: "
+                             f"{', '.join(_SANITY_OPTIONS)}; method options: {', '.join(sorted(DEFAULTS[method]))}")
+    images = jnp.asarray(images)
+    labels = jnp.asarray(labels)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, H, W, C); got shape {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must be ({images.shape[0]},) for {images.shape[0]} images; got {labels.shape}")
+    batch_size = int(test_options.get("batch_size") or images.shape[0])
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+
+    explain_key, init_key = jax.random.split(key)
+    shape = (1,) + tuple(images.shape[1:])
+    spec = (layer_blocks(module, variables, shape, by=by) if blocks_spec is None
+            else _check_blocks(blocks_spec, set(variables.get("params", {}))))
+    labels_all = [label for label, _ in spec]
+    wanted = labels_all if steps is None else list(steps)
+    missing = [s for s in wanted if s not in labels_all]
+    if missing:
+        raise ValueError(f"unknown step(s) {missing}; the blocks are {labels_all}")
+    build = _ModelBuilder(module)
+
+    def explain_with(v):
+        return _attributions(method, build(v), images, labels, explain_key, options, batch_size)
+
+    original = explain_with(variables)
+    name = method if isinstance(method, str) else getattr(method, "__name__", "method")
+    report(f"{name}: original model explained")
+    curves = {m: [] for m in METRICS}
+    maps, done = [], []
+    for label, v in randomised_variables(module, variables, init_key, shape, cascading=cascading,
+                                         blocks=spec):
+        if label not in wanted:
+            continue
+        raw = explain_with(v)
+        for metric, values in similarities(original, raw, **hog_options).items():
+            curves[metric].append(values)
+        maps.append(_minmax_batch(raw))
+        done.append(label)
+        report(f"{name}: randomised {'up to ' if cascading else ''}{label} "
+               f"(spearman_abs {np.mean(curves['spearman_abs'][-1]):.3f})")
+    result: dict[str, Any] = {"steps": done, **{m: np.stack(v) for m, v in curves.items()},
+                              "original": _minmax_batch(original), "maps": np.stack(maps).astype(np.float32),
+                              "blocks": dict(spec), "cascading": bool(cascading), "threshold": threshold}
+    result["passed"] = passes(result, threshold=threshold)
+    return result
+
+
+def _minmax_batch(raw: np.ndarray) -> np.ndarray:
+    _, absolute = _split(raw)
+    return np.stack([_minmax(m) for m in absolute]).astype(np.float32)
