@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="case x methods x metrics -> the paper's tables (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a case x methods x metrics and write table<N>.csv / .md in the layout of the paper's "
-        "Tables 1-3.\n\nStage 1 keeps the images classified with probability > --confidence on the ground-truth "
-        "class; stage 2 computes every method's maps and metrics batch by batch. Each finished (method, batch) is "
+        "Tables 1-3.\n\nStage 1 keeps the images classified with probability > --confidence on the explained class "
+        "(--target: the label, or the model's top-1 class); stage 2 computes every method's maps and metrics batch by batch. Each finished (method, batch) is "
         "written to OUT/records at once; running the same command again resumes where it stopped without "
         "recomputing anything. OUT/manifest.json records every option, seed and version.\n\n"
         "Rows: --table 1: GAG-0, GAG-15, ..., GAG-85; --table 2: Grad-CAM, GAG, AG, VarGrad, SG, IG, GB, Guided IG, "
@@ -219,11 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of SG, IG, Guided IG, BlurIG and GB divided by the original method and averaged.\n\n"
         "The synthetic case needs no data: with --model tiny (its default) a small CNN is trained for a few "
         "seconds on a separate synthetic draw and saved to OUT/tiny_model.msgpack (or to --checkpoint).")
-    p.add_argument("--case", required=True, help=f"one of {', '.join(CASES)}")
+    p.add_argument("--case", required=True, help=f"one of {', '.join(CASES)} (folder: any folder of images with a "
+                   "labels.txt, class subfolders or no labels, and optional masks/)")
     p.add_argument("--data-dir", default=None, help="the dataset directory (not for synthetic)")
     p.add_argument("--model", default=None, help="resnet50, efficientnet_b0, efficientnet_lite0, densenet161 or "
                    "tiny (default: the paper's model of the case: imagenet_s resnet50, isic efficientnet_b0, "
-                   "places365 densenet161, synthetic tiny)")
+                   "places365 densenet161, synthetic tiny, folder efficientnet_lite0)")
     p.add_argument("--checkpoint", default=None, help="the model's weights (torch .pth / .pt or .msgpack); "
                    "for tiny: loaded if it exists, else trained and written there")
     p.add_argument("--num-classes", type=_positive_int, default=None,
@@ -238,10 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-batch-size", type=_positive_int, default=64,
                    help="perturbed copies per model call in the metrics (default %(default)s)")
     p.add_argument("--limit", type=_positive_int, default=None,
-                   help="use the first N examples only (synthetic: how many images are generated; default 64)")
+                   help="use the first N examples only, in sorted file order (synthetic: how many images are "
+                   "generated; default 64)")
     p.add_argument("--confidence", type=_confidence, default=0.9,
-                   help="keep images with probability above this on the ground-truth class (paper 0.9; "
+                   help="keep images with probability above this on the explained class (paper 0.9; "
                    "'none' keeps all; default %(default)s)")
+    p.add_argument("--target", choices=("auto", "label", "predicted"), default="auto",
+                   help="the class each map explains: 'label' (the ground truth; unlabelled images are left "
+                   "out), 'predicted' (the model's top-1 class; unlabelled images work); default auto: label "
+                   "when the data has labels, else predicted")
+    p.add_argument("--resize", choices=("squash", "center_crop", "imagenet_eval"), default=None,
+                   help="how images are brought to --image-size: squash (aspect ignored), center_crop (shorter "
+                   "side to fit, centre cut out), imagenet_eval (shorter side to size / 0.875, centre cut out: "
+                   "256 -> 224); default imagenet_eval for folder, squash (the paper's) for the others")
     p.add_argument("--image-size", type=_positive_int, default=None, help=f"input side (default per case: {sizes})")
     p.add_argument("--split", default=None, help="dataset split (default: the case's evaluation split)")
     p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default 20, the paper's)")
@@ -251,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a loader option of the case (repeatable): imagenet_s: label_space=imagenet1k|imagenet_s, "
                    "synsets=FILE, mask_mode=class|foreground; isic: labels=diagnosis|melanoma|malignant; "
-                   "synthetic: num_classes=1..5")
+                   "synthetic: num_classes=1..5; folder: labels=FILE (default labels.txt), masks=DIR (default "
+                   "masks), synsets=FILE")
     p.add_argument("--backend", choices=("auto", "tfds", "files"), default="auto",
                    help="read a prepared tensorflow-datasets copy (tfds) or the files directly (default auto)")
     p.add_argument("--train-steps", type=_positive_int, default=300,
@@ -383,7 +394,13 @@ def cmd_evaluate(args) -> int:
     from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES
     from gag_jax.experiments import figures, runner, tables
     from gag_jax.experiments import specs as specs_lib
-    from gag_jax.experiments.modelzoo import CASE_MODELS, TINY, check_model_name, load_model
+    from gag_jax.experiments.modelzoo import (
+        CASE_MODELS,
+        TINY,
+        check_model_name,
+        load_model,
+        model_normalization,
+    )
 
     if args.case not in CASES:
         raise UsageError(f"unknown case {args.case!r}; cases: {', '.join(CASES)}")
@@ -414,10 +431,12 @@ def cmd_evaluate(args) -> int:
     if args.case == "synthetic":
         case_options.update({"num_images": args.limit or 64, "seed": args.seed})
         limit = None
+    mean, std = model_normalization(model_name)
     try:
         with _OneLineWarnings():
             batches = load_case(args.case, args.data_dir, split=args.split, image_size=image_size,
-                                batch_size=args.batch_size, backend=args.backend, max_examples=limit, **case_options)
+                                batch_size=args.batch_size, backend=args.backend, max_examples=limit, mean=mean,
+                                std=std, resize_mode=args.resize, **case_options)
     except DatasetLayoutError as err:
         raise UsageError(str(err)) from None
     except (ValueError, TypeError) as err:
@@ -446,12 +465,18 @@ def cmd_evaluate(args) -> int:
                          f"{batches.num_classes}: give a checkpoint with {batches.num_classes} classes or other "
                          "labels (--case-option, e.g. labels=melanoma for a 2-class ISIC model)")
 
+    target = args.target
+    if target == "auto":
+        target = "label" if batches.has_labels else "predicted"
+        if not batches.has_labels:
+            _say("the images have no labels: each map explains the model's top-1 class (--target predicted)")
     config = runner.RunConfig(
         case=args.case, model=model_name, data_dir=args.data_dir, checkpoint=checkpoint,
         checkpoint_sha256=runner.file_digest(checkpoint), image_size=image_size, batch_size=args.batch_size,
         limit=args.limit, confidence=args.confidence, seed=args.seed, metrics=metrics,
         method_overrides={k: v for k, v in {"n": args.n, "chunk_size": args.chunk_size}.items() if v is not None},
-        metric_options={}, split=args.split, case_options=_case_options(args.case_option))
+        metric_options={}, split=args.split, case_options=_case_options(args.case_option), target=target,
+        resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std)
     _say(f"evaluate: case {args.case} ({batches.num_examples} images, {image_size}x{image_size}), model "
          f"{model_name}, {len(specs)} method(s), metrics {', '.join(metrics)} -> {args.out}")
     t0 = time.perf_counter()
@@ -471,14 +496,20 @@ def cmd_evaluate(args) -> int:
         return EXIT_INTERRUPTED
     seconds = time.perf_counter() - t0
     plan = out["plan"]
+    if plan.get("images_unlabelled"):
+        _warn(f"{plan['images_unlabelled']} image(s) have no label and were left out; --target predicted "
+              "explains the model's top-1 class instead")
     if plan["images_kept"] == 0:
-        _warn(f"no image passed the selection (confidence > {args.confidence}); the tables are empty. "
-              "Lower --confidence or check the labels / model.")
+        why = (f"confidence > {args.confidence} on the {'top-1' if target == 'predicted' else 'labelled'} class"
+               if args.confidence is not None else "no image with a known label")
+        _warn(f"no image passed the selection ({why}); the tables are empty. "
+              + ("Lower --confidence or check the labels / model." if args.confidence is not None
+                 else "Use --target predicted to explain the model's top-1 class."))
     results = {args.case: out["results"]}
     metrics_by_case = {args.case: metrics}
     note = (f"Case {args.case}, model {model_name}, {plan['images_kept']} of {plan['images_seen']} images "
             + (f"(confidence > {args.confidence})" if args.confidence is not None else "(no confidence selection)")
-            + f", seed {args.seed}.")
+            + f", maps explain the {'top-1 class' if target == 'predicted' else 'label'}, seed {args.seed}.")
     written = []
     for t in args.table:
         rows = _rows_for_table(t, specs, specs_lib)

@@ -175,6 +175,75 @@ def test_evaluate_places365_folder_with_an_undecodable_image(tmp_path, capsys):
     assert "skipped 1 unreadable file" in out
 
 
+def _photo_folder(root, rng, stems, size=(40, 48)):
+    root.mkdir(parents=True)
+    for stem in stems:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / f"{stem}.png")
+
+
+def test_evaluate_folder_case_labels_file_masks_and_predicted_target(tmp_path, capsys):
+    """A user's folder (labels.txt + masks/): labelled maps with Dice / MAE; an unlabelled copy
+    explains the model's top-1 class, which an independent forward pass confirms."""
+    from gag_jax.experiments.modelzoo import load_model, model_normalization
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "photos"
+    stems = ["p0", "p1", "p2"]
+    _photo_folder(root, rng, stems)
+    (root / "masks").mkdir()
+    for stem in stems:
+        mask = np.zeros((40, 48), np.uint8)
+        mask[10:30, 12:36] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    (root / "labels.txt").write_text("p0.png\t281\ttabby\np1.png\t967\np2.png\t3\n")
+    common = ["evaluate", "--case", "folder", "--data-dir", root, "--image-size", "32", "--batch-size", "2",
+              "--methods", "vg", "--confidence", "none", "--backend", "files", *FAST]
+    rc, out, err = _main(common + ["--out", tmp_path / "labelled"], capsys)
+    assert rc == 0, err
+    rows = read_table_csv(str(tmp_path / "labelled" / "table2.csv"))
+    assert rows[0]["folder_n"] == "3"
+    assert all(np.isfinite(float(rows[0][f"folder_{m}"])) for m in METRIC_COLUMNS)
+    labels = np.concatenate([np.load(runner.record_path(str(tmp_path / "labelled"), "vg", k))["labels"][:n]
+                             for k, n in ((0, 2), (1, 1))])
+    assert labels.tolist() == [281, 967, 3] and "maps explain the label" in out
+
+    (root / "labels.txt").unlink()  # the same photos, unlabelled: --target auto explains the top-1 class
+    rc, out, err = _main(common + ["--out", tmp_path / "unlabelled"], capsys)
+    assert rc == 0, err
+    assert "top-1 class" in out
+    model, _ = load_model("efficientnet_lite0")
+    mean, std = (np.asarray(v, np.float32) for v in model_normalization("efficientnet_lite0"))
+    pixels = []
+    for stem in stems:  # shorter side 40 -> 32 / 0.875 = 36.57 ~ 37 px, centre 32 x 32 cut out
+        img = Image.open(root / f"{stem}.png").convert("RGB").resize((44, 37), Image.BILINEAR)
+        pixels.append(np.asarray(img)[2:34, 6:38])
+    top1 = np.asarray(model.logits((np.stack(pixels) / 255.0 - mean) / std)).argmax(-1)
+    targets = np.concatenate([np.load(runner.record_path(str(tmp_path / "unlabelled"), "vg", k))["labels"][:n]
+                              for k, n in ((0, 2), (1, 1))])
+    assert targets.tolist() == top1.tolist()
+    assert read_table_csv(str(tmp_path / "unlabelled" / "table2.csv"))[0]["folder_n"] == "3"
+
+
+def test_evaluate_isic_task1_without_labels_scores_every_image_with_predicted_target(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    root = tmp_path / "isic"
+    _photo_folder(root / "ISIC2018_Task1-2_Training_Input", rng, [f"ISIC_{i:07d}" for i in range(3)], (32, 32))
+    (root / "ISIC2018_Task1_Training_GroundTruth").mkdir()
+    for i in range(3):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:20, 6 + i:24] = 255
+        Image.fromarray(mask).save(root / "ISIC2018_Task1_Training_GroundTruth" / f"ISIC_{i:07d}_segmentation.png")
+    common = ["evaluate", "--case", "isic", "--data-dir", root, "--model", "efficientnet_lite0", "--image-size", "32",
+              "--batch-size", "4", "--methods", "vg", "--confidence", "none", "--backend", "files", *FAST]
+    rc, _, err = _main(common + ["--target", "label", "--out", tmp_path / "label"], capsys)
+    assert rc == 0 and "3 image(s) have no label" in err and "None" not in err
+    rc, _, err = _main(common + ["--target", "predicted", "--out", tmp_path / "predicted"], capsys)
+    assert rc == 0, err
+    row = read_table_csv(str(tmp_path / "predicted" / "table2.csv"))[0]
+    assert row["isic_n"] == "3"
+    assert all(np.isfinite(float(row[f"isic_{m}"])) for m in METRIC_COLUMNS)
+
+
 def test_tables_command_rebuilds_the_tables_of_a_run(evaluated, tmp_path, capsys):
     rc, _, _ = _main(["tables", evaluated, "--table", "1,3", "--out", tmp_path], capsys)
     assert rc == 0

@@ -405,6 +405,92 @@ def test_bad_options_and_splits():
         gd.load_case("synthetic", resize_mode="stretch")
 
 
+# ---------------------------------------------------------------------------------------------- folder
+
+@pytest.fixture
+def folder_tree(tmp_path):
+    """A user's folder: 3 wide photos (16x24) listed in labels.txt (one listed but missing), masks/
+    for every photo, and a stray text file."""
+    rng = np.random.default_rng(6)
+    root = tmp_path / "photos"
+    expected = {}
+    for i, (stem, label) in enumerate((("cat", 281), ("cup", 967), ("bike", 670))):
+        photo = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+        _save(photo, str(root / f"{stem}.png"))
+        mask = np.zeros((16, 24), bool)
+        mask[3:12, 2 + 4 * i:14 + 4 * i] = True
+        _save((mask * 255).astype(np.uint8), str(root / "masks" / f"{stem}.png"))
+        # centre crop of a 16x24 image to 16x16 keeps columns 4..19 (no resampling at this scale)
+        expected[f"{stem}.png"] = (photo[:, 4:20], mask[:, 4:20], label)
+    (root / "labels.txt").write_text("cat.png\t281\ttabby\ncup.png\t967\tespresso\nbike.png\t670\n"
+                                     "gone.png\t1\n")
+    (root / "notes.txt").write_text("not an image")
+    return root, expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_folder_with_labels_file_and_masks_center_crops(folder_tree, tmp_path, backend):
+    root, expected = folder_tree
+    with pytest.warns(UserWarning, match="gone.png"):
+        batches = gd.load_case("folder", root, image_size=16, batch_size=2, backend=backend, cache_dir=tmp_path / "t")
+    assert batches.has_masks and batches.has_labels and batches.resize_mode == "center_crop"
+    assert batches.image_size == (16, 16) and batches.num_classes == 968
+    assert batches.class_names[281] == "tabby" and batches.class_names[967] == "espresso"
+    rows = _all_rows(batches)
+    assert rows["names"].tolist() == sorted(expected)
+    for i, name in enumerate(rows["names"]):
+        pixels, mask, label = expected[name]
+        np.testing.assert_array_equal(rows["pixels"][i], pixels)
+        np.testing.assert_array_equal(rows["masks"][i], mask.astype(np.float32))
+        assert rows["labels"][i] == label
+    np.testing.assert_allclose(rows["images"], (rows["pixels"] / 255.0 - MEAN) / STD, rtol=1e-6, atol=1e-6)
+    with pytest.warns(UserWarning, match="gone.png"):
+        assert gd.load_case("folder", root, image_size=16, backend="files", max_examples=2).num_examples == 2
+
+
+def test_folder_class_subfolders_and_unlabelled_images(tmp_path):
+    rng = np.random.default_rng(7)
+    # wnid folders -> ImageNet-1k indices (1 goldfish, 3 tiger shark), whatever else is present
+    for wnid in WNIDS:
+        _save(_noise_image(rng), str(tmp_path / "wnid" / wnid / "a.jpg"))
+    rows = _all_rows(gd.load_case("folder", tmp_path / "wnid", image_size=16, backend="files"))
+    assert dict(zip(rows["names"].tolist(), rows["labels"].tolist())) == {
+        f"{w}/a.jpg": i for w, i in WNIDS.items()}
+    # integer folders are class indices; other names rank among the sorted folders
+    for name in ("7", "12"):
+        _save(_noise_image(rng), str(tmp_path / "ints" / name / "x.png"))
+    for name in ("zebra", "apple"):
+        _save(_noise_image(rng), str(tmp_path / "named" / name / "x.png"))
+    ints = gd.load_case("folder", tmp_path / "ints", image_size=16, backend="files")
+    assert _all_rows(ints)["labels"].tolist() == [12, 7] and ints.num_classes == 13  # "12/x.png" < "7/x.png"
+    named = gd.load_case("folder", tmp_path / "named", image_size=16, backend="files")
+    assert _all_rows(named)["labels"].tolist() == [0, 1] and named.class_names == ("apple", "zebra")
+    # images alone: unlabelled (-1), no masks
+    for stem in ("b", "a"):
+        _save(_noise_image(rng), str(tmp_path / "plain" / f"{stem}.jpg"))
+    plain = gd.load_case("folder", tmp_path / "plain", image_size=16, backend="files")
+    rows = _all_rows(plain)
+    assert rows["names"].tolist() == ["a.jpg", "b.jpg"] and rows["labels"].tolist() == [-1, -1]
+    assert not plain.has_labels and not plain.has_masks and plain.num_classes is None
+
+
+def test_folder_layout_errors_name_the_problem(tmp_path):
+    with pytest.raises(gd.DatasetLayoutError, match="labels.txt"):
+        gd.load_case("folder", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(gd.DatasetLayoutError, match="no usable folder examples"):
+        gd.load_case("folder", tmp_path / "empty", backend="files")
+    _save(_noise_image(np.random.default_rng(0)), str(tmp_path / "bad" / "a.png"))
+    (tmp_path / "bad" / "labels.txt").write_text("a.png\tcat\n")
+    with pytest.raises(gd.DatasetLayoutError, match=r"labels.txt:1"):
+        gd.load_case("folder", tmp_path / "bad", backend="files")
+    # a mask folder without the image's mask: the image is skipped and named
+    (tmp_path / "bad" / "labels.txt").write_text("a.png\t3\n")
+    (tmp_path / "bad" / "masks").mkdir()
+    with pytest.raises(gd.DatasetLayoutError, match="no mask for it"):
+        gd.load_case("folder", tmp_path / "bad", backend="files")
+
+
 # ----------------------------------------------------------------------------------- load_image_files
 
 def test_load_image_files_folder_skips_and_names_bad_file(tmp_path):

@@ -1,7 +1,8 @@
 """Datasets for the paper's cases and the synthetic set, as fixed-size numpy batches.
 
 - :func:`load_case`: ``"imagenet_s"``, ``"isic"``, ``"places365"`` (a copy the user has; read via a
-  prepared tensorflow-datasets copy, or straight from the files) or ``"synthetic"``.
+  prepared tensorflow-datasets copy, or straight from the files), ``"folder"`` (any folder of
+  images, labelled by a ``labels.txt`` or class subfolders, or unlabelled) or ``"synthetic"``.
 - :func:`make_synthetic`: shapes on textured backgrounds with exact masks, from a seed.
 - :func:`load_image_files`: image files / a folder -> pixels, normalised images, names.
 
@@ -20,32 +21,46 @@ from gag_jax.data._common import (
     pad_batch,
     prepare_pixels,
 )
-from gag_jax.data.layouts import ISIC_CLASSES, list_imagenet_s, list_isic, list_places365
-from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES, LAYOUTS, Batches, load_case, load_image_files
+from gag_jax.data.layouts import (
+    ISIC_CLASSES,
+    list_folder,
+    list_imagenet_s,
+    list_isic,
+    list_places365,
+)
+from gag_jax.data.loader import (
+    CASE_IMAGE_SIZES,
+    CASES,
+    LAYOUTS,
+    Batches,
+    load_case,
+    load_image_files,
+)
 from gag_jax.data.synthetic import SHAPES, make_synthetic, shape_mask, synthetic_batches
 
 __all__ = [
+    "CASES",
+    "CASE_IMAGE_SIZES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ISIC_CLASSES",
+    "LAYOUTS",
+    "SHAPES",
     "BadImageError",
+    "Batches",
     "DatasetLayoutError",
     "SkippedFile",
     "iterate_batches",
-    "normalize",
-    "pad_batch",
-    "prepare_pixels",
-    "ISIC_CLASSES",
+    "list_folder",
     "list_imagenet_s",
     "list_isic",
     "list_places365",
-    "CASE_IMAGE_SIZES",
-    "CASES",
-    "LAYOUTS",
-    "Batches",
     "load_case",
     "load_image_files",
-    "SHAPES",
     "make_synthetic",
+    "normalize",
+    "pad_batch",
+    "prepare_pixels",
     "shape_mask",
     "synthetic_batches",
 ]

@@ -8,15 +8,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-RESIZE_MODES = ("squash", "center_crop")
+RESIZE_MODES = ("squash", "center_crop", "imagenet_eval")
+EVAL_CROP_FRACTION = 0.875
+"""``imagenet_eval``: the centre crop covers this fraction of the shorter side (256 -> 224)."""
 ON_ERROR = ("skip", "raise")
 
 
@@ -84,11 +88,14 @@ def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nd
 
 
 def _resize(img: Image.Image, hw: tuple[int, int], mode: str, resample) -> Image.Image:
-    """Resize a PIL image to ``hw`` = (H, W): ``squash`` (aspect ignored) or ``center_crop``
-    (shorter side scaled to fit, then the centre cut out)."""
+    """Resize a PIL image to ``hw`` = (H, W): ``squash`` (aspect ignored), ``center_crop``
+    (shorter side scaled to fit, then the centre cut out) or ``imagenet_eval`` (shorter side scaled
+    to ``side / 0.875``, then the centre cut out: the ImageNet evaluation transform, 256 -> 224)."""
     height, width = hw
-    if mode == "center_crop":
+    if mode in ("center_crop", "imagenet_eval"):
         scale = max(height / img.height, width / img.width)
+        if mode == "imagenet_eval":
+            scale /= EVAL_CROP_FRACTION
         new_w = max(width, round(img.width * scale))
         new_h = max(height, round(img.height * scale))
         img = img.resize((new_w, new_h), resample=resample)
@@ -114,7 +121,9 @@ def read_image(path: str, size, resize_mode: str = "squash", *, exif_transpose: 
     Args:
       path: image file.
       size: ``int`` or ``(H, W)``.
-      resize_mode: ``"squash"`` (resize to exactly ``(H, W)``, bilinear) or ``"center_crop"``.
+      resize_mode: ``"squash"`` (resize to exactly ``(H, W)``, bilinear), ``"center_crop"`` (shorter
+        side to fit, centre cut out) or ``"imagenet_eval"`` (shorter side to ``side / 0.875``, centre
+        cut out: the ImageNet evaluation transform).
       exif_transpose: apply the EXIF orientation tag first (camera photos).
 
     Returns:
@@ -210,32 +219,65 @@ def warn_skipped(skipped: Sequence[SkippedFile], where: str) -> None:
         warnings.warn(f"{where}: skipped {len(skipped)} file(s):\n{lines}{more}", stacklevel=3)
 
 
-def pad_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Pad every array's leading axis from ``n <= batch_size`` to ``batch_size`` and add ``valid``.
+def pad_rows(x, batch_size: int):
+    """Pad the leading axis of an array (or of every array in a pytree) to ``batch_size`` by
+    repeating its last row; the one padding rule of the library (data batches, sharded batches,
+    metric batches).
 
-    Padding is zeros (``""`` for strings), so a padded image is the zero image of the normalised space.
+    A padded row is a real row of the batch (not a zero image), so whatever runs on the padded batch
+    sees only inputs from the data, and the ``valid`` mask says which rows to drop. Device arrays
+    stay on device (``jax.numpy``), host arrays on the host (``numpy``).
 
     Args:
-      arrays: arrays that share a leading axis of length ``n``.
+      x: an array ``(b, ...)`` or a pytree of arrays sharing ``b``, ``1 <= b <= batch_size``.
+      batch_size: the fixed leading size ``B``.
+
+    Returns:
+      ``(padded, valid)``: ``x`` with every leaf ``(B, ...)`` (rows ``b..B-1`` copies of row
+      ``b - 1``) and a numpy bool ``(B,)`` mask, True for the ``b`` real rows.
+
+    Raises:
+      ValueError: leaves of different lengths, or ``b`` outside ``1..batch_size``.
+
+    Examples:
+      >>> import numpy as np
+      >>> padded, valid = pad_rows(np.array([1, 2]), 4)
+      >>> padded.tolist(), valid.tolist()
+      ([1, 2, 2, 2], [True, True, False, False])
+    """
+    leaves = jax.tree_util.tree_leaves(x)
+    lengths = {np.shape(leaf)[0] for leaf in leaves}
+    if len(lengths) != 1:
+        raise ValueError(f"arrays must share their leading axis, got lengths {sorted(lengths)}")
+    (b,) = lengths
+    if b < 1 or b > batch_size:
+        raise ValueError(f"a batch of {b} rows cannot be padded to batch_size {batch_size} (need 1..{batch_size})")
+    valid = np.arange(batch_size) < b
+
+    def pad(leaf):
+        lib = jnp if isinstance(leaf, jax.Array) else np
+        leaf = lib.asarray(leaf)
+        if b == batch_size:
+            return leaf
+        return lib.concatenate([leaf, lib.repeat(leaf[-1:], batch_size - b, axis=0)], axis=0)
+
+    return jax.tree_util.tree_map(pad, x), valid
+
+
+def pad_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """A dict of arrays padded with :func:`pad_rows`, the mask added as ``"valid"``.
+
+    Args:
+      arrays: arrays that share a leading axis of length ``1 <= n <= batch_size``.
       batch_size: the fixed batch size ``B``.
 
     Returns:
-      the arrays padded to ``(B, ...)`` and ``valid``: bool ``(B,)``, True for the ``n`` real rows.
+      the arrays padded to ``(B, ...)`` (the last row repeated) and ``valid``: bool ``(B,)``,
+      True for the ``n`` real rows.
     """
-    lengths = {len(v) for v in arrays.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"arrays must share their leading axis, got lengths {sorted(lengths)}")
-    (n,) = lengths
-    if n > batch_size:
-        raise ValueError(f"{n} rows do not fit a batch of {batch_size}")
-    out = {}
-    for key, value in arrays.items():
-        value = np.asarray(value)
-        padded = np.zeros((batch_size,) + value.shape[1:], value.dtype)
-        padded[:n] = value
-        out[key] = padded
-    out["valid"] = np.arange(batch_size) < n
-    return out
+    padded, valid = pad_rows({k: np.asarray(v) for k, v in arrays.items()}, batch_size)
+    padded["valid"] = valid
+    return padded
 
 
 def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, start_batch: int = 0) -> Iterator[dict]:

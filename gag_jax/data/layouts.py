@@ -46,7 +46,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from gag_jax.data._common import DatasetLayoutError, SkippedFile, list_image_files
 
@@ -397,3 +397,130 @@ def list_places365(data_dir, split: str = "validation") -> Listing:
         class_names = tuple(name for name, _ in sorted(pairs, key=lambda p: int(p[1])))
     return Listing("places365", "validation", root, tuple(records), False, 365, class_names, tuple(skipped))
 
+
+
+# --------------------------------------------------------------------------------------------- folder
+
+FOLDER_LAYOUT = """\
+  <data_dir>/                           any folder of images, in one of three forms:
+    labels.txt                          (a) lines "<file><TAB><class index>[<TAB><class name>]",
+    photo_001.jpg                           <file> relative to data_dir
+    ...
+  or
+    <class>/photo_001.jpg               (b) one subfolder per class: named by its class index
+                                            ("281"), by an ImageNet wnid ("n02123045"; label =
+                                            index among the model's 1000 classes), or by any name
+                                            (label = rank among the sorted subfolders)
+  or
+    photo_001.jpg                       (c) images alone: unlabelled (evaluate --target predicted)
+  and optionally
+    masks/photo_001.png                 a binary mask per image, same path and stem (grey > 127 =
+                                        object); then Dice and MAE are computed too
+"""
+_FOLDER_SPLITS = {"all": "all"}
+
+
+def _parse_labels_file(path: str) -> list[tuple[str, int, str | None]]:
+    """``(file, class index, class name or None)`` per line of a ``labels.txt``."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            text = line.rstrip("\n\r")
+            if not text.strip() or text.lstrip().startswith("#"):
+                continue
+            parts = text.split("\t") if "\t" in text else text.split(None, 2)
+            parts = [p.strip() for p in parts]
+            if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
+                raise DatasetLayoutError(
+                    f"{path}:{line_no}: expected '<file><TAB><class index>[<TAB><class name>]', got {text!r}")
+            entries.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 and parts[2] else None))
+    return entries
+
+
+def _find_mask(mask_dir: str, name: str) -> str | None:
+    """The mask of example ``name`` (a path relative to data_dir): same relative stem, any image
+    extension, or the same stem directly in ``mask_dir``."""
+    stem = os.path.splitext(name)[0]
+    candidates = [stem, os.path.basename(stem)]
+    for candidate in candidates:
+        for ext in (".png", ".PNG", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"):
+            path = os.path.join(mask_dir, candidate + ext)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _subfolder_labels(names: Sequence[str], synsets) -> tuple[dict[str, int], tuple[str, ...], int]:
+    """Labels of class subfolders: integers as such, ImageNet wnids by the classifier's class order,
+    anything else by rank among the sorted names. Returns ``(labels, class names, num_classes)``."""
+    if all(n.isdigit() for n in names):
+        labels = {n: int(n) for n in names}
+        return labels, (), max(labels.values()) + 1
+    if all(len(n) == 9 and n[0] == "n" and n[1:].isdigit() for n in names):
+        classes = _imagenet1k_wnids(synsets)
+        index = {w: i for i, w in enumerate(classes)}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise ValueError(f"class folders {unknown[:5]} are not among the classifier's {len(classes)} wnids; "
+                             "pass synsets= (the model's wnid list)")
+        return {n: index[n] for n in names}, tuple(classes), len(classes)
+    return {n: i for i, n in enumerate(names)}, tuple(names), len(names)
+
+
+def list_folder(data_dir, split: str = "all", *, labels: str = "labels.txt", masks: str = "masks",
+                synsets=None) -> Listing:
+    """List a folder of images, labelled by a ``labels.txt``, by class subfolders, or not at all.
+
+    Args:
+      data_dir: the folder (layouts in :data:`FOLDER_LAYOUT`).
+      split: ``"all"`` (the only split of a folder).
+      labels: name of the labels file inside ``data_dir`` (used when it exists).
+      masks: name of the optional mask folder inside ``data_dir``.
+      synsets: for wnid-named class subfolders: the classifier's wnid order (file or sequence;
+        default the 1000 sorted ImageNet-1k wnids).
+
+    Returns:
+      a :class:`Listing` sorted by name; labels ``-1`` for an unlabelled folder; with a mask
+      folder, ``has_masks=True`` and images without a mask are skipped (named).
+    """
+    _split_key(split, _FOLDER_SPLITS, "folder")
+    root = _require_dir(data_dir, FOLDER_LAYOUT)
+    mask_dir = os.path.join(root, masks)
+    has_masks = os.path.isdir(mask_dir)
+    labels_file = os.path.join(root, labels)
+    entries: list[tuple[str, int]] = []
+    skipped: list[SkippedFile] = []
+    class_names: tuple[str, ...] = ()
+    num_classes: int | None = None
+    if os.path.isfile(labels_file):
+        named: dict[int, str] = {}
+        for file, label, name in _parse_labels_file(labels_file):
+            path = os.path.join(root, file)
+            if not os.path.isfile(path):
+                skipped.append(SkippedFile(file, path, f"listed in {labels} but not found"))
+                continue
+            entries.append((file, label))
+            if name is not None:
+                named.setdefault(label, name)
+        known = [label for _, label in entries if label >= 0]
+        num_classes = max(known) + 1 if known else None
+        if named and num_classes:
+            class_names = tuple(named.get(i, str(i)) for i in range(num_classes))
+    else:
+        subdirs = sorted(d for d in os.listdir(root) if d != masks and os.path.isdir(os.path.join(root, d))
+                         and list_image_files(os.path.join(root, d)))
+        if subdirs:
+            label_of, class_names, num_classes = _subfolder_labels(subdirs, synsets)
+            for d in subdirs:
+                entries += [(f"{d}/{os.path.basename(p)}", label_of[d]) for p in list_image_files(os.path.join(root, d))]
+        else:
+            entries = [(os.path.basename(p), -1) for p in list_image_files(root)]
+    records = []
+    for name, label in sorted(entries):
+        path = os.path.join(root, name)
+        mask_path = _find_mask(mask_dir, name) if has_masks else None
+        if has_masks and mask_path is None:
+            skipped.append(SkippedFile(name, path, f"no mask for it in {mask_dir}"))
+            continue
+        records.append(Record(name, path, label, mask_path, "binary"))
+    return Listing("folder", "all", root, tuple(records), has_masks, num_classes, class_names, tuple(skipped))

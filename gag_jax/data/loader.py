@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import warnings
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,19 +29,27 @@ from gag_jax.data._common import (
 )
 from gag_jax.data.synthetic import SHAPES, make_synthetic
 
-CASES = ("imagenet_s", "isic", "places365", "synthetic")
+CASES = ("imagenet_s", "isic", "places365", "synthetic", "folder")
 """Cases accepted by :func:`load_case`."""
 
-CASE_IMAGE_SIZES = {"imagenet_s": 256, "isic": 448, "places365": 224, "synthetic": 32}
-"""The paper's input side per case (``image_size=None``)."""
+CASE_IMAGE_SIZES = {"imagenet_s": 256, "isic": 448, "places365": 224, "synthetic": 32, "folder": 224}
+"""The paper's input side per case (``image_size=None``; a user's folder: 224, the ImageNet models' size)."""
 
-DEFAULT_SPLITS = {"imagenet_s": "validation", "isic": "train", "places365": "validation", "synthetic": "train"}
+CASE_RESIZE_MODES = {"imagenet_s": "squash", "isic": "squash", "places365": "squash", "synthetic": "squash",
+                     "folder": "imagenet_eval"}
+"""How each case brings images to ``image_size`` (``resize_mode=None``): the paper's cases squash (as its
+code), a user's folder of photos gets the ImageNet evaluation transform (shorter side to ``side / 0.875``,
+the centre cut out: 256 -> 224), which keeps the aspect ratio."""
+
+DEFAULT_SPLITS = {"imagenet_s": "validation", "isic": "train", "places365": "validation", "synthetic": "train",
+                  "folder": "all"}
 
 LAYOUTS = {
     "imagenet_s": layouts.IMAGENET_S_LAYOUT,
     "isic": layouts.ISIC_LAYOUT,
     "places365": layouts.PLACES365_LAYOUT,
     "synthetic": "  (generated; no directory)\n",
+    "folder": layouts.FOLDER_LAYOUT,
 }
 """The directory layout each case expects, as text (for ``--help`` and error messages)."""
 
@@ -50,8 +58,10 @@ _CASE_OPTIONS = {
     "isic": {"labels": "diagnosis"},
     "places365": {},
     "synthetic": {"num_images": 64, "seed": 0, "num_classes": len(SHAPES)},
+    "folder": {"labels": "labels.txt", "masks": "masks", "synsets": None},
 }
-_LISTERS = {"imagenet_s": layouts.list_imagenet_s, "isic": layouts.list_isic, "places365": layouts.list_places365}
+_LISTERS = {"imagenet_s": layouts.list_imagenet_s, "isic": layouts.list_isic, "places365": layouts.list_places365,
+            "folder": layouts.list_folder}
 
 
 class Batches:
@@ -82,6 +92,9 @@ class Batches:
         with ``backend="files"``).
       backend: ``"tfds"``, ``"files"`` or ``"memory"`` (synthetic).
       prefetch: whether iteration reads the next batch in a background thread.
+      has_labels: whether any example has a known label (False: an unlabelled folder, ISIC
+        Task 1 images without a classification CSV).
+      resize_mode: how images were brought to ``image_size``.
     """
 
     def __init__(
@@ -102,6 +115,8 @@ class Batches:
         skipped: list[SkippedFile],
         backend: str,
         prefetch: bool = True,
+        has_labels: bool = True,
+        resize_mode: str = "squash",
     ):
         self._fetch = fetch
         self.num_examples = num_examples
@@ -118,6 +133,8 @@ class Batches:
         self.skipped = skipped
         self.backend = backend
         self.prefetch = prefetch
+        self.has_labels = has_labels
+        self.resize_mode = resize_mode
 
     def __len__(self) -> int:
         """Number of batches (the last one padded)."""
@@ -277,7 +294,7 @@ def load_case(
     batch_size: int = 32,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
-    resize_mode: str = "squash",
+    resize_mode: str | None = None,
     backend: str = "auto",
     cache_dir=None,
     on_error: str = "skip",
@@ -295,15 +312,19 @@ def load_case(
     with ``mean`` / ``std`` (ImageNet by default; pass the model's own).
 
     Args:
-      case: ``"imagenet_s"``, ``"isic"``, ``"places365"`` or ``"synthetic"``.
+      case: ``"imagenet_s"``, ``"isic"``, ``"places365"``, ``"synthetic"`` or ``"folder"`` (any
+        folder of images: a ``labels.txt``, class subfolders or no labels; optional ``masks/``).
       data_dir: the dataset directory (ignored for ``"synthetic"``).
       split: ImageNet-S ``"validation"`` (default) / ``"train-semi"``; ISIC ``"train"`` (default) /
-        ``"validation"`` / ``"test"``; Places365 ``"validation"``.
+        ``"validation"`` / ``"test"``; Places365 ``"validation"``; folder ``"all"``.
       image_size: ``int`` or ``(H, W)``; default the paper's (ImageNet-S 256, ISIC 448,
-        Places365 224, synthetic 32).
+        Places365 224, synthetic 32; folder 224).
       batch_size: ``B``.
       mean, std: per-channel normalisation of ``images``.
-      resize_mode: ``"squash"`` (to exactly ``H x W``, the paper's) or ``"center_crop"``.
+      resize_mode: ``"squash"`` (to exactly ``H x W``, the paper's), ``"center_crop"`` (shorter
+        side to fit, centre cut out) or ``"imagenet_eval"`` (shorter side to ``side / 0.875``, centre
+        cut out); None: the case's (:data:`CASE_RESIZE_MODES`: imagenet_eval for a folder, squash
+        for the paper's cases).
       backend: ``"auto"``, ``"tfds"`` or ``"files"``.
       cache_dir: where tfds keeps prepared copies (default tfds' data dir).
       on_error: ``"skip"``: an undecodable file is left out, warned about and listed in
@@ -313,7 +334,9 @@ def load_case(
       **case_options: ImageNet-S: ``label_space`` (``"imagenet1k"`` | ``"imagenet_s"``),
         ``synsets`` (wnid list file for the classifier's class order), ``mask_mode``
         (``"class"`` | ``"foreground"``); ISIC: ``labels`` (``"diagnosis"`` | ``"melanoma"`` |
-        ``"malignant"``); synthetic: ``num_images`` (64), ``seed`` (0), ``num_classes`` (5).
+        ``"malignant"``); synthetic: ``num_images`` (64), ``seed`` (0), ``num_classes`` (5);
+        folder: ``labels`` (labels file name, ``"labels.txt"``), ``masks`` (mask folder name,
+        ``"masks"``), ``synsets`` (wnid order for wnid-named class subfolders).
 
     Returns:
       a :class:`Batches` (iterable, ``len()`` = number of batches, ``iter_from(k)`` to resume).
@@ -336,6 +359,7 @@ def load_case(
     hw = as_hw(CASE_IMAGE_SIZES[case] if image_size is None else image_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    resize_mode = CASE_RESIZE_MODES[case] if resize_mode is None else resize_mode
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
     check_choice("on_error", on_error, ON_ERROR)
     if max_examples is not None and max_examples < 1:
@@ -360,7 +384,7 @@ def load_case(
         return Batches(
             fetch=fetch, num_examples=num, has_masks=True, source=f"synthetic(seed={options['seed']})",
             num_classes=options["num_classes"], class_names=SHAPES[: options["num_classes"]],
-            skipped=[], backend="memory", **common,
+            skipped=[], backend="memory", resize_mode=resize_mode, **common,
         )
 
     listing = _listing(case, data_dir, split, options, max_examples)
@@ -379,7 +403,8 @@ def load_case(
     warn_skipped(skipped, f"{case} {split} ({listing.root})")
     return Batches(
         fetch=fetch, num_examples=num, has_masks=listing.has_masks, source=listing.root,
-        num_classes=listing.num_classes, class_names=listing.class_names, skipped=skipped, backend=backend, **common,
+        num_classes=listing.num_classes, class_names=listing.class_names, skipped=skipped, backend=backend,
+        has_labels=any(r.label >= 0 for r in listing.records), resize_mode=resize_mode, **common,
     )
 
 

@@ -136,7 +136,11 @@ class GagPlaces365(_CaseBuilder):
     """Places365 validation images with their scene labels."""
 
 
-BUILDERS = {"imagenet_s": GagImagenetS, "isic": GagIsic, "places365": GagPlaces365}
+class GagFolder(_CaseBuilder):
+    """A user's folder of images (labels from ``labels.txt`` or class subfolders, optional masks)."""
+
+
+BUILDERS = {"imagenet_s": GagImagenetS, "isic": GagIsic, "places365": GagPlaces365, "folder": GagFolder}
 
 
 def listing_digest(listing: Listing, **settings) -> str:
@@ -174,6 +178,8 @@ def prepare(listing: Listing, image_size, *, resize_mode: str = "squash", on_err
     """
     height, width = image_size
     split = listing.split.replace("-", "_")
+    if split == "all":  # a folder's one split; tfds reserves the name "all"
+        split = "all_images"
     digest = listing_digest(listing, image_size=(height, width), resize_mode=resize_mode, on_error=on_error)
     config = CaseConfig(
         name=f"{split}_{height}x{width}_{resize_mode}_{digest}",

@@ -49,6 +49,9 @@ METRICS: tuple[str, ...] = ("rcap", "dauc", "iauc", "log_cosh_dice", "mae")
 METRIC_ALIASES = {"dice": "log_cosh_dice", "lcd": "log_cosh_dice", "l_lc-dce": "log_cosh_dice"}
 MASK_METRICS = ("log_cosh_dice", "mae")
 
+TARGETS = ("label", "predicted")
+"""What a map explains: the ground-truth class or the model's top-1 class."""
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -204,6 +207,12 @@ class RunConfig:
       metric_options: ``lower_bound``, ``interval``, ``baseline`` of RCAP.
       split: dataset split (None: the case's default).
       case_options: loader options of the case (``load_case(**case_options)``).
+      target: the class each map explains: ``"label"`` (the ground truth; unlabelled images are
+        left out) or ``"predicted"`` (the model's top-1 class; every image is kept). The
+        confidence selection uses the probability of this class.
+      resize_mode: how images were brought to ``image_size`` (``"squash"`` / ``"center_crop"`` /
+        ``"imagenet_eval"``; None: the case's).
+      mean, std: the per-channel normalisation of the model's inputs (also the metrics' black).
     """
 
     case: str
@@ -221,6 +230,14 @@ class RunConfig:
     metric_options: dict = dataclasses.field(default_factory=dict)
     split: str | None = None
     case_options: dict = dataclasses.field(default_factory=dict)
+    target: str = "label"
+    resize_mode: str | None = None
+    mean: tuple[float, ...] = tuple(gj.data.IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(gj.data.IMAGENET_STD)
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {self.target!r}")
 
     def result_keys(self) -> dict[str, Any]:
         """The options that must match for a run to be resumed (checkpoint by digest, not path)."""
@@ -258,13 +275,18 @@ class Plan:
 
     Attributes:
       rows: ``(N_kept, 2)`` int array of (data batch, row) in data order.
+      targets: ``(N_kept,)`` int32 class each kept row's map explains (its label, or the model's
+        top-1 class with ``target="predicted"``).
       batch_size: evaluated batch size.
       num_seen: real data rows looked at; num_kept: rows kept.
+      num_unlabelled: real rows left out because their label is unknown (``target="label"``).
     """
 
     rows: np.ndarray
+    targets: np.ndarray
     batch_size: int
     num_seen: int
+    num_unlabelled: int = 0
 
     @property
     def num_kept(self) -> int:
@@ -278,6 +300,11 @@ class Plan:
     def batch_rows(self, k: int) -> np.ndarray:
         """``(n, 2)`` (data batch, row) of evaluated batch ``k`` (n <= batch_size)."""
         return self.rows[k * self.batch_size:(k + 1) * self.batch_size]
+
+    def batch_targets(self, k: int) -> np.ndarray:
+        """``(batch_size,)`` int32 target classes of evaluated batch ``k``, padded by repeating the last."""
+        t = self.targets[k * self.batch_size:(k + 1) * self.batch_size]
+        return np.concatenate([t, np.repeat(t[-1:], self.batch_size - t.shape[0])]).astype(np.int32)
 
 
 class _Reader:
@@ -378,41 +405,76 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 file=sys.stderr)
 
 
-def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | None, batch_size: int,
-           *, progress: bool = True, metric_batch_size: int | None = None) -> Plan:
-    """Stage 1: which rows to evaluate (real, labelled and, with ``confidence``, confidently classified).
+def _predict_fn(model: gj.ModelFunctions):
+    """A jitted ``images -> (top-1 class (B,), its softmax probability (B,))``."""
 
-    One record per data batch in ``out_dir/selection``; existing records are reused.
+    @jax.jit
+    def predict(images):
+        probs = jax.nn.softmax(jnp.asarray(model.logits(images)).astype(jnp.float32), axis=-1)
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1)
+
+    return predict
+
+
+_SELECTION_KEYS = ("probs", "keep", "valid", "names", "targets")
+
+
+def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | None, batch_size: int,
+           *, progress: bool = True, metric_batch_size: int | None = None, target: str = "label") -> Plan:
+    """Stage 1: which rows to evaluate, and the class each map explains.
+
+    ``target="label"`` keeps the real rows with a known label whose probability on it is above
+    ``confidence`` (None: every labelled row); ``target="predicted"`` explains the model's top-1
+    class and keeps the real rows whose top-1 probability is above ``confidence``. One record per
+    data batch in ``out_dir/selection``; existing records are reused.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
     bar = _progress(batches.num_examples, 0, "select", progress)
-    rows, seen = [], 0
+    rows, targets, seen, unlabelled = [], [], 0, 0
     reader_iter = None
+    predict = _predict_fn(model) if target == "predicted" else None
     for b in range(len(batches)):
         path = selection_path(out_dir, b)
         rec = _load_npz(path) if os.path.exists(path) else None
+        if rec is not None and not all(k in rec for k in _SELECTION_KEYS):
+            rec = None
         if rec is None:
             if reader_iter is None:
                 reader_iter = batches.iter_from(b)
             batch = next(reader_iter)
-            valid = np.asarray(batch["valid"], bool) & (np.asarray(batch["labels"]) >= 0)
-            labels = np.maximum(np.asarray(batch["labels"]), 0)
-            probs = np.asarray(gj.metrics.target_probs(model.logits, batch["images"], labels,
-                                                       batch_size=metric_batch_size))
+            real = np.asarray(batch["valid"], bool)
+            if target == "predicted":
+                top, probs = (np.asarray(a) for a in predict(jnp.asarray(batch["images"])))
+                valid = real
+            else:
+                valid = real & (np.asarray(batch["labels"]) >= 0)
+                top = np.maximum(np.asarray(batch["labels"]), 0).astype(np.int32)
+                probs = np.asarray(gj.metrics.target_probs(model.logits, batch["images"], top,
+                                                           batch_size=metric_batch_size))
             keep = valid & (probs > confidence) if confidence is not None else valid
-            rec = {"probs": probs.astype(np.float32), "keep": keep, "valid": np.asarray(batch["valid"], bool),
-                   "names": np.asarray(batch["names"]).astype(str)}
+            rec = {"probs": probs.astype(np.float32), "keep": keep, "valid": real,
+                   "names": np.asarray(batch["names"]).astype(str), "targets": top.astype(np.int32),
+                   "labels": np.asarray(batch["labels"], np.int32)}
             _atomic_savez(path, **rec)
         else:
             reader_iter = None  # the next missing batch restarts the reader there
         n_real = int(rec["valid"].sum())
         seen += n_real
-        rows += [(b, int(r)) for r in np.flatnonzero(rec["keep"])]
+        if target == "label" and "labels" in rec:
+            unlabelled += int((rec["valid"] & (rec["labels"] < 0)).sum())
+        kept = np.flatnonzero(rec["keep"])
+        rows += [(b, int(r)) for r in kept]
+        targets += [int(t) for t in rec["targets"][kept]]
         if bar is not None:
             bar.update(n_real)
             bar.set_postfix(kept=len(rows))
     if bar is not None:
         bar.close()
-    return Plan(np.asarray(rows, np.int64).reshape(-1, 2), batch_size, seen)
+    # fewer kept images than a batch: one batch of exactly those (no padding computed for nothing)
+    batch_size = max(1, min(batch_size, len(rows)))
+    return Plan(np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(targets, np.int32), batch_size, seen,
+                unlabelled)
 
 
 def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence[MethodSpec], out_dir: str, *,
@@ -446,7 +508,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
             continue
         rows = plan.batch_rows(k)
         data = gather(reader, rows, plan.batch_size, keys)
-        images, labels = jnp.asarray(data["images"]), jnp.asarray(data["labels"], jnp.int32)
+        images, labels = jnp.asarray(data["images"]), jnp.asarray(plan.batch_targets(k))
         masks = jnp.asarray(data["masks"]) if needs_masks else None
         for spec in todo:
             if bar is not None:
@@ -457,7 +519,8 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
                                       std=batches.std, metric_batch_size=metric_batch_size,
                                       metric_options=metric_options)
             _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
-                          labels=np.asarray(data["labels"]), valid=data["valid"], source_rows=rows,
+                          labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
+                          source_rows=rows,
                           seconds=np.float64(time.perf_counter() - start), **values)
             computed += 1
             if on_record is not None:
@@ -563,9 +626,10 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
     _atomic_json(manifest_file, manifest)
 
     plan = select(batches, model, out_dir, config.confidence, config.batch_size, progress=progress,
-                  metric_batch_size=metric_batch_size)
+                  metric_batch_size=metric_batch_size, target=config.target)
     skipped = [dataclasses.asdict(s) for s in getattr(batches, "skipped", [])]
     manifest["plan"] = {"images_seen": plan.num_seen, "images_kept": plan.num_kept, "batches": len(plan),
+                        "images_unlabelled": plan.num_unlabelled,
                         "skipped_files": skipped or manifest.get("plan", {}).get("skipped_files", [])}
     _atomic_json(manifest_file, manifest)
     try:
