@@ -132,8 +132,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "reading PyTorch checkpoints needs torch; install it with `pip install gag-jax[torch]` "
-            "(or convert the checkpoint to .msgpack once on a machine that has torch)"
+            "reading PyTorch checkpoints needs torch: in the repository root run pip install -e \".[torch]\" "
+            "(or convert the checkpoint to .msgpack once, with gag-jax port, on a machine that has torch)"
         ) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
