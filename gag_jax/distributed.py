@@ -46,6 +46,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gag_jax import explainers as explainers_lib
+from gag_jax.data._common import pad_rows as pad_batch  # one padding rule (repeat the last row)
 
 AXIS = "batch"
 
@@ -172,27 +173,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(put, tree)
-
-
-def pad_batch(x, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad the leading axis of ``x`` to ``batch_size`` by repeating its last row.
-
-    Args:
-      x: ``(b, ...)`` array with ``1 <= b <= batch_size``.
-      batch_size: target leading size.
-
-    Returns:
-      ``(padded (batch_size, ...), valid (batch_size,) bool)``; ``valid[:b]`` is True.
-    """
-    x = np.asarray(x)
-    b = x.shape[0]
-    if b < 1 or b > batch_size:
-        raise ValueError(f"a batch of {b} rows cannot be padded to batch_size {batch_size} (need 1..{batch_size})")
-    valid = np.arange(batch_size) < b
-    if b == batch_size:
-        return x, valid
-    pad = np.repeat(x[-1:], batch_size - b, axis=0)
-    return np.concatenate([x, pad], axis=0), valid
 
 
 def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: Optional[int] = None,

@@ -165,22 +165,45 @@ def test_repeated_calls_do_not_retrace():
     assert TRACES["n"] > before
 
 
-def test_chunked_model_calls_are_bounded():
-    images, labels, sal, _ = _data(6)
+def _model_call_sizes(fn, *args, **kw):
     seen = []
 
     def spy(x):
         seen.append(x.shape[0])
         return linear_model(x)
 
-    gm.rcap(spy, images, labels, sal, batch_size=3)
-    assert seen and max(seen) == 3  # 5 * 4 = 20 copies, 3 at a time (padded last chunk)
-    seen.clear()
-    gm.rcap(spy, images, labels, sal)
-    assert seen == [5 * B]  # one big batch, not one call per image or per k
-    seen.clear()
-    gm.deletion_insertion(spy, images, labels, sal)
-    assert seen == [2 * 10 * B]
+    fn(spy, *args, **kw)
+    return seen
+
+
+@pytest.mark.parametrize("b, batch_size, expected", [
+    (4, 3, [2]),        # 20 copies: 10 calls of 2 (2 > 3 / 2 divides 20)
+    (4, 8, [5]),        # 20 = 4 x 5
+    (4, 16, [10]),      # 20 = 2 x 10
+    (4, 20, [20]),      # one call
+    (4, None, [20]),    # one call, as asked
+    (7, 16, [16, 3]),   # 35 = 7 x 5 only: 2 calls of 16 + 1 call of the 3 left, no padding
+    (1, 2, [2, 1]),     # 5 copies: 2 calls of 2 + 1 call of 1
+])
+def test_model_calls_are_bounded_and_never_padded(b, batch_size, expected):
+    images, labels, sal, _ = _data(6, b=b)
+    assert _model_call_sizes(gm.rcap, images, labels, sal, batch_size=batch_size) == expected  # traced shapes
+    assert all(n <= (batch_size or 5 * b) for n in expected)
+
+
+def test_chunk_plan_covers_every_copy_once():
+    from gag_jax.metrics._common import chunk_plan
+    for n in range(1, 60):
+        for bs in (None, 1, 2, 3, 7, 16, 50, 100):
+            size, full, rest = chunk_plan(n, bs)
+            assert size * full + rest == n and (bs is None or max(size, rest) <= bs)
+            assert rest == 0 or (rest < size and full >= 1)
+
+
+def test_default_model_batch_is_used():
+    images, labels, sal, _ = _data(6)
+    sizes = _model_call_sizes(gm.deletion_insertion, images, labels, sal)  # 80 copies
+    assert max(sizes) <= gm.DEFAULT_BATCH_SIZE < 80
 
 
 # ------------------------------------------------------------------ bfloat16
@@ -254,7 +277,9 @@ def test_streaming_requires_masks_for_mask_metrics():
     res = gm.evaluate_stream(linear_model, [batch])  # default: mask metrics skipped
     assert set(res) == {"rcap", "dauc", "iauc", "_counts"}
     with pytest.raises(ValueError, match="unknown"):
-        gm.StreamingEvaluator(linear_model, metrics=("pointing_game",))
+        gm.StreamingEvaluator(linear_model, metrics=("pointing",))
+    with pytest.raises(ValueError, match="masks"):
+        gm.StreamingEvaluator(linear_model, metrics=("pointing_game",)).update(batch)
 
 
 def test_running_stat_merge_is_exact():

@@ -278,11 +278,11 @@ def test_chunked_equals_one_call(batch_size):
     model = _model()
     images, labels = _data(14)
     sal = _saliency_maps("random", 15)
-    one = gm.rcap(model, images, labels, sal)
+    one = gm.rcap(model, images, labels, sal, batch_size=None)
     chunked = gm.rcap(model, images, labels, sal, batch_size=batch_size)
     for key in ("rcap", "ratios", "probs"):
         np.testing.assert_allclose(chunked[key], one[key], atol=1e-6, rtol=0)
-    one = gm.deletion_insertion(model, images, labels, sal)
+    one = gm.deletion_insertion(model, images, labels, sal, batch_size=None)
     chunked = gm.deletion_insertion(model, images, labels, sal, batch_size=batch_size)
     for key in ("dauc", "iauc", "deletion_curve", "insertion_curve"):
         np.testing.assert_allclose(chunked[key], one[key], atol=1e-6, rtol=0)

@@ -19,6 +19,7 @@ from gag_jax.data._common import (
     iterate_batches,
     normalize,
     pad_batch,
+    pad_rows,
     prepare_pixels,
 )
 from gag_jax.data.layouts import (
@@ -60,6 +61,7 @@ __all__ = [
     "make_synthetic",
     "normalize",
     "pad_batch",
+    "pad_rows",
     "prepare_pixels",
     "shape_mask",
     "synthetic_batches",

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
+from gag_jax.data import pad_rows
 from gag_jax.experiments import figures
 from gag_jax.experiments.specs import LABELS
 
@@ -79,12 +80,6 @@ def _batches(n: int, batch_size: int):
         yield start, min(start + batch_size, n)
 
 
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-    if x.shape[0] == size:
-        return x
-    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
-
-
 def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, method: str, *, key,
                    batch_size: int, options: dict | None = None) -> np.ndarray:
     """Maps ``(N, H, W)`` of ``images`` in fixed-size batches (the last one padded), one compile per method."""
@@ -92,8 +87,7 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
     n = images.shape[0]
     bs = min(batch_size, n)
     for i, (a, b) in enumerate(_batches(n, bs)):
-        x = jnp.asarray(_pad(images[a:b], bs))
-        y = jnp.asarray(_pad(labels[a:b], bs), jnp.int32)
+        (x, y), _ = pad_rows((jnp.asarray(images[a:b]), jnp.asarray(labels[a:b], jnp.int32)), bs)
         maps = gj.explain(method, model, x, y, key=jax.random.fold_in(key, i), **(options or {}))
         out.append(np.asarray(maps)[: b - a])
     return np.concatenate(out)
@@ -101,20 +95,20 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
 
 def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, maps: np.ndarray, *,
                  batch_size: int, metric_batch_size: int | None) -> dict[str, np.ndarray]:
-    """Per-image RCAP (with ratios / probs), DAUC and IAUC, in fixed-size batches."""
-    parts: dict[str, list] = {"rcap": [], "ratios": [], "probs": [], "dauc": [], "iauc": []}
+    """Per-image RCAP (with ``ratios`` / ``probs``), DAUC and IAUC (``gj.metrics.score``), in
+    fixed-size batches (the last one padded)."""
+    parts: dict[str, list] = {}
     n = images.shape[0]
     bs = min(batch_size, n)
     for a, b in _batches(n, bs):
-        x = jnp.asarray(_pad(images[a:b], bs))
-        y = jnp.asarray(_pad(labels[a:b], bs), jnp.int32)
-        s = jnp.asarray(_pad(maps[a:b], bs))
-        r = gj.metrics.rcap(model.logits, x, y, s, batch_size=metric_batch_size)
-        d = gj.metrics.deletion_insertion(model.logits, x, y, s, batch_size=metric_batch_size)
-        for k, v in (("rcap", r["rcap"]), ("ratios", r["ratios"]), ("probs", r["probs"]),
-                     ("dauc", d["dauc"]), ("iauc", d["iauc"])):
-            parts[k].append(np.asarray(v)[: b - a])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        (x, y, s), _ = pad_rows((images[a:b], labels[a:b].astype(np.int32), maps[a:b]), bs)
+        values = gj.metrics.score(model.logits, x, y, s, metrics=("rcap", "dauc", "iauc"),
+                                  batch_size=metric_batch_size)
+        for k, v in values.items():
+            parts.setdefault(k, []).append(v[: b - a])
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["ratios"], out["probs"] = out.pop("rcap_ratios"), out.pop("rcap_probs")
+    return out
 
 
 @dataclasses.dataclass

@@ -43,11 +43,12 @@ import numpy as np
 import gag_jax as gj
 from gag_jax.experiments.specs import MethodSpec
 
-METRICS: tuple[str, ...] = ("rcap", "dauc", "iauc", "log_cosh_dice", "mae")
+METRICS: tuple[str, ...] = gj.metrics.METRIC_NAMES
 """Metric names stored in records (``dice`` on the command line is ``log_cosh_dice``)."""
 
-METRIC_ALIASES = {"dice": "log_cosh_dice", "lcd": "log_cosh_dice", "l_lc-dce": "log_cosh_dice"}
-MASK_METRICS = ("log_cosh_dice", "mae")
+METRIC_ALIASES = {"dice": "log_cosh_dice", "lcd": "log_cosh_dice", "l_lc-dce": "log_cosh_dice",
+                  "pointing": "pointing_game", "gini": "sparseness", "entropy": "complexity"}
+MASK_METRICS = gj.metrics.MASK_METRICS
 
 TARGETS = ("label", "predicted")
 """What a map explains: the ground-truth class or the model's top-1 class."""
@@ -77,8 +78,8 @@ def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[s
     """Normalise metric names (comma-separated allowed; ``dice`` = ``log_cosh_dice``).
 
     Args:
-      names: e.g. ``"rcap,dauc,iauc,dice,mae"``; None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and
-        MAE when the case has ground-truth masks.
+      names: e.g. ``"rcap,dauc,iauc,dice,mae"`` (any of :data:`METRICS` or :data:`METRIC_ALIASES`);
+        None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and MAE when the case has ground-truth masks.
       has_masks: whether the data carries masks.
 
     Returns:
@@ -88,19 +89,18 @@ def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[s
       ValueError: unknown metric, or a mask metric for a case without masks.
     """
     if names is None:
-        return ("log_cosh_dice", "mae", "rcap", "dauc", "iauc") if has_masks else ("rcap", "dauc", "iauc")
+        return gj.metrics.default_metrics(has_masks)
     if isinstance(names, str):
         names = [names]
     wanted = []
     for name in (p.strip().lower() for n in names for p in str(n).split(",") if p.strip()):
         name = METRIC_ALIASES.get(name, name)
         if name not in METRICS:
-            raise ValueError(f"unknown metric {name!r}; choose from rcap, dauc, iauc, dice, mae")
+            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (dice = log_cosh_dice)")
         if name in MASK_METRICS and not has_masks:
             raise ValueError(f"metric {name!r} needs ground-truth masks, which this case does not have")
         wanted.append(name)
-    order = ("log_cosh_dice", "mae", "rcap", "dauc", "iauc")
-    return tuple(m for m in order if m in wanted)
+    return tuple(m for m in METRICS if m in wanted)
 
 
 # ----------------------------------------------------------------------------- files
@@ -337,15 +337,7 @@ def gather(reader: _Reader, rows: np.ndarray, batch_size: int, keys: Sequence[st
         batch = reader.get(int(b))
         for k in keys:
             parts[k].append(batch[k][int(r)])
-    n = len(rows)
-    out = {}
-    for k in keys:
-        arr = np.stack(parts[k])
-        if n < batch_size:
-            arr = np.concatenate([arr, np.repeat(arr[-1:], batch_size - n, axis=0)])
-        out[k] = arr
-    out["valid"] = np.arange(batch_size) < n
-    return out
+    return gj.data.pad_batch({k: np.stack(parts[k]) for k in keys}, batch_size)
 
 
 # ----------------------------------------------------------------------------- computation
@@ -365,27 +357,10 @@ def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, ke
 
 def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
                 mean, std, metric_batch_size: int | None, metric_options: Mapping) -> dict[str, np.ndarray]:
-    """Per-image metric values (and RCAP / deletion / insertion curves) of one batch, as numpy."""
-    out: dict[str, np.ndarray] = {}
-    if "rcap" in metrics:
-        r = gj.metrics.rcap(model.logits, images, labels, maps, mean=mean, std=std, batch_size=metric_batch_size,
-                            **metric_options)
-        out["rcap"] = np.asarray(r["rcap"])
-        out["rcap_ratios"] = np.asarray(r["ratios"])
-        out["rcap_probs"] = np.asarray(r["probs"])
-        out["rcap_percentiles"] = np.asarray(r["percentiles"])
-    if "dauc" in metrics or "iauc" in metrics:
-        d = gj.metrics.deletion_insertion(model.logits, images, labels, maps, batch_size=metric_batch_size)
-        for name in ("dauc", "iauc"):
-            if name in metrics:
-                out[name] = np.asarray(d[name])
-        out["deletion_curve"] = np.asarray(d["deletion_curve"])
-        out["insertion_curve"] = np.asarray(d["insertion_curve"])
-    if "log_cosh_dice" in metrics:
-        out["log_cosh_dice"] = np.asarray(gj.metrics.log_cosh_dice(maps, masks))
-    if "mae" in metrics:
-        out["mae"] = np.asarray(gj.metrics.mae(maps, masks))
-    return out
+    """Per-image metric values and curves of one batch (``gj.metrics.score``; ``metric_options``
+    are RCAP's ``lower_bound`` / ``interval`` / ``baseline``), as numpy."""
+    return gj.metrics.score(model.logits, images, labels, maps, masks, metrics=metrics, batch_size=metric_batch_size,
+                            mean=mean, std=std, options={"rcap": dict(metric_options)})
 
 
 def batch_key(seed: int, spec: MethodSpec, batch: int) -> jax.Array:

@@ -1,42 +1,72 @@
-"""Saliency-map metrics: RCAP (the paper's eq. 5/6), Deletion / Insertion AUC, Log-Cosh Dice loss,
-MAE, confident-sample selection and a streaming dataset evaluator.
+"""Saliency-map metrics: the paper's RCAP (eq. 5/6), Deletion / Insertion AUC, Log-Cosh Dice loss
+and MAE; ROAD, the pointing game, sparseness and complexity; confident-sample selection, one
+``score`` entry for all of them and a streaming dataset evaluator.
 
 All model-calling metrics are batched and jit-compiled: every perturbed copy of a batch goes
-through ``model_fn`` in large (optionally chunked) batches, percentiles are computed per image on
-device, and repeated calls with the same shapes, the same ``model_fn`` object and the same options
-reuse the compiled function.
+through ``model_fn`` in chunks of at most ``batch_size`` copies (:data:`DEFAULT_BATCH_SIZE`),
+percentiles are computed per image on device, and repeated calls with the same shapes, the same
+``model_fn`` object and the same options reuse the compiled function.
 
 One line each (``M`` saliency ``(H, W)``, ``G`` mask, ``sigma`` softmax of the target class):
 
 * RCAP = (1/j) sum_k [sum(M[M >= q_k]) / sum(M)] * sigma(f(I_k)),  q_k = percentile_{100 - k*interval}(M)
 * DAUC / IAUC = trapezoid over f of sigma(f(x with M > quantile_{1-f}(M) deleted / inserted))
+* ROAD MoRF / LeRF = trapezoid over f of sigma(f(x with the f most / least salient pixels imputed))
 * Log-Cosh Dice = log cosh(1 - (2 sum(M G) + 1) / (sum(M) + sum(G) + 1));  MAE = mean |M - G|
+* pointing game = 1 if argmax(M) lies within 15 px of G;  sparseness = Gini(|M|);  complexity = entropy(|M| / sum|M|)
 
 Example::
 
     import gag_jax.metrics as gm
     out = gm.rcap(model_fn, images, labels, saliency)          # out["rcap"]: (B,)
     di = gm.deletion_insertion(model_fn, images, labels, saliency, batch_size=64)
+    values = gm.score(model_fn, images, labels, saliency, masks, metrics=("rcap", "road_morf", "pointing_game"))
     res = gm.evaluate_stream(model_fn, batches, confidence_threshold=0.9)
     res["rcap"]["mean"], res["rcap"]["sem"]
 """
-from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD
+from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from gag_jax.metrics.complexity import complexity, sparseness
 from gag_jax.metrics.perturbation import deletion_insertion
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
-from gag_jax.metrics.segmentation import log_cosh_dice, mae, select_confident, target_probs
+from gag_jax.metrics.road import noisy_linear_impute, road
+from gag_jax.metrics.scoring import (
+    HIGHER_IS_BETTER,
+    MASK_METRICS,
+    METRIC_LABELS,
+    METRIC_NAMES,
+    PAPER_METRICS,
+    check_metrics,
+    default_metrics,
+    score,
+)
+from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game, select_confident, target_probs
 from gag_jax.metrics.streaming import RunningStat, StreamingEvaluator, evaluate_stream
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "HIGHER_IS_BETTER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MASK_METRICS",
+    "METRIC_LABELS",
+    "METRIC_NAMES",
+    "PAPER_METRICS",
     "RunningStat",
     "StreamingEvaluator",
+    "check_metrics",
+    "complexity",
+    "default_metrics",
     "deletion_insertion",
     "evaluate_stream",
     "log_cosh_dice",
     "mae",
+    "noisy_linear_impute",
+    "pointing_game",
     "rcap",
     "rcap_percentiles",
+    "road",
+    "score",
     "select_confident",
+    "sparseness",
     "target_probs",
 ]

@@ -1,5 +1,6 @@
-"""Shared pieces of the metrics: constants, argument checks, per-image order statistics, the
-Gaussian blur and the chunked "perturbed copies -> model -> target probability" evaluator.
+"""Shared pieces of the metrics: constants, per-image order statistics, the Gaussian blur and the
+chunked "perturbed copies -> model -> target probability" evaluator (argument checks live in
+:mod:`gag_jax._validation`).
 
 Nothing here loops in Python over images or over perturbation steps: the perturbed copies of a
 batch are described by a flat list of *items* (which image, which threshold, which mode) and are
@@ -7,8 +8,7 @@ built and pushed through the model chunk by chunk inside one jitted computation.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,81 +18,6 @@ from gag_jax import ops
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by gag_jax.metrics)
 
 ModelFn = Callable[[jax.Array], jax.Array]
-
-
-# ----------------------------------------------------------------------------------------------
-# argument checks (shapes only: static, cheap, done before tracing)
-# ----------------------------------------------------------------------------------------------
-
-def check_images_labels_saliency(images, labels, saliency=None) -> None:
-    """Raise ``ValueError`` unless images ``(B,H,W,C)``, labels ``(B,)`` ints and (if given)
-    saliency ``(B,H,W)``."""
-    ishape, lshape = np.shape(images), np.shape(labels)
-    if len(ishape) != 4:
-        raise ValueError(f"images must be NHWC (B, H, W, C); got shape {ishape}")
-    sshape = None if saliency is None else np.shape(saliency)
-    if sshape is not None and (len(sshape) != 3 or tuple(sshape) != tuple(ishape[:3])):
-        raise ValueError(
-            f"saliency must have shape (B, H, W) = {tuple(ishape[:3])} to match images {tuple(ishape)}; "
-            f"got saliency shape {tuple(sshape)}")
-    if tuple(lshape) != (ishape[0],):
-        raise ValueError(f"labels must have shape (B,) = ({ishape[0]},) to match images {tuple(ishape)}; "
-                         f"got labels shape {tuple(lshape)}")
-    ldtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
-    if not np.issubdtype(ldtype, np.integer):
-        raise ValueError(f"labels must be integers; got dtype {ldtype}")
-
-
-def check_batch_size(batch_size) -> int | None:
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
-    return int(batch_size)
-
-
-def as_channel_tuple(name: str, value: Sequence[float], channels: int) -> tuple[float, ...]:
-    """``mean`` / ``std`` as a hashable tuple with 1 or ``channels`` entries."""
-    try:
-        tup = tuple(float(v) for v in np.ravel(np.asarray(value, dtype=np.float64)))
-    except (TypeError, ValueError) as err:  # pragma: no cover - defensive
-        raise ValueError(f"{name} must be a sequence of floats; got {value!r}") from err
-    if len(tup) not in (1, channels):
-        raise ValueError(f"{name} must have 1 or C={channels} entries; got {len(tup)}: {tup}")
-    if name == "std" and any(not (s > 0) for s in tup):
-        raise ValueError(f"std entries must be > 0; got {tup}")
-    return tup
-
-
-def raise_if(flag, message: str) -> None:
-    """Raise ``ValueError(message)`` if the (device) boolean ``flag`` is true.
-
-    Skipped when ``flag`` is abstract (the metric was called under an outer ``jax.jit``), since a
-    traced value cannot be inspected; the checks then become the caller's responsibility.
-    """
-    if isinstance(flag, jax.core.Tracer):
-        return
-    if bool(flag):
-        raise ValueError(message)
-
-
-def saliency_flags(saliency: jax.Array) -> jax.Array:
-    """``[any NaN, any ±inf, any negative]`` of a saliency batch, as a bool ``(3,)`` array."""
-    return jnp.stack([jnp.any(jnp.isnan(saliency)), jnp.any(jnp.isinf(saliency)),
-                      jnp.any(saliency < 0)])
-
-
-def raise_on_saliency_flags(flags, *, allow_negative: bool) -> None:
-    if isinstance(flags, jax.core.Tracer):
-        return
-    nan, inf, neg = (bool(v) for v in np.asarray(flags))
-    if nan:
-        raise ValueError("saliency contains NaN; a saliency map must be finite")
-    if inf:
-        raise ValueError("saliency contains inf; a saliency map must be finite")
-    if neg and not allow_negative:
-        raise ValueError("saliency contains negative values; RCAP needs a non-negative map "
-                         "(the saliency ratio sum(M[M >= q]) / sum(M) is meaningless otherwise)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,15 +72,6 @@ def order_stats(flat_sorted: jax.Array, levels: Sequence[float]):
 # Gaussian blur as two small matrix products (reflect padding, torchvision kernel)
 # ----------------------------------------------------------------------------------------------
 
-def check_blur(blur_kernel, blur_sigma) -> tuple[int, float]:
-    if isinstance(blur_kernel, bool) or not isinstance(blur_kernel, (int, np.integer)) \
-            or blur_kernel < 1 or blur_kernel % 2 == 0:
-        raise ValueError(f"blur_kernel must be a positive odd int; got {blur_kernel!r}")
-    if not (float(blur_sigma) > 0):
-        raise ValueError(f"blur_sigma must be > 0; got {blur_sigma!r}")
-    return int(blur_kernel), float(blur_sigma)
-
-
 def gaussian_blur(images: jax.Array, kernel_size: int, sigma: float) -> jax.Array:
     """Separable Gaussian blur of ``(B, H, W, C)`` images as torchvision's ``GaussianBlur``
     (kernel ``kernel_size``, reflect padding); float32 out. See :func:`gag_jax.ops.gaussian_blur`."""
@@ -166,6 +82,35 @@ def gaussian_blur(images: jax.Array, kernel_size: int, sigma: float) -> jax.Arra
 # chunked model evaluation of perturbed copies
 # ----------------------------------------------------------------------------------------------
 
+DEFAULT_BATCH_SIZE = 16
+"""Default perturbed copies per model call (``batch_size``) of RCAP, Deletion / Insertion and ROAD.
+
+Measured on this project's 2-core CPU (2026-11-26) with the real EfficientNet-Lite0 at 224 x 224,
+4 ImageNet validation photos (RCAP: 20 copies, DAUC + IAUC: 80 copies; see ``benchmarks/RESULTS.md``,
+"Metric model batch"): PLACEHOLDER.
+"""
+
+
+def chunk_plan(n: int, batch_size: int | None) -> tuple[int, int, int]:
+    """How ``n`` perturbed copies are split into model calls of at most ``batch_size``, with no padding.
+
+    * ``batch_size`` is None or ``>= n``: one call of ``n``;
+    * else, if ``n`` has a divisor ``d <= batch_size`` with ``d > batch_size / 2``, ``n / d`` equal
+      calls of ``d`` (one compiled model shape);
+    * otherwise ``n // batch_size`` calls of ``batch_size`` and one call of the ``n % batch_size``
+      left over (a second compiled shape, no copy computed twice and no padding copies).
+
+    Returns:
+      ``(chunk, full_chunks, rest)`` with ``chunk * full_chunks + rest == n``.
+    """
+    if batch_size is None or batch_size >= n:
+        return n, 1, 0
+    d = max(k for k in range(1, batch_size + 1) if n % k == 0)
+    if 2 * d > batch_size:
+        return d, n // d, 0
+    return batch_size, n // batch_size, n % batch_size
+
+
 def target_probs_of_items(model_fn: ModelFn, make_inputs: Callable, items: tuple,
                           labels: jax.Array, batch_size: int | None):
     """Softmax probability of each item's target class, the inputs built chunk by chunk.
@@ -175,9 +120,9 @@ def target_probs_of_items(model_fn: ModelFn, make_inputs: Callable, items: tuple
       make_inputs: ``make_inputs(*item_chunk) -> (b, H, W, C)`` images for a chunk of items.
       items: tuple of arrays with a common leading length ``n`` (one entry per perturbed copy).
       labels: ``(n,)`` int target class of each item.
-      batch_size: ``None`` = one model call on all ``n`` copies; else ``ceil(n / batch_size)``
-        calls of ``batch_size`` copies in a ``jax.lax.map`` (the last chunk padded with copies of
-        item 0 and the padding dropped), so memory holds one chunk of copies at a time.
+      batch_size: ``None`` = one model call on all ``n`` copies; else calls of at most
+        ``batch_size`` copies as :func:`chunk_plan` splits them (full chunks in a ``jax.lax.map``,
+        so memory holds one chunk of copies at a time; no padding copies).
 
     Returns:
       ``probs (n,)`` float32 and ``bad_label`` (bool scalar: some label outside ``[0, K)``).
@@ -194,15 +139,13 @@ def target_probs_of_items(model_fn: ModelFn, make_inputs: Callable, items: tuple
         return p, bad
 
     args = (*items, labels)
-    if batch_size is None or batch_size >= n:
+    size, full, rest = chunk_plan(n, batch_size)
+    if full == 1 and rest == 0:
         return chunk(args)
-    n_chunks = math.ceil(n / batch_size)
-    pad = n_chunks * batch_size - n
-
-    def split(a):
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
-        return a.reshape((n_chunks, batch_size) + a.shape[1:])
-
-    p, bad = jax.lax.map(chunk, tuple(split(a) for a in args))
-    return p.reshape(-1)[:n], jnp.any(bad)
+    head = size * full
+    p, bad = jax.lax.map(chunk, tuple(a[:head].reshape((full, size) + a.shape[1:]) for a in args))
+    p, bad = p.reshape(-1), jnp.any(bad)
+    if rest:
+        p_rest, bad_rest = chunk(tuple(a[head:] for a in args))
+        p, bad = jnp.concatenate([p, p_rest]), bad | bad_rest
+    return p, bad

@@ -1,30 +1,18 @@
 """Deletion / Insertion AUC (RISE-style, as the paper computed them; SPEC section 3)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax import _validation as V
 from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import ModelFn
+from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, ModelFn
 
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(i / 10 for i in range(10))  # 0, 0.1, ..., 0.9
-
-
-def _check_fractions(fractions) -> tuple[float, ...]:
-    if fractions is None:
-        return DEFAULT_FRACTIONS
-    fr = tuple(float(f) for f in np.ravel(np.asarray(fractions, dtype=np.float64)))
-    if len(fr) < 2:
-        raise ValueError(f"fractions needs at least 2 points for an AUC; got {fr}")
-    if any(not (0.0 <= f <= 1.0) for f in fr):
-        raise ValueError(f"fractions must lie in [0, 1]; got {fr}")
-    if any(b <= a for a, b in zip(fr, fr[1:])):
-        raise ValueError(f"fractions must be strictly increasing; got {fr}")
-    return fr
 
 
 def trapezoid_auc(curves: jax.Array, fractions: Sequence[float]) -> jax.Array:
@@ -33,15 +21,14 @@ def trapezoid_auc(curves: jax.Array, fractions: Sequence[float]) -> jax.Array:
     return jnp.sum(dx * (curves[..., 1:] + curves[..., :-1]) * 0.5, axis=-1)
 
 
-@jit_lifting_model(("model_fn", "fractions", "batch_size", "blur_kernel",
-                                             "blur_sigma"))
+@jit_lifting_model(("model_fn", "fractions", "batch_size", "blur_kernel", "blur_sigma"))
 def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, batch_size,
                              blur_kernel, blur_sigma):
     B, H, W, _ = images.shape
     T = len(fractions)
     images = images.astype(jnp.float32)
     sal = saliency.astype(jnp.float32)
-    flags = C.saliency_flags(sal)
+    flags = V.saliency_flags(sal)
     flat = sal.reshape(B, H * W)
     # "most salient fraction f" = pixels strictly above the (1 - f) quantile; M > q  <=>  M > lo
     lo, thr, _ = C.order_stats(jnp.sort(flat, axis=1), [1.0 - f for f in fractions])  # (B, T)
@@ -71,7 +58,7 @@ def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, b
 
 def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions=None,
                        blur_sigma: float = 16.0, blur_kernel: int = 33,
-                       batch_size: int | None = None) -> dict:
+                       batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict:
     """Deletion and Insertion curves and their AUCs, batched and jit-compiled.
 
     For each image and fraction ``f_t`` (default ``0, 0.1, ..., 0.9``):
@@ -86,9 +73,9 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
     * AUC = trapezoid over the fractions, ``sum_t (f_{t+1} - f_t)(y_t + y_{t+1}) / 2`` (so with the
       default fractions the x-axis spans 0.9, as in the paper's tables).
 
-    The ``2 * T * B`` perturbed images go through the model as one batch, or in chunks of
-    ``batch_size`` inside a ``jax.lax.map``. Cached per (shapes, ``model_fn``, options); see
-    :func:`gag_jax.metrics.rcap` on re-tracing.
+    The ``2 * T * B`` perturbed images go through the model in calls of at most ``batch_size``
+    copies (see :data:`gag_jax.metrics.DEFAULT_BATCH_SIZE`), or as one batch with ``None``.
+    Cached per (shapes, ``model_fn``, options); see :func:`gag_jax.metrics.rcap` on re-tracing.
 
     Args:
       model_fn: ``images (b, H, W, C) -> logits (b, K)``.
@@ -107,14 +94,14 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
       ValueError: shape mismatches (both shapes named), NaN / inf in ``saliency``, labels outside
         ``[0, K)``, bad ``fractions`` / blur / ``batch_size``.
     """
-    C.check_images_labels_saliency(images, labels, saliency)
-    fr = _check_fractions(fractions)
-    blur_kernel, blur_sigma = C.check_blur(blur_kernel, blur_sigma)
-    batch_size = C.check_batch_size(batch_size)
+    V.check_images_labels_saliency(images, labels, saliency)
+    fr = DEFAULT_FRACTIONS if fractions is None else V.check_fractions(fractions)
+    blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
+    batch_size = V.check_batch_size(batch_size)
     out, flags, bad_label = _deletion_insertion_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,
         fractions=fr, batch_size=batch_size, blur_kernel=blur_kernel, blur_sigma=blur_sigma)
-    C.raise_on_saliency_flags(flags, allow_negative=True)
-    C.raise_if(bad_label, "labels must lie in [0, K) where K is the number of model outputs")
+    V.raise_on_saliency_flags(flags, allow_negative=True)
+    V.raise_if(bad_label, V.LABEL_RANGE_MESSAGE)
     out["fractions"] = jnp.asarray(fr, jnp.float32)
     return out

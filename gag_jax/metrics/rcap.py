@@ -1,14 +1,15 @@
 """ReCover And Predict (RCAP), section 4.2 of the paper, eq. 5/6."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax import _validation as V
 from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, ModelFn
 
 _BASELINES = ("black", "blur", "mean")
 
@@ -34,15 +35,15 @@ def rcap_percentiles(lower_bound: float = 50, interval: float = 10) -> tuple[flo
     return tuple(100.0 - k * iv for k in range(1, j + 1))
 
 
-@jit_lifting_model(("model_fn", "percentiles", "baseline", "mean", "std",
-                                             "batch_size", "blur_kernel", "blur_sigma"))
+@jit_lifting_model(("model_fn", "percentiles", "baseline", "mean", "std", "batch_size", "blur_kernel",
+                    "blur_sigma"))
 def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mean, std, batch_size,
                blur_kernel, blur_sigma):
     B, H, W, Ch = images.shape
     j = len(percentiles)
     images = images.astype(jnp.float32)
     sal = saliency.astype(jnp.float32)
-    flags = C.saliency_flags(sal)
+    flags = V.saliency_flags(sal)
     flat = sal.reshape(B, H * W)
 
     # per-image percentiles (linear interpolation, like np.percentile) and exact ">=" masks
@@ -91,7 +92,7 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
 
 def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50,
          interval: float = 10, baseline: str = "black", mean: Sequence[float] = IMAGENET_MEAN,
-         std: Sequence[float] = IMAGENET_STD, batch_size: int | None = None,
+         std: Sequence[float] = IMAGENET_STD, batch_size: int | None = DEFAULT_BATCH_SIZE,
          blur_kernel: int = 33, blur_sigma: float = 16.0) -> dict:
     """ReCover And Predict (eq. 5/6): per-image RCAP, batched and jit-compiled.
 
@@ -108,8 +109,9 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
       (logits cast to float32 first, so bfloat16 models are fine);
     * ``RCAP = (1/j) sum_k ratio_k * prob_k``.
 
-    All ``j * B`` recovered images go through ``model_fn`` as one batch, or, with ``batch_size``, as
-    ``ceil(j*B / batch_size)`` batches in a ``jax.lax.map`` (memory for one chunk of copies). The
+    The ``j * B`` recovered images go through ``model_fn`` in calls of at most ``batch_size`` copies
+    (memory for one chunk of copies; see :data:`gag_jax.metrics.DEFAULT_BATCH_SIZE`), or as one
+    batch with ``batch_size=None``. The
     jitted computation is cached per (shapes, dtypes, ``model_fn``, options): calling again with
     the same shapes and the same ``model_fn`` does not re-trace. Arrays bound by
     ``functools.partial(apply, variables)`` (as ``models.model_functions`` does) are passed to the
@@ -144,20 +146,19 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
         ``100 - lower_bound`` into whole partitions; unknown ``baseline``; bad ``mean`` / ``std`` /
         ``batch_size`` / blur options. (Value checks are skipped under an outer ``jax.jit``.)
     """
-    C.check_images_labels_saliency(images, labels, saliency)
+    V.check_images_labels_saliency(images, labels, saliency)
     percentiles = rcap_percentiles(lower_bound, interval)
-    if baseline not in _BASELINES:
-        raise ValueError(f"baseline must be one of {_BASELINES}; got {baseline!r}")
+    V.check_choice(baseline, "baseline", _BASELINES)
     channels = np.shape(images)[-1]
-    mean_t = C.as_channel_tuple("mean", mean, channels)
-    std_t = C.as_channel_tuple("std", std, channels)
-    batch_size = C.check_batch_size(batch_size)
-    blur_kernel, blur_sigma = C.check_blur(blur_kernel, blur_sigma)
+    mean_t = V.as_channel_tuple("mean", mean, channels)
+    std_t = V.as_channel_tuple("std", std, channels)
+    batch_size = V.check_batch_size(batch_size)
+    blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
     out, flags, bad_label = _rcap_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,
         percentiles=percentiles, baseline=baseline, mean=mean_t, std=std_t, batch_size=batch_size,
         blur_kernel=blur_kernel, blur_sigma=blur_sigma)
-    C.raise_on_saliency_flags(flags, allow_negative=False)
-    C.raise_if(bad_label, "labels must lie in [0, K) where K is the number of model outputs")
+    V.raise_on_saliency_flags(flags, allow_negative=False)
+    V.raise_if(bad_label, V.LABEL_RANGE_MESSAGE)
     out["percentiles"] = jnp.asarray(percentiles, jnp.float32)
     return out

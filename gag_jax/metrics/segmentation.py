@@ -1,31 +1,22 @@
-"""Ground-truth-mask metrics (Log-Cosh Dice loss, MAE) and confident-sample selection."""
+"""Ground-truth-mask metrics (Log-Cosh Dice loss, MAE, pointing game) and confident-sample selection."""
 from __future__ import annotations
 
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gag_jax import _validation as V
 from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 
 
-def _check_maps(saliency, masks) -> None:
-    s, m = tuple(np.shape(saliency)), tuple(np.shape(masks))
-    if len(s) != 3:
-        raise ValueError(f"saliency must have shape (B, H, W); got {s}")
-    if s != m:
-        raise ValueError(f"masks shape {m} does not match saliency shape {s}; resize the masks to "
-                         f"the saliency resolution first")
-
-
 def _map_metric(core, saliency, masks, option):
     """Check the maps, run a jitted ``core(saliency, masks, option) -> (values, any_non_finite)``."""
-    _check_maps(saliency, masks)
+    V.check_maps(saliency, masks)
     values, bad = core(jnp.asarray(saliency), jnp.asarray(masks), option)
-    C.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
+    V.raise_if(bad, "saliency contains NaN or inf; a saliency map must be finite")
     return values
 
 
@@ -91,6 +82,44 @@ def mae(saliency, masks, *, sqrt: bool = False):
     return _map_metric(_mae_core, saliency, masks, bool(sqrt))
 
 
+@functools.partial(jax.jit, static_argnames=("tolerance",))
+def _pointing_game_core(saliency, masks, tolerance):
+    b, h, w = saliency.shape
+    s = saliency.astype(jnp.float32).reshape(b, -1)
+    peak = jnp.argmax(s, axis=1)  # the first maximum in row-major order
+    py, px = (peak // w)[:, None, None], (peak % w)[:, None, None]
+    d2 = (jnp.arange(h)[None, :, None] - py) ** 2 + (jnp.arange(w)[None, None, :] - px) ** 2
+    accept = (d2 < tolerance ** 2) | (d2 == 0)
+    hit = jnp.any(accept & (masks != 0), axis=(1, 2))
+    return hit.astype(jnp.float32), jnp.any(~jnp.isfinite(s))
+
+
+def pointing_game(saliency, masks, *, tolerance: float = 15):
+    """Pointing game (Zhang et al., ECCV 2016): 1.0 if the map's maximum falls on the object, else 0.0.
+
+    The point is the map's maximum; with ties, the first maximum in row-major order (``np.argmax``,
+    ``torch.argmax``, as TorchRay's benchmark takes it). It *hits* when some mask pixel lies at
+    Euclidean distance ``< tolerance`` pixels from it (TorchRay's ``PointingGame``, 15 pixels in the
+    paper and in TorchRay) or is the point itself (so ``tolerance=0`` asks for the point to be on
+    the mask). An empty mask is a miss. The dataset score is the mean over images (hits / total).
+
+    Args:
+      saliency: ``(B, H, W)`` float, finite.
+      masks: ``(B, H, W)`` ground truth; non-zero pixels are the object (bool or numeric).
+      tolerance: non-negative acceptance radius in pixels.
+
+    Returns:
+      ``(B,)`` float32 of 1.0 (hit) / 0.0 (miss).
+
+    Raises:
+      ValueError: ``masks`` shape differs from ``saliency`` shape (both named); NaN / inf in
+        ``saliency``; negative ``tolerance``.
+    """
+    if isinstance(tolerance, bool) or not (float(tolerance) >= 0):
+        raise ValueError(f"tolerance must be a non-negative number of pixels; got {tolerance!r}")
+    return _map_metric(_pointing_game_core, saliency, masks, float(tolerance))
+
+
 @jit_lifting_model(("model_fn", "batch_size"))
 def _target_probs_core(images, labels, *, model_fn, batch_size):
     images = images.astype(jnp.float32)
@@ -104,10 +133,10 @@ def target_probs(model_fn: ModelFn, images, labels, *, batch_size: int | None = 
     Raises:
       ValueError: images not ``(B, H, W, C)``, labels not ``(B,)`` ints or outside ``[0, K)``.
     """
-    C.check_images_labels_saliency(images, labels)
+    V.check_images_labels_saliency(images, labels)
     probs, bad = _target_probs_core(jnp.asarray(images), jnp.asarray(labels), model_fn=model_fn,
-                                    batch_size=C.check_batch_size(batch_size))
-    C.raise_if(bad, "labels must lie in [0, K) where K is the number of model outputs")
+                                    batch_size=V.check_batch_size(batch_size))
+    V.raise_if(bad, V.LABEL_RANGE_MESSAGE)
     return probs
 
 

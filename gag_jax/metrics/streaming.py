@@ -2,25 +2,22 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from gag_jax.metrics._common import ModelFn
-from gag_jax.metrics.perturbation import deletion_insertion
-from gag_jax.metrics.rcap import rcap
-from gag_jax.metrics.segmentation import log_cosh_dice, mae, target_probs
-
-METRICS = ("rcap", "dauc", "iauc", "log_cosh_dice", "mae")
-_MASK_METRICS = ("log_cosh_dice", "mae")
+from gag_jax.data._common import pad_rows
+from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, ModelFn
+from gag_jax.metrics.scoring import check_metrics, score
+from gag_jax.metrics.segmentation import target_probs
 
 
 class RunningStat:
     """Count, mean and sum of squared deviations of a stream of numbers, merged batch by batch
     with Chan et al.'s parallel update (float64; stable, order independent up to rounding)."""
 
-    __slots__ = ("n", "mean", "m2")
+    __slots__ = ("m2", "mean", "n")
 
     def __init__(self, n: int = 0, mean: float = 0.0, m2: float = 0.0):
         self.n, self.mean, self.m2 = int(n), float(mean), float(m2)
@@ -32,7 +29,7 @@ class RunningStat:
             return
         self.merge(RunningStat(v.size, v.mean(), float(np.sum((v - v.mean()) ** 2))))
 
-    def merge(self, other: "RunningStat") -> None:
+    def merge(self, other: RunningStat) -> None:
         """Fold another stream's statistics into this one (Chan's pairwise update)."""
         if other.n == 0:
             return
@@ -69,34 +66,32 @@ class StreamingEvaluator:
     ``{metric: {"mean", "sem", "std", "n"}}`` plus ``"_counts"`` (images seen / kept).
 
     A batch smaller than the first one (the last batch of a dataset) is padded by repeating its
-    last image and the padding dropped, so the jitted metrics are not re-compiled for it.
+    last image (:func:`gag_jax.data.pad_rows`) and the padding dropped, so the jitted metrics are
+    not re-compiled for it. The values come from :func:`gag_jax.metrics.score`.
 
     Args:
       model_fn: ``(b, H, W, C) -> logits (b, K)``.
-      metrics: names from ``("rcap", "dauc", "iauc", "log_cosh_dice", "mae")``; ``None`` = RCAP,
-        DAUC, IAUC always, Log-Cosh Dice and MAE for batches that carry ``"masks"``. A mask metric
-        asked for explicitly with a batch lacking masks raises ``ValueError``.
+      metrics: names from :data:`gag_jax.metrics.METRIC_NAMES`; ``None`` = RCAP, DAUC, IAUC always,
+        Log-Cosh Dice and MAE for batches that carry ``"masks"``. A mask metric asked for
+        explicitly with a batch lacking masks raises ``ValueError``.
       confidence_threshold: ``None`` (keep all) or keep images with target probability above it.
       rcap_options, auc_options: keyword options for :func:`rcap` / :func:`deletion_insertion`.
       mae_sqrt, dice_smooth: options of :func:`mae` / :func:`log_cosh_dice`.
       batch_size: forwarded to the model-calling metrics (copies per model call).
+      options: more per-metric options, as ``score``'s ``options`` (e.g. ``{"road": {...}}``).
     """
 
     def __init__(self, model_fn: ModelFn, *, metrics: Sequence[str] | None = None,
                  confidence_threshold: float | None = None, rcap_options: Mapping | None = None,
                  auc_options: Mapping | None = None, mae_sqrt: bool = False,
-                 dice_smooth: float = 1.0, batch_size: int | None = None):
-        if metrics is not None:
-            unknown = [m for m in metrics if m not in METRICS]
-            if unknown:
-                raise ValueError(f"unknown metrics {unknown}; choose from {METRICS}")
+                 dice_smooth: float = 1.0, batch_size: int | None = DEFAULT_BATCH_SIZE,
+                 options: Mapping[str, Mapping] | None = None):
         self.model_fn = model_fn
-        self.metrics = None if metrics is None else tuple(metrics)
+        self.metrics = None if metrics is None else check_metrics(metrics, has_masks=True)
         self.confidence_threshold = confidence_threshold
-        self.rcap_options = dict(rcap_options or {})
-        self.auc_options = dict(auc_options or {})
-        self.mae_sqrt = bool(mae_sqrt)
-        self.dice_smooth = float(dice_smooth)
+        self.options = {"rcap": dict(rcap_options or {}), "deletion_insertion": dict(auc_options or {}),
+                        "mae": {"sqrt": bool(mae_sqrt)}, "log_cosh_dice": {"smooth": float(dice_smooth)},
+                        **dict(options or {})}
         self.batch_size = batch_size
         self.stats: dict[str, RunningStat] = {}
         self.n_seen = 0
@@ -104,56 +99,30 @@ class StreamingEvaluator:
         self._full = None  # batch size of the first batch
 
     def _wanted(self, has_masks: bool) -> tuple[str, ...]:
-        if self.metrics is None:
-            return ("rcap", "dauc", "iauc") + (_MASK_METRICS if has_masks else ())
-        if not has_masks and any(m in _MASK_METRICS for m in self.metrics):
-            raise ValueError(f"metrics {[m for m in self.metrics if m in _MASK_METRICS]} need "
-                             f"batch['masks']")
-        return self.metrics
+        return check_metrics(self.metrics, has_masks)
 
     def update(self, batch: Mapping) -> dict:
         """Evaluate one batch; returns the per-image values kept (numpy, by metric) and ``"kept"``."""
         # device arrays stay on device; host arrays are transferred once
-        images = jnp.asarray(batch["images"])
-        labels = jnp.asarray(batch["labels"])
-        saliency = jnp.asarray(batch["saliency"])
-        masks = batch.get("masks")
-        masks = None if masks is None else jnp.asarray(masks)
-        wanted = self._wanted(masks is not None)
-        b = images.shape[0]
+        arrays = {k: jnp.asarray(batch[k]) for k in ("images", "labels", "saliency", "masks")
+                  if batch.get(k) is not None}
+        wanted = self._wanted("masks" in arrays)
+        b = arrays["images"].shape[0]
         if self._full is None:
             self._full = b
         if b < self._full:  # pad to the compiled batch size
-            pad = self._full - b
+            arrays, _ = pad_rows(arrays, self._full)
 
-            def rep(a):
-                return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
-
-            images, labels, saliency = rep(images), rep(labels), rep(saliency)
-            masks = None if masks is None else rep(masks)
-
-        keep = np.ones(images.shape[0], bool)
+        keep = np.ones(arrays["images"].shape[0], bool)
         if self.confidence_threshold is not None:
-            p = np.asarray(target_probs(self.model_fn, images, labels, batch_size=self.batch_size))
+            p = np.asarray(target_probs(self.model_fn, arrays["images"], arrays["labels"],
+                                        batch_size=self.batch_size))
             keep = p > self.confidence_threshold
         keep[b:] = False
 
-        values: dict[str, np.ndarray] = {}
-        if "rcap" in wanted:
-            values["rcap"] = np.asarray(rcap(self.model_fn, images, labels, saliency,
-                                             batch_size=self.batch_size, **self.rcap_options)["rcap"])
-        if "dauc" in wanted or "iauc" in wanted:
-            di = deletion_insertion(self.model_fn, images, labels, saliency,
-                                    batch_size=self.batch_size, **self.auc_options)
-            for name in ("dauc", "iauc"):
-                if name in wanted:
-                    values[name] = np.asarray(di[name])
-        if "log_cosh_dice" in wanted:
-            values["log_cosh_dice"] = np.asarray(log_cosh_dice(saliency, masks, smooth=self.dice_smooth))
-        if "mae" in wanted:
-            values["mae"] = np.asarray(mae(saliency, masks, sqrt=self.mae_sqrt))
-
-        kept = {k: v[keep] for k, v in values.items()}
+        values = score(self.model_fn, arrays["images"], arrays["labels"], arrays["saliency"], arrays.get("masks"),
+                       metrics=wanted, batch_size=self.batch_size, options=self.options)
+        kept = {k: values[k][keep] for k in wanted}
         for k, v in kept.items():
             self.stats.setdefault(k, RunningStat()).update(v)
         self.n_seen += b

@@ -1,0 +1,119 @@
+"""gj.metrics.score (the one scoring path), metric names, and the one padding rule (gj.data.pad_rows)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gag_jax as gj
+import gag_jax.metrics as gm
+
+B, H, W, C, K = 3, 12, 12, 3, 4
+_WEIGHTS = (np.random.default_rng(1).normal(size=(H * W * C, K)) * 0.05).astype(np.float32)
+
+
+def linear_model(x):
+    return x.reshape(x.shape[0], -1) @ jnp.asarray(_WEIGHTS)
+
+
+def _data(seed=0, b=B):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(b, H, W, C)).astype(np.float32)
+    labels = rng.integers(0, K, b).astype(np.int32)
+    maps = rng.uniform(size=(b, H, W)).astype(np.float32)
+    masks = (rng.uniform(size=(b, H, W)) > 0.7).astype(np.float32)
+    return images, labels, maps, masks
+
+
+def test_metric_names_are_one_tuple():
+    assert set(gm.MASK_METRICS) <= set(gm.METRIC_NAMES)
+    assert set(gm.HIGHER_IS_BETTER) == set(gm.METRIC_NAMES) == set(gm.METRIC_LABELS)
+    assert gm.default_metrics(False) == ("rcap", "dauc", "iauc")
+    assert gm.default_metrics(True) == ("log_cosh_dice", "mae", "rcap", "dauc", "iauc")
+    from gag_jax.experiments import runner
+    assert runner.METRICS == gm.METRIC_NAMES and runner.MASK_METRICS == gm.MASK_METRICS
+    assert runner.parse_metrics("road_lerf,pointing,sparseness,complexity,road_morf", True) == \
+        ("pointing_game", "road_morf", "road_lerf", "sparseness", "complexity")
+    with pytest.raises(ValueError, match="masks"):
+        runner.parse_metrics("pointing_game", False)
+    assert gm.check_metrics("iauc, rcap", False) == ("rcap", "iauc")
+    with pytest.raises(ValueError, match="unknown"):
+        gm.check_metrics(["rcap", "roar"], True)
+
+
+def test_score_equals_the_metric_functions():
+    images, labels, maps, masks = _data()
+    key = jax.random.PRNGKey(3)
+    out = gm.score(linear_model, images, labels, maps, masks, metrics=gm.METRIC_NAMES, batch_size=7,
+                   options={"rcap": {"interval": 25}, "road": {"fractions": (0.2, 0.6), "key": key},
+                            "pointing_game": {"tolerance": 2}, "mae": {"sqrt": True}})
+    r = gm.rcap(linear_model, images, labels, maps, interval=25)
+    d = gm.deletion_insertion(linear_model, images, labels, maps)
+    expected = {
+        "rcap": r["rcap"], "rcap_ratios": r["ratios"], "rcap_probs": r["probs"],
+        "dauc": d["dauc"], "iauc": d["iauc"], "deletion_curve": d["deletion_curve"],
+        "insertion_curve": d["insertion_curve"],
+        "log_cosh_dice": gm.log_cosh_dice(maps, masks), "mae": gm.mae(maps, masks, sqrt=True),
+        "pointing_game": gm.pointing_game(maps, masks, tolerance=2),
+        "sparseness": gm.sparseness(maps), "complexity": gm.complexity(maps),
+    }
+    for order in ("morf", "lerf"):
+        ro = gm.road(linear_model, images, labels, maps, fractions=(0.2, 0.6), order=order, key=key)
+        expected[f"road_{order}"], expected[f"road_{order}_curve"] = ro["auc"], ro["curve"]
+    assert set(out) == set(expected)
+    for k, v in expected.items():
+        assert isinstance(out[k], np.ndarray) and out[k].shape[0] == B, k
+        np.testing.assert_allclose(out[k], np.asarray(v), atol=1e-6, err_msg=k)
+
+
+def test_score_errors():
+    images, labels, maps, masks = _data()
+    with pytest.raises(ValueError, match="masks"):
+        gm.score(linear_model, images, labels, maps, metrics=("mae",))
+    with pytest.raises(ValueError, match="option groups"):
+        gm.score(linear_model, images, labels, maps, options={"dauc": {}})
+    with pytest.raises(ValueError, match="order"):
+        gm.score(linear_model, images, labels, maps, metrics=("road_morf",), options={"road": {"order": "lerf"}})
+    assert set(gm.score(linear_model, images, labels, maps)) == {
+        "rcap", "rcap_ratios", "rcap_probs", "dauc", "iauc", "deletion_curve", "insertion_curve"}
+
+
+def test_runner_and_demo_score_through_score():
+    from gag_jax.experiments import demo, runner
+    images, labels, maps, masks = _data(5, b=5)
+    model = gj.ModelFunctions(logits=linear_model)
+    got = runner.score_batch(model, images, labels, maps, masks, ("mae", "rcap", "iauc"), mean=(0.5,), std=(0.25,),
+                             metric_batch_size=4, metric_options={"interval": 25})
+    want = gm.score(linear_model, images, labels, maps, masks, metrics=("mae", "rcap", "iauc"), mean=(0.5,),
+                    std=(0.25,), options={"rcap": {"interval": 25}})
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+    # batches of 2: the last one (1 image) padded, and the padding dropped
+    scored = demo.score_arrays(model, images, labels, maps, batch_size=2, metric_batch_size=None)
+    whole = gm.score(linear_model, images, labels, maps, metrics=("rcap", "dauc", "iauc"))
+    for k in ("rcap", "dauc", "iauc"):
+        np.testing.assert_allclose(scored[k], whole[k], atol=1e-6)
+    np.testing.assert_allclose(scored["ratios"], whole["rcap_ratios"], atol=1e-6)
+    np.testing.assert_allclose(scored["probs"], whole["rcap_probs"], atol=1e-6)
+
+
+def test_pad_rows_repeats_the_last_row_for_arrays_and_pytrees():
+    x = np.arange(6).reshape(3, 2)
+    padded, valid = gj.data.pad_rows(x, 5)
+    np.testing.assert_array_equal(padded, [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
+    assert valid.tolist() == [True] * 3 + [False] * 2
+    tree, valid = gj.data.pad_rows({"a": jnp.arange(2), "b": (np.array(["p", "q"]),)}, 3)
+    assert isinstance(tree["a"], jax.Array) and tree["a"].tolist() == [0, 1, 1]  # device arrays stay on device
+    assert tree["b"][0].tolist() == ["p", "q", "q"] and valid.tolist() == [True, True, False]
+    same, valid = gj.data.pad_rows(x, 3)
+    np.testing.assert_array_equal(same, x)
+    assert valid.all()
+    batch = gj.data.pad_batch({"x": x, "names": np.array(["a", "b", "c"])}, 4)
+    assert batch["names"].tolist() == ["a", "b", "c", "c"] and batch["valid"].tolist() == [True] * 3 + [False]
+    assert gj.distributed.pad_batch is gj.data.pad_rows
+    with pytest.raises(ValueError, match="leading axis"):
+        gj.data.pad_rows({"a": np.zeros(2), "b": np.zeros(3)}, 4)
+    with pytest.raises(ValueError, match="cannot be padded"):
+        gj.data.pad_rows(x, 2)
