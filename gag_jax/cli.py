@@ -24,6 +24,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
+from gag_jax.metrics import METRIC_NAMES
+
 PROG = "gag-jax"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -233,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_comma_list, default=None,
                    help="rows to compute instead of the table's (e.g. gag,sg_r,gag-45,ig.guide_abs)")
     p.add_argument("--metrics", type=_comma_list, default=None,
-                   help="comma-separated from rcap, dauc, iauc, dice (Log-Cosh Dice), mae (default: rcap, dauc, "
-                   "iauc, plus dice and mae when the case has masks)")
+                   help=f"comma-separated from {', '.join(METRIC_NAMES)} (dice = log_cosh_dice; default: rcap, "
+                   "dauc, iauc, plus log_cosh_dice and mae when the case has masks)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default %(default)s)")
     p.add_argument("--metric-batch-size", type=_positive_int, default=64,
                    help="perturbed copies per model call in the metrics (default %(default)s)")

@@ -21,12 +21,11 @@ import os
 from collections.abc import Mapping, Sequence
 
 from gag_jax.experiments.specs import TABLE3_BASES, VARIANTS, MethodSpec
+from gag_jax.metrics import HIGHER_IS_BETTER, METRIC_LABELS, METRIC_NAMES
 
 CASE_ORDER = ("imagenet_s", "isic", "places365", "synthetic")
 CASE_LABELS = {"imagenet_s": "ImageNet-S", "isic": "ISIC", "places365": "Places365", "synthetic": "Synthetic"}
-METRIC_ORDER = ("log_cosh_dice", "mae", "rcap", "dauc", "iauc")
-METRIC_LABELS = {"log_cosh_dice": "L_lc-dce", "mae": "MAE", "rcap": "RCAP", "dauc": "DAUC", "iauc": "IAUC"}
-HIGHER_IS_BETTER = {"rcap": True, "iauc": True, "dauc": False, "log_cosh_dice": False, "mae": False}
+METRIC_ORDER = METRIC_NAMES
 CAPTIONS = {
     1: "Table 1. Ablation of Guided AbsoluteGrad's percentile p (Equation 4).",
     2: "Table 2. Gradient-based method comparison (part 1: Grad-CAM; part 2: gradient methods; "
