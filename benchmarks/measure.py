@@ -292,6 +292,7 @@ def bench_metrics(make_module, variables, torch_model, device, *, batch: int, si
     import gag_jax as gj
 
     module = make_module(jnp.float32)
+    per_call = {} if chunk is None else {"batch_size": chunk}  # None: the metrics' own default
     rng = np.random.default_rng(seed)
     images_np = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
     labels_np = rng.integers(0, 10, size=batch)
@@ -301,10 +302,10 @@ def bench_metrics(make_module, variables, torch_model, device, *, batch: int, si
         images, labels, saliency = (jax.device_put(a, device) for a in (images_np, labels_np, saliency_np))
 
         def rcap():
-            return gj.metrics.rcap(logits, images, labels, saliency, batch_size=chunk)["rcap"]
+            return gj.metrics.rcap(logits, images, labels, saliency, **per_call)["rcap"]
 
         def di():
-            d = gj.metrics.deletion_insertion(logits, images, labels, saliency, batch_size=chunk)
+            d = gj.metrics.deletion_insertion(logits, images, labels, saliency, **per_call)
             return d["dauc"], d["iauc"]
 
         start = time.perf_counter()
@@ -356,23 +357,23 @@ def temp_memory(make_module, variables, device, *, batch: int, size: int, ns: Se
 
 def gag_rows(make_module, variables, torch_model, device, *, configs: Sequence[tuple[int, Optional[int]]],
              dtypes: Sequence[str], size: int, n: int, repeats: int, seed: int, torch_chunk: Optional[int],
-             notes: list[str], budget: Optional[Budget] = None, reserve_s: float = 0.0,
+             notes: list[str], budget: Optional[Budget] = None, reserve_s: float = 0.0, estimate_s: float = 0.0,
              log: Callable[[str], None] = print) -> list[dict]:
     """GAG rows for every ``(batch, chunk)`` x dtype, each with the torch baseline of its batch.
 
     The torch loop runs once per batch (after that batch's first GAG row) and its explanations/s go
     into ``torch_expl_s`` of every row of that batch. A row that fails (e.g. out of memory) becomes
     ``{..., "error": text}`` and the grid goes on. With a ``budget``, a row starts only when the time
-    left (less ``reserve_s``) exceeds the wall time of the previous row (compile included), else it
-    is skipped with a note.
+    left (less ``reserve_s``) exceeds the wall time of the previous row (compile included; ``estimate_s``
+    for the first), else it is skipped with a note.
     """
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    flops_per_grad = gradient_flops(make_module(jnp.float32), variables, size)
+    flops_per_grad = None
     rows: list[dict] = []
     torch_cache: dict[int, Optional[float]] = {}
-    estimate = 0.0
+    estimate = estimate_s
     for batch, chunk in configs:
         for dtype in dtypes:
             what = f"GAG batch {batch} {dtype}"
@@ -381,6 +382,8 @@ def gag_rows(make_module, variables, torch_model, device, *, configs: Sequence[t
                 continue
             start = time.perf_counter()
             try:
+                if flops_per_grad is None:
+                    flops_per_grad = gradient_flops(make_module(jnp.float32), variables, size)
                 row = bench_gag(make_module, variables, device, batch=batch, size=size, n=n, dtype=dtype,
                                 chunk=chunk, repeats=repeats, seed=seed, flops_per_grad=flops_per_grad)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: keep going

@@ -100,7 +100,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         "or 'auto' (largest divisor of n with chunk * batch <= 256)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--metrics-batch", type=int, default=32, help="batch for RCAP + DAUC + IAUC (0 skips)")
-    p.add_argument("--metrics-chunk", type=int, default=None, help="perturbed copies per model call in gj.metrics")
+    p.add_argument("--metrics-chunk", type=int, default=None,
+                   help="perturbed copies per model call in gj.metrics (default: theirs)")
     p.add_argument("--memory-n", default="20,200", help="n values for the streaming-memory check ('' skips)")
     p.add_argument("--memory-chunk", type=int, default=10, help="chunk size for the streaming-memory check")
     p.add_argument("--torch-chunk", type=int, default=256,
