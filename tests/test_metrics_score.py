@@ -68,7 +68,7 @@ def test_score_equals_the_metric_functions():
 
 
 def test_score_errors():
-    images, labels, maps, masks = _data()
+    images, labels, maps, _ = _data()
     with pytest.raises(ValueError, match="masks"):
         gm.score(linear_model, images, labels, maps, metrics=("mae",))
     with pytest.raises(ValueError, match="option groups"):
