@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gag_jax import aggregations, gradients, interpretations, modifications, ops
 from gag_jax._lifting import join_function, split_function
-from gag_jax._validation import check_fraction, check_images, check_labels, check_positive_int
+from gag_jax._validation import (
+    check_fraction,
+    check_images,
+    check_labels,
+    check_positive_int,
+)
 from gag_jax.gradcam import gradcam
 from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import REDUCTIONS, to_saliency
@@ -23,7 +28,9 @@ class ModelFunctions(NamedTuple):
       logits: ``images (B, H, W, C) -> logits (B, K)``.
       features: ``images -> activations (B, h, w, D)`` of the last conv block (Grad-CAM).
       head: ``activations -> logits`` (Grad-CAM).
-      guided_logits: the same model with Guided-Backprop activations (``gb``).
+      guided_logits: optional hand-built copy of the model with Guided-Backprop activations, for
+        models whose activations ``gradients.guided_backprop`` cannot rewrite (SiLU, GELU, ...);
+        without it ``gb`` rewrites the ReLUs of ``logits``.
 
     ``explain`` also accepts a plain callable (used as ``logits``) or a mapping with these keys
     (what ``models.model_functions`` returns). Build it once and reuse it: jit caches are keyed
@@ -31,9 +38,9 @@ class ModelFunctions(NamedTuple):
     """
 
     logits: Callable[[jax.Array], jax.Array]
-    features: Optional[Callable[[jax.Array], jax.Array]] = None
-    head: Optional[Callable[[jax.Array], jax.Array]] = None
-    guided_logits: Optional[Callable[[jax.Array], jax.Array]] = None
+    features: Callable[[jax.Array], jax.Array] | None = None
+    head: Callable[[jax.Array], jax.Array] | None = None
+    guided_logits: Callable[[jax.Array], jax.Array] | None = None
 
     def __call__(self, images):
         return self.logits(images)
@@ -138,7 +145,7 @@ def build(method: str, options: Mapping[str, Any]) -> Explainer:
     """
     o = dict(options)
     chunk = o["chunk_size"]
-    noise = lambda: modifications.gaussian_noise(o["n"], o["noise_level"], o["noise_range"])  # noqa: E731
+    noise = lambda: modifications.gaussian_noise(o["n"], o["noise_level"], o["noise_range"])
     logit_gradient = gradients.logit_gradient()
     if method == "gag":
         return chain(noise(), logit_gradient, interpretations.absolute(),
@@ -167,7 +174,8 @@ def build(method: str, options: Mapping[str, Any]) -> Explainer:
         aggregation = aggregations.mean()
     else:
         aggregation = aggregations.total()
-    return chain(modification, logit_gradient, interpretations.by_name(o["interpretation"]), aggregation,
+    gradient = gradients.guided_logit_gradient() if method == "gb" else logit_gradient
+    return chain(modification, gradient, interpretations.by_name(o["interpretation"]), aggregation,
                  chunk_size=chunk)
 
 
@@ -177,13 +185,8 @@ def _attributions(method: str, options: tuple, model: ModelFunctions, images, la
             raise ValueError("method 'gradcam' needs the model split into 'features' and 'head' functions "
                              "(pass models.model_functions(module, variables) or a gj.ModelFunctions)")
         return gradcam(model.features, model.head, images, labels)
-    model_fn = model.logits
-    if method == "gb":
-        if model.guided_logits is None:
-            raise ValueError("method 'gb' needs 'guided_logits': the model with Guided-Backprop activations "
-                             "(models.model_functions provides it; see gag_jax.gradients.guided_backprop_activation)")
-        model_fn = model.guided_logits
-    return build(method, options)(model_fn, images, labels, key)
+    # the ModelFunctions itself: callable as its logits; gb's gradient seam uses its guided_logits if any
+    return build(method, options)(model, images, labels, key)
 
 
 def explainer(method: str, *, postprocess: bool = True, **options) -> Callable:
@@ -247,8 +250,8 @@ def explain(method: str, model_fn, images, labels, *, key=None, postprocess: boo
     Args:
       method: ``"vg"``, ``"sg"``, ``"vargrad"``, ``"ig"``, ``"guided_ig"``, ``"blur_ig"``, ``"gb"``,
         ``"gradcam"``, ``"ag"`` (AbsoluteGrad, GAG-0) or ``"gag"`` (Guided AbsoluteGrad).
-      model_fn: ``images -> logits (B, K)``, or a ``ModelFunctions``/mapping (needed by ``gb`` and
-        ``gradcam``). Parameters are closed over.
+      model_fn: ``images -> logits (B, K)``, or a ``ModelFunctions``/mapping (needed by ``gradcam``;
+        ``gb`` uses its ``guided_logits`` if given). Parameters are closed over.
       images: ``(B, H, W, C)`` float, normalised as the model expects.
       labels: ``(B,)`` int target classes.
       key: PRNG key; required by the noise-based methods (sg, vargrad, ag, gag; vg/gb with a guide).

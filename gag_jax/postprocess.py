@@ -6,7 +6,6 @@ import jax.numpy as jnp
 
 from gag_jax._validation import check_fraction
 
-
 REDUCTIONS = ("abs_sum", "sum", "max_abs")
 
 
@@ -56,8 +55,8 @@ def to_saliency(attributions: jax.Array, reduce: str = "abs_sum") -> jax.Array:
 def _reverse_one(saliency: jax.Array, key: jax.Array, keep: float, swap: float) -> jax.Array:
     flat = saliency.reshape(-1)
     size = flat.shape[0]
-    num_keep = int(round(size * keep))
-    num_swap = int(round(size * swap))
+    num_keep = round(size * keep)
+    num_swap = round(size * swap)
     # Rank pixels; ties are broken at random (that is what the key is for).
     jitter = jax.random.uniform(key, (size,))
     order = jnp.lexsort((jitter, flat))  # ascending by value, then jitter
