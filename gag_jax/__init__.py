@@ -10,22 +10,41 @@ Public API::
     gj.reverse(maps, key)                       # reversed "R" variants
 
 The four seams live in ``gj.modifications``, ``gj.gradients``, ``gj.interpretations`` and
-``gj.aggregations``; ``gj.chain`` composes them.
+``gj.aggregations``; ``gj.chain`` composes them. ``gj.PRESETS`` holds every method as one function
+(its composition, or an attribution function such as Grad-CAM); see ``gag_jax.explainers``.
 """
-from gag_jax import aggregations, gradients, interpretations, modifications, ops, postprocess
-from gag_jax.explainers import DEFAULTS, METHODS, ModelFunctions, explain, explainer, guided_absolute_grad
+from gag_jax import (
+    aggregations,
+    data,
+    distributed,
+    gradients,
+    interpretations,
+    metrics,
+    modifications,
+    ops,
+    postprocess,
+    sanity,
+)
+from gag_jax.explainers import (
+    DEFAULTS,
+    METHODS,
+    PRESETS,
+    ModelFunctions,
+    explain,
+    explainer,
+    explainer_fn,
+    guided_absolute_grad,
+)
 from gag_jax.gradcam import gradcam
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import normalize, reverse, to_saliency
 
-from gag_jax import data, distributed, metrics
-from gag_jax import sanity
-
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULTS", "METHODS", "Explainer", "IMAGENET_MEAN", "IMAGENET_STD", "ModelFunctions", "aggregations",
-    "chain", "data", "distributed", "explain", "explainer", "gradcam", "gradients", "guided_absolute_grad", "interpretations",
-    "metrics", "modifications", "normalize", "ops", "postprocess", "reverse", "to_saliency",
+    "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "PRESETS", "Explainer", "ModelFunctions",
+    "aggregations", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
+    "guided_absolute_grad", "interpretations", "metrics", "modifications", "normalize", "ops", "postprocess",
+    "reverse", "sanity", "to_saliency",
 ]

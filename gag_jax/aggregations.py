@@ -15,7 +15,8 @@ samples of the last chunk.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,15 @@ GUIDE_AXES = ("channel", "image")
 
 
 class Aggregation(NamedTuple):
-    """Streaming aggregation over modifications (see module docstring)."""
+    """Streaming aggregation over modifications (see module docstring).
+
+    ``min_samples``: the fewest modifications it is defined for (2 for a variance); ``chain`` checks it.
+    """
 
     init: Callable[[tuple[int, ...]], Any]
     update: Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
     finalize: Callable[[Any], jax.Array]
+    min_samples: int = 1
 
 
 class RunningMoments(NamedTuple):
@@ -114,10 +119,13 @@ def mean() -> Aggregation:
 def variance(ddof: int = 1) -> Aggregation:
     """Variance of the interpreted signals over the modifications (VarGrad), ``ddof=1`` by default."""
 
+    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
+        raise ValueError(f"ddof must be an int >= 0; got {ddof!r}")
+
     def update(state, interpreted, raw, weights):
         return moments_update(state, interpreted, weights)
 
-    return Aggregation(moments_init, update, lambda s: moments_variance(s, ddof))
+    return Aggregation(moments_init, update, lambda s: moments_variance(s, ddof), ddof + 1)
 
 
 class _GuidedState(NamedTuple):
@@ -147,7 +155,7 @@ def guide(percentile: float = 0.85, guide_axes: str = "channel") -> Aggregation:
         guide_values = variance_guide(moments_variance(state.moments, 1), percentile, guide_axes)
         return state.total * guide_values
 
-    return Aggregation(init, update, finalize)
+    return Aggregation(init, update, finalize, 2 if percentile > 0 else 1)
 
 
 _BY_NAME = {"total": total, "mean": mean, "variance": variance}

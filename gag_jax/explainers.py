@@ -1,7 +1,36 @@
-"""Presets for every method of the paper's Tables 2 and 3, and the ``explain`` dispatch."""
+"""Every method as one function, the ``PRESETS`` table, and the one entry point ``explain``.
+
+A method is one of two kinds of function:
+
+* a **preset**: its signature holds the method's options and their defaults, its body is its
+  composition of the four seams (like ``optax``'s ``alias.py``)::
+
+      def gag(n=20, noise_level=0.15, noise_range="image", percentile=0.85, guide_axes="channel",
+              chunk_size=None):
+          return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
+                       interpretations.absolute(), aggregations.guide(percentile, guide_axes),
+                       chunk_size=chunk_size)
+
+* an **attribution function**, for a method that is not a composition (Grad-CAM; occlusion, RISE,
+  XRAI in ``gag_jax.perturbation_methods``):
+  ``fn(model, images (B, H, W, C), labels (B,), key, *, option=default, ...) -> (B, H, W, C')``,
+  ``model`` a ``ModelFunctions`` (callable as its logits). A key parameter without a default means
+  the method needs a key. A function that cannot be traced by ``jax.jit`` (host code) sets
+  ``fn.jittable = False``; ``explain`` then calls it eagerly.
+
+Everything else is derived from these functions: ``DEFAULTS`` (the option names and defaults, from
+``inspect.signature``, plus ``reduce``), whether a method needs a key (an attribution function's
+``key`` has no default; a preset's modification reads its key) and the valid option names. Values
+are checked once, by the seam factories (``modifications.gaussian_noise`` checks ``n`` and
+``noise_level``, ``aggregations.guide`` the percentile ...), when the preset is called.
+
+To add a method, write one such function: ``gj.explain(my_method, model_fn, images, labels, ...)``
+takes the function itself as well as a name in ``PRESETS``.
+"""
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -10,15 +39,10 @@ import jax.numpy as jnp
 
 from gag_jax import aggregations, gradients, interpretations, modifications, ops
 from gag_jax._lifting import join_function, split_function
-from gag_jax._validation import (
-    check_fraction,
-    check_images,
-    check_labels,
-    check_positive_int,
-)
+from gag_jax._validation import check_images, check_labels
 from gag_jax.gradcam import gradcam
-from gag_jax.pipeline import Explainer, chain
-from gag_jax.postprocess import REDUCTIONS, to_saliency
+from gag_jax.pipeline import Explainer, chain, reads_key
+from gag_jax.postprocess import to_saliency
 
 
 class ModelFunctions(NamedTuple):
@@ -32,9 +56,8 @@ class ModelFunctions(NamedTuple):
         models whose activations ``gradients.guided_backprop`` cannot rewrite (SiLU, GELU, ...);
         without it ``gb`` rewrites the ReLUs of ``logits``.
 
-    ``explain`` also accepts a plain callable (used as ``logits``) or a mapping with these keys
-    (what ``models.model_functions`` returns). Build it once and reuse it: jit caches are keyed
-    on these functions.
+    ``explain`` also accepts a plain callable (used as ``logits``) or a mapping with these keys.
+    Build it once and reuse it: jit caches are keyed on these functions.
     """
 
     logits: Callable[[jax.Array], jax.Array]
@@ -62,34 +85,181 @@ def as_model_functions(model) -> ModelFunctions:
     raise ValueError(f"model_fn must be a callable images -> logits or a mapping of model functions; got {type(model)}")
 
 
-METHODS = ("vg", "sg", "vargrad", "ig", "guided_ig", "blur_ig", "gb", "gradcam", "ag", "gag")
+def module_functions(module, variables, *, jit: bool = True) -> ModelFunctions:
+    """``ModelFunctions`` of a Flax linen module with its variables bound.
 
-_NOISE = {"n": 20, "noise_level": 0.15, "noise_range": "image"}
-_GUIDE = {"guide": False, "percentile": 0.85, "guide_axes": "channel"}
-_PATH = {"baseline": "black", "mean": ops.IMAGENET_MEAN, "std": ops.IMAGENET_STD}
-_COMMON = {"chunk_size": None, "reduce": "abs_sum"}
+    ``logits`` is ``module.apply``; ``features``/``head`` if the module defines both methods (Grad-CAM);
+    ``guided_logits`` if it has a ``guided_backprop`` field (a copy with guided activations).
 
-# Default options of each method. Single-gradient methods (vg, gb) take noisy samples only
-# when a variance guide is asked for: a variance needs n >= 2 gradients.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "vg": {"interpretation": "raw", **_GUIDE, **_NOISE},
-    "gb": {"interpretation": "raw", **_GUIDE, **_NOISE},
-    "sg": {"interpretation": "raw", **_GUIDE, **_NOISE},
-    "vargrad": {"interpretation": "raw", **_NOISE},
-    "ig": {"interpretation": "raw", "rule": "riemann_right", **_GUIDE, **_PATH, "n": 20},
-    "guided_ig": {"interpretation": "raw", "fraction": 0.25, "max_dist": 0.02, **_GUIDE, **_PATH, "n": 20},
-    "blur_ig": {"interpretation": "raw", "max_sigma": 50.0, "grad_step": 0.01, "sqrt": False, **_GUIDE, "n": 20},
-    "gradcam": {},
-    "ag": {**_NOISE, "guide_axes": "channel"},
-    "gag": {**_NOISE, "percentile": 0.85, "guide_axes": "channel"},
-}
-for _options in DEFAULTS.values():
-    _options.update(_COMMON)
+    Args:
+      module: a ``flax.linen.Module`` mapping images ``(B, H, W, C)`` to logits ``(B, K)``.
+      variables: its variables (``{"params", ...}``), as arrays or traced values.
+      jit: wrap ``apply`` in ``jax.jit`` (variables passed as arguments, not baked-in constants).
 
-STOCHASTIC = ("sg", "vargrad", "ag", "gag")
+    Returns:
+      ``ModelFunctions`` whose functions are ``functools.partial(apply, variables, ...)``.
+    """
+    apply = jax.jit(module.apply, static_argnames="method") if jit else module.apply
+    features = head = guided = None
+    if callable(getattr(module, "features", None)) and callable(getattr(module, "head", None)):
+        features = functools.partial(apply, variables, method="features")
+        head = functools.partial(apply, variables, method="head")
+    if "guided_backprop" in getattr(module, "__dataclass_fields__", {}):
+        guided_module = module.clone(guided_backprop=True)
+        guided_apply = jax.jit(guided_module.apply, static_argnames="method") if jit else guided_module.apply
+        guided = functools.partial(guided_apply, variables)
+    return ModelFunctions(functools.partial(apply, variables), features, head, guided)
+
+
+# ---------------------------------------------------------------------------------------------
+# the presets: one function per method, its signature its options, its body its composition
+
+_IMAGENET_MEAN, _IMAGENET_STD = ops.IMAGENET_MEAN, ops.IMAGENET_STD
+
+
+def _guide_or(aggregation: aggregations.Aggregation, guide: bool, percentile: float,
+              guide_axes: str) -> aggregations.Aggregation:
+    """The variance-guided sum (Table 3 "G") when ``guide``, else ``aggregation``."""
+    return aggregations.guide(percentile, guide_axes) if guide else aggregation
+
+
+def vg(interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", n=20, noise_level=0.15,
+       noise_range="image", chunk_size=None) -> Explainer:
+    """Vanilla Gradient; with ``guide=True``, n noisy gradients for the variance guide (Table 3 "G")."""
+    modification = modifications.gaussian_noise(n, noise_level, noise_range) if guide else modifications.identity()
+    return chain(modification, gradients.logit_gradient(), interpretations.by_name(interpretation),
+                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+
+
+def gb(interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", n=20, noise_level=0.15,
+       noise_range="image", chunk_size=None) -> Explainer:
+    """Guided Backprop: Vanilla Gradient through guided ReLUs (``gradients.guided_logit_gradient``)."""
+    modification = modifications.gaussian_noise(n, noise_level, noise_range) if guide else modifications.identity()
+    return chain(modification, gradients.guided_logit_gradient(), interpretations.by_name(interpretation),
+                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+
+
+def sg(n=20, noise_level=0.15, noise_range="image", interpretation="raw", guide=False, percentile=0.85,
+       guide_axes="channel", chunk_size=None) -> Explainer:
+    """SmoothGrad: mean of the gradients at n noisy copies."""
+    return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
+                 interpretations.by_name(interpretation),
+                 _guide_or(aggregations.mean(), guide, percentile, guide_axes), chunk_size=chunk_size)
+
+
+def vargrad(n=20, noise_level=0.15, noise_range="image", interpretation="raw", chunk_size=None) -> Explainer:
+    """VarGrad: variance (ddof=1) of the gradients at n noisy copies."""
+    return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
+                 interpretations.by_name(interpretation), aggregations.variance(), chunk_size=chunk_size)
+
+
+def ig(n=20, baseline="black", rule="riemann_right", mean=_IMAGENET_MEAN, std=_IMAGENET_STD, interpretation="raw",
+       guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
+    """Integrated Gradients on the straight path from ``baseline`` (black in pixel space), n steps."""
+    return chain(modifications.straight_path(n, baseline, rule, mean, std), gradients.logit_gradient(),
+                 interpretations.by_name(interpretation),
+                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+
+
+def guided_ig(n=20, baseline="black", fraction=0.25, max_dist=0.02, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+              interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
+    """Guided Integrated Gradients (Kapishnikov et al. 2021): the adaptive path, n steps."""
+    return chain(modifications.guided_ig_path(n, baseline, fraction, max_dist, mean, std), gradients.logit_gradient(),
+                 interpretations.by_name(interpretation),
+                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+
+
+def blur_ig(n=20, max_sigma=50.0, grad_step=0.01, sqrt=False, mode="constant", radius=None, interpretation="raw",
+            guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
+    """Blur Integrated Gradients (Xu et al. 2020) as published, n steps from ``max_sigma``."""
+    return chain(modifications.blur_path(n, max_sigma, grad_step, sqrt, mode, radius), gradients.logit_gradient(),
+                 interpretations.by_name(interpretation),
+                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+
+
+def ag(n=20, noise_level=0.15, noise_range="image", chunk_size=None) -> Explainer:
+    """AbsoluteGrad (GAG-0): sum of the gradient magnitudes at n noisy copies."""
+    return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
+                 interpretations.absolute(), aggregations.total(), chunk_size=chunk_size)
+
+
+def gag(n=20, noise_level=0.15, noise_range="image", percentile=0.85, guide_axes="channel",
+        chunk_size=None) -> Explainer:
+    """Guided AbsoluteGrad (Algorithm 1): ``sum_i |g_i| * G`` with the variance guide G (eq. 2-5)."""
+    return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
+                 interpretations.absolute(), aggregations.guide(percentile, guide_axes), chunk_size=chunk_size)
+
+
+def gradcam_attribution(model, images, labels, key=None) -> jax.Array:
+    """Grad-CAM on the model's ``features``/``head`` split: ``(B, H, W, 1)`` (see ``gag_jax.gradcam``)."""
+    features, head = getattr(model, "features", None), getattr(model, "head", None)
+    if features is None or head is None:
+        raise ValueError("method 'gradcam' needs the model split into 'features' and 'head' functions "
+                         "(pass models.model_functions(module, variables) or a gj.ModelFunctions)")
+    return gradcam(features, head, images, labels)
+
+
+_PAPER = {"vg": vg, "sg": sg, "vargrad": vargrad, "ig": ig, "guided_ig": guided_ig, "blur_ig": blur_ig, "gb": gb,
+          "gradcam": gradcam_attribution, "ag": ag, "gag": gag}
+_BEYOND_THE_PAPER: dict[str, Callable] = {}
+
+PRESETS: dict[str, Callable] = {**_PAPER, **_BEYOND_THE_PAPER}
+"""Method name -> preset (returns an ``Explainer``) or attribution function; see the module docstring."""
+
+METHODS: tuple[str, ...] = tuple(_PAPER)
+"""The methods of the paper's Table 2, in its order."""
+
+# options every method takes on top of its own: how ``explain`` reduces the channels
+_COMMON_OPTIONS = {"reduce": "abs_sum"}
+
+
+def _method_function(method) -> Callable:
+    if isinstance(method, str):
+        if method not in PRESETS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRESETS)}")
+        return PRESETS[method]
+    if callable(method):
+        return method
+    raise ValueError(f"method must be a name in gj.PRESETS or a preset / attribution function; got {method!r}")
+
+
+def _method_name(method) -> str:
+    return method if isinstance(method, str) else getattr(method, "__name__", repr(method))
+
+
+def is_attribution_function(fn: Callable) -> bool:
+    """True for an attribution function ``fn(model, images, labels, key, *, ...)``, False for a preset."""
+    first = next(iter(inspect.signature(fn).parameters.values()), None)
+    return first is not None and first.default is inspect.Parameter.empty and first.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def method_defaults(method) -> dict[str, Any]:
+    """Options of ``method`` (a name or a function) and their defaults, read from its signature.
+
+    Includes ``reduce`` (the channel reduction of ``explain``). For an attribution function the
+    options are its parameters after ``(model, images, labels, key)``.
+
+    Raises:
+      ValueError: unknown method, or an option without a default.
+    """
+    fn = _method_function(method)
+    parameters = list(inspect.signature(fn).parameters.values())
+    if is_attribution_function(fn):
+        parameters = parameters[4:]
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"method {_method_name(method)!r}: every option needs a default; {missing} have none")
+    return {**{p.name: p.default for p in parameters}, **_COMMON_OPTIONS}
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {name: method_defaults(name) for name in PRESETS}
+"""Method name -> its options and their defaults (derived from ``PRESETS``)."""
 
 
 def _hashable(value):
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return tuple(_hashable(v) for v in value)
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
@@ -97,126 +267,92 @@ def _hashable(value):
     return value
 
 
-def resolve_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """Validate ``options`` for ``method`` and merge them with its defaults.
+def resolve_options(method, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Check option names for ``method`` and merge them with its defaults.
 
-    Returns a sorted, hashable tuple of ``(name, value)`` pairs.
+    Only names are checked here; values are checked by the seam factories when the method is built.
+
+    Returns:
+      A sorted, hashable tuple of ``(name, value)`` pairs (every option, ``reduce`` included).
 
     Raises:
-      ValueError: unknown method, unknown option (named, with the valid ones listed) or an
-        out-of-range value (named).
+      ValueError: unknown method, or an unknown option (named, with the valid ones listed).
     """
-    if method not in DEFAULTS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    defaults = DEFAULTS[method]
+    defaults = method_defaults(method)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method {method!r}; valid options: {', '.join(sorted(defaults))}"
-        )
-    merged = {**defaults, **{k: _hashable(v) for k, v in options.items()}}
-    if "n" in merged:
-        check_positive_int(merged["n"], "n")
-    if "percentile" in merged:
-        check_fraction(merged["percentile"], "percentile")
-    if "noise_level" in merged and merged["noise_level"] < 0:
-        raise ValueError(f"noise_level must be >= 0; got {merged['noise_level']}")
-    if "interpretation" in merged and merged["interpretation"] not in interpretations.NAMES:
-        raise ValueError(
-            f"unknown interpretation {merged['interpretation']!r}; expected one of {', '.join(interpretations.NAMES)}"
-        )
-    if "guide_axes" in merged and merged["guide_axes"] not in aggregations.GUIDE_AXES:
-        raise ValueError(f"unknown guide_axes {merged['guide_axes']!r}; expected one of {aggregations.GUIDE_AXES}")
-    if merged.get("noise_range", "image") not in modifications.NOISE_RANGES:
-        raise ValueError(f"unknown noise_range {merged['noise_range']!r}; expected one of {modifications.NOISE_RANGES}")
-    if merged.get("guide") and merged.get("n", 2) < 2:
-        raise ValueError("a variance guide needs n >= 2 gradient samples")
-    if merged["chunk_size"] is not None:
-        check_positive_int(merged["chunk_size"], "chunk_size")
-    if merged["reduce"] not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {merged['reduce']!r}; expected one of {', '.join(REDUCTIONS)}")
-    return tuple(sorted(merged.items()))
+        raise ValueError(f"unknown option(s) {unknown} for method {_method_name(method)!r}; "
+                         f"valid options: {', '.join(sorted(defaults))}")
+    return tuple(sorted({**defaults, **{k: _hashable(v) for k, v in options.items()}}.items()))
 
 
-def build(method: str, options: Mapping[str, Any]) -> Explainer:
-    """The four-seam ``Explainer`` of a gradient method (every method but ``gradcam``).
-
-    ``options`` must be complete (see ``resolve_options``).
-    """
-    o = dict(options)
-    chunk = o["chunk_size"]
-    noise = lambda: modifications.gaussian_noise(o["n"], o["noise_level"], o["noise_range"])
-    logit_gradient = gradients.logit_gradient()
-    if method == "gag":
-        return chain(noise(), logit_gradient, interpretations.absolute(),
-                     aggregations.guide(o["percentile"], o["guide_axes"]), chunk_size=chunk)
-    if method == "ag":
-        return chain(noise(), logit_gradient, interpretations.absolute(), aggregations.total(), chunk_size=chunk)
-    if method == "vargrad":
-        return chain(noise(), logit_gradient, interpretations.by_name(o["interpretation"]),
-                     aggregations.variance(), chunk_size=chunk)
-    if method == "vg" or method == "gb":
-        modification = noise() if o["guide"] else modifications.identity()
-    elif method == "sg":
-        modification = noise()
-    elif method == "ig":
-        modification = modifications.straight_path(o["n"], o["baseline"], o["rule"], o["mean"], o["std"])
-    elif method == "guided_ig":
-        modification = modifications.guided_ig_path(
-            o["n"], o["baseline"], o["fraction"], o["max_dist"], o["mean"], o["std"])
-    elif method == "blur_ig":
-        modification = modifications.blur_path(o["n"], o["max_sigma"], o["grad_step"], o["sqrt"])
-    else:
-        raise ValueError(f"method {method!r} has no four-seam form")
-    if o["guide"]:
-        aggregation = aggregations.guide(o["percentile"], o["guide_axes"])
-    elif method == "sg":
-        aggregation = aggregations.mean()
-    else:
-        aggregation = aggregations.total()
-    gradient = gradients.guided_logit_gradient() if method == "gb" else logit_gradient
-    return chain(modification, gradient, interpretations.by_name(o["interpretation"]), aggregation,
-                 chunk_size=chunk)
+def _split(options: tuple) -> tuple[dict[str, Any], str]:
+    method_options = dict(options)
+    reduce = method_options.pop("reduce")
+    return method_options, reduce
 
 
-def _attributions(method: str, options: tuple, model: ModelFunctions, images, labels, key):
-    if method == "gradcam":
-        if model.features is None or model.head is None:
-            raise ValueError("method 'gradcam' needs the model split into 'features' and 'head' functions "
-                             "(pass models.model_functions(module, variables) or a gj.ModelFunctions)")
-        return gradcam(model.features, model.head, images, labels)
+def _attributions(fn: Callable, method_options: dict, model: ModelFunctions, images, labels, key) -> jax.Array:
+    if is_attribution_function(fn):
+        return fn(model, images, labels, key, **method_options)
     # the ModelFunctions itself: callable as its logits; gb's gradient seam uses its guided_logits if any
-    return build(method, options)(model, images, labels, key)
+    return fn(**method_options)(model, images, labels, key)
 
 
-def explainer(method: str, *, postprocess: bool = True, **options) -> Callable:
-    """A pure, un-jitted explainer function for use inside your own ``jax.jit``/``vmap``/sharding.
+def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
+    """A pure, un-jitted explain function, for use inside your own ``jax.jit``/``vmap``/sharding.
 
     Args:
-      method: one of ``METHODS``.
+      method: a name in ``PRESETS`` or a preset / attribution function.
       postprocess: True returns ``(B, H, W)`` maps in [0, 1]; False the raw ``(B, H, W, C)``.
       **options: method options (see ``DEFAULTS``).
 
     Returns:
-      ``fn(model, images (B,H,W,C), labels (B,), key) -> maps``.
+      A plain closure ``fn(model, images (B,H,W,C), labels (B,), key) -> maps`` (not an ``Explainer``).
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> fn = explainer("gag", n=4)
+      >>> fn = explainer_fn("gag", n=4)
       >>> model_fn = lambda x: jnp.stack([jnp.sum(x ** 2, axis=(1, 2, 3)), jnp.sum(x, axis=(1, 2, 3))], -1)
       >>> jax.jit(fn, static_argnums=0)(model_fn, jnp.ones((2, 8, 8, 3)), jnp.zeros(2, jnp.int32),
       ...                               jax.random.PRNGKey(0)).shape
       (2, 8, 8)
     """
-    resolved = resolve_options(method, options)
-    reduce = dict(resolved)["reduce"]
+    function = _method_function(method)
+    method_options, reduce = _split(resolve_options(method, options))
+    if not is_attribution_function(function):
+        function(**method_options)  # the seam factories check the values now
 
     def fn(model, images, labels, key):
-        raw = _attributions(method, resolved, as_model_functions(model), images, labels, key)
+        raw = _attributions(function, method_options, as_model_functions(model), images, labels, key)
         return to_saliency(raw, reduce) if postprocess else raw
 
     return fn
 
+
+explainer = explainer_fn  # the name of SPEC section 8's first version
+
+
+def needs_key(method, options: Mapping[str, Any] = (), images_shape=(1, 8, 8, 3), key_shape=(2,)) -> bool:
+    """Whether ``method`` with ``options`` draws random numbers, so that ``explain`` needs a key.
+
+    An attribution function needs one when its ``key`` parameter has no default; a preset when its
+    modification reads the key (e.g. Gaussian noise; a guide-free ``vg`` does not).
+    """
+    function = _method_function(method)
+    if is_attribution_function(function):
+        return list(inspect.signature(function).parameters.values())[3].default is inspect.Parameter.empty
+    method_options, _ = _split(resolve_options(method, dict(options)))
+    return _preset_reads_key(function, tuple(sorted(method_options.items())), tuple(images_shape), tuple(key_shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _preset_reads_key(function, method_options: tuple, images_shape: tuple, key_shape: tuple) -> bool:
+    return reads_key(function(**dict(method_options)).modification, images_shape, key_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# explain: the one entry point
 
 
 def _lift_parameters(model: ModelFunctions) -> tuple[tuple, tuple]:
@@ -229,11 +365,14 @@ def _rebuild(statics: tuple, dynamics: tuple) -> ModelFunctions:
     return ModelFunctions(*(join_function(s, a) for s, a in zip(statics, dynamics)))
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "model_statics", "postprocess"))
-def _explain_jit(images, labels, key, model_args, *, method, options, model_statics, postprocess):
+def _explain(images, labels, key, model_args, *, function, options, model_statics, postprocess):
+    method_options, reduce = _split(options)
     model = _rebuild(model_statics, model_args)
-    raw = _attributions(method, options, model, images, labels, key)
-    return to_saliency(raw, dict(options)["reduce"]) if postprocess else raw
+    raw = _attributions(function, method_options, model, images, labels, key)
+    return to_saliency(raw, reduce) if postprocess else raw
+
+
+_explain_jit = jax.jit(_explain, static_argnames=("function", "options", "model_statics", "postprocess"))
 
 
 def _num_classes(model: ModelFunctions, images) -> int:
@@ -243,55 +382,66 @@ def _num_classes(model: ModelFunctions, images) -> int:
     return shape[1]
 
 
-def explain(method: str, model_fn, images, labels, *, key=None, postprocess: bool = True,
+def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = True,
             validate: bool = True, **options) -> jax.Array:
     """Explain ``images`` with ``method``: the one entry point for every method.
 
     Args:
-      method: ``"vg"``, ``"sg"``, ``"vargrad"``, ``"ig"``, ``"guided_ig"``, ``"blur_ig"``, ``"gb"``,
-        ``"gradcam"``, ``"ag"`` (AbsoluteGrad, GAG-0) or ``"gag"`` (Guided AbsoluteGrad).
+      method: a name in ``PRESETS``: ``"vg"``, ``"sg"``, ``"vargrad"``, ``"ig"``, ``"guided_ig"``,
+        ``"blur_ig"``, ``"gb"``, ``"gradcam"``, ``"ag"`` (AbsoluteGrad, GAG-0), ``"gag"`` (Guided
+        AbsoluteGrad) ...; or a preset / attribution function of your own (see the module docstring).
       model_fn: ``images -> logits (B, K)``, or a ``ModelFunctions``/mapping (needed by ``gradcam``;
         ``gb`` uses its ``guided_logits`` if given). Parameters are closed over.
       images: ``(B, H, W, C)`` float, normalised as the model expects.
       labels: ``(B,)`` int target classes.
-      key: PRNG key; required by the noise-based methods (sg, vargrad, ag, gag; vg/gb with a guide).
-        A batch of keys (one per image) makes each image's noise independent of its batch.
+      key: PRNG key; required by the methods that draw random numbers (sg, vargrad, ag, gag; vg/gb
+        with a guide; see ``needs_key``). A batch of keys (one per image) makes each image's noise
+        independent of its batch.
       postprocess: True: ``(B, H, W)`` float32 maps in [0, 1] (sum over channels of ``|A|``, per-image
-        min-max, constant map -> zeros; ``reduce="sum"`` for the signed sum). False: raw aggregated ``(B, H, W, C)``.
+        min-max, constant map -> zeros; ``reduce="sum"`` for the signed sum). False: raw ``(B, H, W, C)``.
       validate: check shapes, dtypes, NaN and label range first (a host sync); False skips it.
-      **options: method options, e.g. ``n``, ``noise_level``, ``noise_range``, ``percentile``,
+      **options: the method's options, e.g. ``n``, ``noise_level``, ``noise_range``, ``percentile``,
         ``guide_axes``, ``interpretation`` ("raw", "positive", "negative", "absolute", "square"),
         ``guide`` (variance guide, Table 3 "G"), ``baseline``, ``rule``, ``max_sigma``,
-        ``fraction``, ``max_dist``, ``chunk_size``, ``reduce``. See ``DEFAULTS[method]``.
+        ``fraction``, ``max_dist``, ``chunk_size``; and ``reduce``. See ``DEFAULTS[method]``.
 
     Returns:
       ``(B, H, W)`` maps (or ``(B, H, W, C)`` with ``postprocess=False``).
 
     Raises:
-      ValueError: unknown method or option, bad shapes/dtypes, NaN input, labels out of range,
-        percentile outside [0, 1), missing key or model functions.
+      ValueError: unknown method or option, an option value out of range, bad shapes/dtypes, NaN
+        input, labels out of range, missing key or model functions.
 
     The computation is jit-compiled once per (shapes, method, options, model functions); repeated
     calls reuse it.
     """
-    resolved = resolve_options(method, options)
-    model = as_model_functions(model_fn)
-    # vg and gb draw noisy samples only when a variance guide is asked for
-    needs_key = method in STOCHASTIC or (method in ("vg", "gb") and dict(resolved).get("guide", False))
-    if key is None:
-        if needs_key:
-            raise ValueError(f"method {method!r} draws random noise: pass key=jax.random.PRNGKey(...)")
-        key = jax.random.PRNGKey(0)
+    function = _method_function(method)
+    options = resolve_options(method, options)
+    options_dict = dict(options)
+    method_options, _ = _split(options)
+    attribution = is_attribution_function(function)
+    if not attribution:
+        function(**method_options)  # the seam factories check the values now, on the host
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
+    if key is None:
+        shape = images.shape if images.ndim == 4 else (1, 8, 8, 3)
+        if needs_key(function, method_options, shape):
+            raise ValueError(f"method {_method_name(method)!r} draws random numbers: "
+                             "pass key=jax.random.PRNGKey(...)")
+        key = jax.random.PRNGKey(0)
     if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
         raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
                          f"{images.shape[0] if images.ndim else 0} images")
+    model = as_model_functions(model_fn)
     if validate:
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))
+    if attribution and not getattr(function, "jittable", True):  # host code: run eagerly
+        raw = _attributions(function, method_options, model, images, labels, key)
+        return to_saliency(raw, options_dict["reduce"]) if postprocess else raw
     model_statics, model_args = _lift_parameters(model)
-    return _explain_jit(images, labels, key, model_args, method=method, options=resolved,
+    return _explain_jit(images, labels, key, model_args, function=function, options=options,
                         model_statics=model_statics, postprocess=postprocess)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +73,25 @@ def chain(
       >>> gag(model_fn, jnp.ones((2, 4, 4, 3)), jnp.zeros(2, jnp.int32), jax.random.PRNGKey(0)).shape
       (2, 4, 4, 3)
     """
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
+    if modification.num_samples < aggregation.min_samples:
+        raise ValueError(f"this aggregation needs n >= {aggregation.min_samples} gradient samples (a variance "
+                         f"does); the modification has n = {modification.num_samples}")
     return Explainer(modification, gradient, interpretation, aggregation, chunk_size)
+
+
+def reads_key(modification: modifications_lib.Modification, images_shape: tuple[int, ...] = (1, 8, 8, 3),
+              key_shape: tuple[int, ...] = (2,)) -> bool:
+    """Whether ``modification`` draws random numbers: its ``prepare`` reads the PRNG key.
+
+    Decided from the jaxpr of ``prepare(images, key)`` for the given shapes (nothing is computed).
+    """
+    images = jax.ShapeDtypeStruct(images_shape, jnp.float32)
+    key = jax.ShapeDtypeStruct(key_shape, jnp.uint32)
+    jaxpr = jax.make_jaxpr(modification.prepare)(images, key).jaxpr
+    key_var = jaxpr.invars[-1]
+    return key_var in jaxpr.outvars or any(key_var in eqn.invars for eqn in jaxpr.eqns)
 
 
 def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:

@@ -323,3 +323,69 @@ def test_per_image_keys_make_maps_independent_of_the_batch():
     assert gj.explain("sg", model_fn, x, labels, key=typed, n=2).shape == (3, 8, 8)
     with pytest.raises(ValueError, match="one key per image"):
         gj.explain("gag", model_fn, x, labels, key=keys[:2], n=4)
+
+
+def test_defaults_and_valid_options_come_from_the_preset_signatures():
+    import inspect
+    for name, fn in gj.PRESETS.items():
+        params = list(inspect.signature(fn).parameters.values())
+        if gj.explainers.is_attribution_function(fn):
+            params = params[4:]
+        assert gj.DEFAULTS[name] == {**{p.name: p.default for p in params}, "reduce": "abs_sum"}
+    assert gj.METHODS == tuple(gj.DEFAULTS)[:10]
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['percentile'\] for method 'ag'"):
+        gj.explain("ag", linear_model(jnp.ones((4, 4, 3))), jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY,
+                   percentile=0.5)
+
+
+def test_a_preset_is_its_composition():
+    _, _, model_fn = tiny_conv_net(size=8)
+    x = jax.random.normal(jax.random.PRNGKey(18), (2, 8, 8, 3))
+    labels = jnp.array([1, 2])
+    by_hand = gj.chain(modifications.gaussian_noise(5, 0.1), gradients.logit_gradient(), interpretations.absolute(),
+                       aggregations.guide(0.7))(model_fn, x, labels, KEY)
+    np.testing.assert_allclose(gj.PRESETS["gag"](n=5, noise_level=0.1, percentile=0.7)(model_fn, x, labels, KEY),
+                               by_hand, rtol=1e-6)
+    np.testing.assert_allclose(gj.explain("gag", model_fn, x, labels, key=KEY, n=5, noise_level=0.1, percentile=0.7,
+                                          postprocess=False), by_hand, rtol=1e-5, atol=1e-7)
+
+
+def test_needs_key_follows_the_composition_and_the_signature():
+    from gag_jax.explainers import needs_key
+    assert [m for m in gj.METHODS if needs_key(m)] == ["sg", "vargrad", "ag", "gag"]
+    assert needs_key("vg", {"guide": True}) and needs_key("gb", {"guide": True})
+    assert not needs_key("ig", {"guide": True})
+
+    def random_shift(model, images, labels, key):  # an attribution function whose key has no default
+        return images * jax.random.uniform(key, images.shape)
+
+    assert needs_key(random_shift)
+    assert not needs_key(gj.PRESETS["gradcam"])
+
+
+def test_a_user_method_is_one_function():
+    w = jax.random.normal(jax.random.PRNGKey(3), (6, 5, 3))
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 5, 3))
+    labels = jnp.array([0, 1])
+
+    def square_grad(n=1, chunk_size=None):  # a preset: options in the signature, composition in the body
+        return gj.chain(modifications.straight_path(n, "zero", "riemann_right"), gradients.logit_gradient(),
+                        interpretations.square(), aggregations.total(), chunk_size=chunk_size)
+
+    raw = gj.explain(square_grad, linear_model(w), x, labels, postprocess=False)  # IG at n=1: (x * w)^2
+    np.testing.assert_allclose(raw[0], (np.asarray(x[0]) * np.asarray(w)) ** 2, rtol=1e-5)
+
+    def times_input(model, images, labels, key=None, *, scale=1.0):  # an attribution function
+        return scale * images * gradients.logit_gradient()(model, images, labels)
+
+    raw = gj.explain(times_input, linear_model(w), x, labels, postprocess=False, scale=2.0)
+    np.testing.assert_allclose(raw[1], -2.0 * np.asarray(x[1]) * np.asarray(w), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown option"):
+        gj.explain(times_input, linear_model(w), x, labels, shift=1.0)
+
+
+def test_a_variance_needs_two_samples():
+    model_fn = linear_model(jnp.ones((4, 4, 3)))
+    for method, options in [("vargrad", {"n": 1}), ("sg", {"n": 1, "guide": True})]:
+        with pytest.raises(ValueError, match="n >= 2"):
+            gj.explain(method, model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY, **options)
