@@ -121,7 +121,7 @@ def tiny_setup():
     """Untrained tiny CNN (the runner does not care about accuracy) on 16x16 synthetic shapes."""
     module = tiny.TinyCNN(num_classes=5, width=4)
     variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))
-    model = gj.ModelFunctions(**tiny.tiny_model_functions(module, variables))
+    model = gj.ModelFunctions.from_module(module, variables)
     return model
 
 
@@ -257,8 +257,8 @@ def test_tiny_checkpoint_round_trip(tmp_path):
     m2, v2 = tiny.load_tiny(path)
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(module.apply(variables, x)), np.asarray(m2.apply(v2, x)))
-    fns = tiny.tiny_model_functions(m2, v2)
-    np.testing.assert_allclose(np.asarray(fns["head"](fns["features"](x))), np.asarray(fns["logits"](x)), rtol=1e-6)
+    fns = gj.ModelFunctions.from_module(m2, v2)
+    np.testing.assert_allclose(np.asarray(fns.head(fns.features(x))), np.asarray(fns.logits(x)), rtol=1e-6)
     with open(tmp_path / "bad.msgpack", "wb") as f:
         f.write(b"not msgpack")
     with pytest.raises(ValueError, match="tiny-model checkpoint"):

@@ -22,5 +22,5 @@ def test_five_line_example_runs_and_explains_the_cat():
     maps = np.asarray(namespace["maps"])
     assert maps.shape == (1, 224, 224)
     assert maps.min() >= 0 and maps.max() <= 1 and maps.max() == 1
-    logits = np.asarray(namespace["model"]["logits"](namespace["images"]))
+    logits = np.asarray(namespace["model"].logits(namespace["images"]))
     assert logits.argmax() in (281, 282, 285)  # tabby, tiger cat, Egyptian cat

@@ -70,19 +70,19 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
     if name == TINY:
-        from gag_jax.experiments.tiny import load_tiny, tiny_model_functions
+        from gag_jax.experiments.tiny import load_tiny
 
         if checkpoint is None:
             raise ValueError("model 'tiny' needs --checkpoint (evaluate --case synthetic trains one for you)")
         module, variables = load_tiny(checkpoint)
-        return gj.ModelFunctions(**tiny_model_functions(module, variables)), {
+        return gj.ModelFunctions.from_module(module, variables), {
             "name": name, "checkpoint": os.fspath(checkpoint), "num_classes": module.num_classes}
     import jax.numpy as jnp
 
     from models import load, model_functions
 
     module, variables = load(name, checkpoint, num_classes=num_classes, dtype=dtype or jnp.float32)
-    return gj.ModelFunctions(**model_functions(module, variables)), {
+    return model_functions(module, variables), {
         "name": name, "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
         "num_classes": int(module.num_classes)}
 
