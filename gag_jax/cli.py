@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive_int, default=None,
                    help="modifications per vmapped chunk (default: all n at once; lower it to save memory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
+                   help="afterwards, write demo_table.md into README (default ./README.md) between the "
+                   "<!-- demo-table:start --> and <!-- demo-table:end --> comments")
     common(p)
 
     # explain ------------------------------------------------------------------------
@@ -310,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(args) -> int:
     """``gag-jax demo``."""
     import gag_jax as gj
-    from gag_jax.experiments.demo import run_demo
+    from gag_jax.experiments.demo import run_demo, update_readme
+    from gag_jax.experiments.modelzoo import InputTooSmallError
 
     methods = args.methods or list(gj.METHODS)
     unknown = [m for m in methods if m not in gj.METHODS]
@@ -320,9 +324,14 @@ def cmd_demo(args) -> int:
         _check_paths(args.images)
     _say(f"gag-jax demo: EfficientNet-Lite0 (real ImageNet weights), {len(methods)} method(s), n = {args.n}, "
          f"{args.size}x{args.size}")
-    result = run_demo(args.out, methods=methods, n=args.n, size=args.size, images=args.images, seed=args.seed,
-                      batch_size=args.batch_size, metric_batch_size=args.metric_batch_size,
-                      chunk_size=args.chunk_size, report=_say, warn=_warn, progress=not args.no_progress)
+    if args.update_readme and not os.path.isfile(args.update_readme):
+        raise UsageError(f"--update-readme {args.update_readme}: no such file")
+    try:
+        result = run_demo(args.out, methods=methods, n=args.n, size=args.size, images=args.images, seed=args.seed,
+                          batch_size=args.batch_size, metric_batch_size=args.metric_batch_size,
+                          chunk_size=args.chunk_size, report=_say, warn=_warn, progress=not args.no_progress)
+    except InputTooSmallError as err:
+        raise UsageError(str(err)) from None
     _say("")
     with open(result.files["table_md"], encoding="utf-8") as f:
         _say(f.read().rstrip())
@@ -334,6 +343,9 @@ def cmd_demo(args) -> int:
                        ("RCAP partitions (Figure 3 style)", "rcap_partitions"),
                        ("synthetic propositions (Figure 4)", "propositions"), ("all maps (npz)", "maps")):
         _say(f"  {label:38s} {result.files[key]}")
+    if args.update_readme:
+        update_readme(args.update_readme, result.files["table_md"])
+        _say(f"  {'the table, into':38s} {args.update_readme}")
     return 0
 
 
@@ -356,7 +368,7 @@ def cmd_explain(args) -> int:
     """``gag-jax explain``."""
     import gag_jax as gj
     from gag_jax.experiments.demo import run_explain
-    from gag_jax.experiments.modelzoo import check_model_name
+    from gag_jax.experiments.modelzoo import InputTooSmallError, check_model_name
 
     unknown = [m for m in args.method if m not in gj.METHODS]
     if unknown:
@@ -364,10 +376,13 @@ def cmd_explain(args) -> int:
     _check_model(args.model, args.checkpoint, check_model_name)
     _check_paths(args.paths)
     labels = _parse_labels(args.labels)
-    result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
-                         checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n, seed=args.seed,
-                         batch_size=args.batch_size, chunk_size=args.chunk_size, resize_mode=args.resize,
-                         report=_warn)
+    try:
+        result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
+                             checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n, seed=args.seed,
+                             batch_size=args.batch_size, chunk_size=args.chunk_size, resize_mode=args.resize,
+                             report=_warn)
+    except InputTooSmallError as err:
+        raise UsageError(str(err)) from None
     n_img = len(result["images"])
     skipped = len(result["skipped"])
     if n_img == 0:
@@ -399,6 +414,7 @@ def cmd_evaluate(args) -> int:
     from gag_jax.experiments.modelzoo import (
         CASE_MODELS,
         TINY,
+        check_input_size,
         check_model_name,
         load_model,
         model_normalization,
@@ -462,6 +478,10 @@ def cmd_evaluate(args) -> int:
         _say(f"  train accuracy {info['train_accuracy']:.3f} in {info['seconds']:.1f} s -> {checkpoint}")
         extra["tiny_model_training"] = {k: v for k, v in info.items() if k != "path"}
     model, model_info = load_model(model_name, checkpoint, num_classes=args.num_classes)
+    try:
+        check_input_size(model, image_size, name=model_name, option="--image-size")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if batches.num_classes is not None and model_info["num_classes"] < batches.num_classes:
         raise UsageError(f"the model has {model_info['num_classes']} classes but the {args.case} labels have "
                          f"{batches.num_classes}: give a checkpoint with {batches.num_classes} classes or other "
@@ -616,7 +636,7 @@ def cmd_port(args) -> int:
         _warn(f"port: {err}")
         return EXIT_FAILURE
     except ImportError as err:
-        _warn(f"port: reading torch checkpoints needs PyTorch (pip install 'gag-jax[torch]'): {err}")
+        _warn(f"port: {' '.join(str(err).split())}")
         return EXIT_FAILURE
     porter.save_variables(variables, args.out)
     _say(f"wrote {args.out} ({args.model}, {module.num_classes} classes); load it with "
@@ -784,10 +804,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prefix}: error: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
         if debug:
             raise
-        print(f"{prefix}: error: {err} (--debug for the traceback)", file=sys.stderr, flush=True)
+        text = " ".join(str(err).split())  # one line
+        print(f"{prefix}: error: {text} (--debug for the traceback)", file=sys.stderr, flush=True)
         return EXIT_FAILURE
 
 

@@ -119,11 +119,12 @@ def test_demo_explains_real_photos_for_every_method(tmp_path, capsys):
     assert all(f"| {specs.LABELS[m]} |" in md for m in gj.METHODS)
     assert "chelsea" in md and "coffee" in md
     assert len(os.listdir(tmp_path / "overlays")) == 4 * len(gj.METHODS)
-    partitions = [f for f in os.listdir(tmp_path) if f.startswith("rcap_partitions_") and f.endswith("_gag.png")]
-    assert len(partitions) == 1
-    for name in ("method_grid.png", partitions[0], "figure4_propositions.png", "maps.npz", "demo_table.md"):
+    partitions = sorted(f for f in os.listdir(tmp_path) if f.startswith("rcap_partitions_") and f.endswith("_gag.png"))
+    assert partitions == [f"rcap_partitions_{photo}_gag.png" for photo in ("chelsea", "coffee", "motorcycle", "rocket")]
+    for name in ("method_grid.png", "figure4_propositions.png", "maps.npz", "demo_table.md"):
         assert (tmp_path / name).is_file()
         assert str(tmp_path / name) in out  # the demo prints where it wrote everything
+    assert str(tmp_path / "rcap_partitions_<image>_gag.png") in out
     maps = np.load(tmp_path / "maps.npz")
     assert maps["gag"].shape == (4, 64, 64)
 
@@ -149,6 +150,49 @@ def test_explain_skips_an_undecodable_image_and_names_it(tmp_path, capsys):
     rows = read_table_csv(str(tmp_path / "out" / "explain.csv"))
     assert [r["image"] for r in rows] == ["a.png", "b.jpg"]
     assert "skipped 1 unreadable file" in out
+
+
+def test_explain_refuses_a_size_below_what_the_model_takes_and_names_the_smallest(tmp_path, capsys):
+    import re
+
+    import jax.numpy as jnp
+
+    from gag_jax.experiments.modelzoo import load_model
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(photo)
+    rc, _, err = _main(["explain", photo, "--size", "8", "--out", tmp_path / "out", "--compile-cache", "none"], capsys)
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    smallest = int(re.search(r"smallest input side it takes is (\d+) px", err).group(1))
+    assert not (tmp_path / "out").exists()
+    # the size named works (finite logits) and one pixel less does not (an error or NaN logits)
+    model, _ = load_model("efficientnet_lite0")
+    assert np.isfinite(np.asarray(model.logits(jnp.zeros((1, smallest, smallest, 3))))).all()
+    try:
+        below = np.asarray(model.logits(jnp.zeros((1, smallest - 1, smallest - 1, 3))))
+    except ValueError:
+        below = np.array([np.nan])
+    assert not np.isfinite(below).all() or min(model.features(jnp.zeros((1, smallest - 1, smallest - 1, 3))).shape[1:3]) < 1
+
+
+def test_explain_writes_nothing_when_no_input_can_be_read(tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    rc, _, err = _main(["explain", tmp_path / "broken.jpg", "--size", "32", "--out", tmp_path / "out",
+                        "--compile-cache", "none"], capsys)
+    assert rc == 1 and "broken.jpg" in err and "no readable image" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_torch_checkpoint_without_torch_is_one_line_with_the_source_checkout_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"\x80\x02 not a checkpoint")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    rc, _, err = _main(["explain", photo, "--model", "resnet50", "--checkpoint", bad, "--size", "32",
+                        "--out", tmp_path / "out", "--compile-cache", "none"], capsys)
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert 'pip install -e ".[torch]"' in err
 
 
 def test_evaluate_places365_folder_with_an_undecodable_image(tmp_path, capsys):

@@ -255,9 +255,11 @@ def test_imagenet_s_mask_without_the_class_is_skipped_and_named(imagenet_s_tree)
     bad = root / "validation-segmentation" / "n01443537" / "ILSVRC2012_val_00000001.png"
     ids = np.full((16, 16), 9, np.uint8)  # only another object, never class id 1
     Image.fromarray(np.stack([ids, 0 * ids, 0 * ids], -1)).save(bad)
-    with pytest.warns(UserWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         batches = gd.load_case("imagenet_s", root, image_size=16, batch_size=8, backend="files")
         batch = next(iter(batches))
+    assert any(issubclass(w.category, UserWarning) for w in caught)
     assert batch["valid"].sum() == 3
     assert any(s.path == str(bad) and "class id 1" in s.reason for s in batches.skipped)
 
@@ -345,7 +347,7 @@ def test_places365_default_size_is_the_papers(places_tree):
     root, _ = places_tree
     with pytest.warns(UserWarning):
         batches = gd.load_case("places365", root, batch_size=8, backend="files", max_examples=2)
-        batch = next(iter(batches))
+    batch = next(iter(batches))
     assert batches.image_size == (224, 224) and batch["images"].shape == (8, 224, 224, 3)
     assert batch["valid"].tolist() == [True, True] + [False] * 6
 
@@ -433,7 +435,8 @@ def folder_tree(tmp_path):
 def test_folder_with_labels_file_and_masks_center_crops(folder_tree, tmp_path, backend):
     root, expected = folder_tree
     with pytest.warns(UserWarning, match="gone.png"):
-        batches = gd.load_case("folder", root, image_size=16, batch_size=2, backend=backend, cache_dir=tmp_path / "t")
+        batches = gd.load_case("folder", root, image_size=16, batch_size=2, backend=backend, cache_dir=tmp_path / "t",
+                               resize_mode="center_crop")
     assert batches.has_masks and batches.has_labels and batches.resize_mode == "center_crop"
     assert batches.image_size == (16, 16) and batches.num_classes == 968
     assert batches.class_names[281] == "tabby" and batches.class_names[967] == "espresso"
@@ -446,7 +449,17 @@ def test_folder_with_labels_file_and_masks_center_crops(folder_tree, tmp_path, b
         assert rows["labels"][i] == label
     np.testing.assert_allclose(rows["images"], (rows["pixels"] / 255.0 - MEAN) / STD, rtol=1e-6, atol=1e-6)
     with pytest.warns(UserWarning, match="gone.png"):
-        assert gd.load_case("folder", root, image_size=16, backend="files", max_examples=2).num_examples == 2
+        first_two = gd.load_case("folder", root, image_size=16, backend="files", max_examples=2)
+    assert first_two.num_examples == 2 and first_two.resize_mode == "imagenet_eval"  # a folder's default
+
+
+def test_imagenet_eval_resize_is_shorter_side_to_size_over_0875_then_the_centre(tmp_path):
+    # 35 x 70 photo to 16: scale 16 / 35 / 0.875, so 35 -> 18.3 -> 18 px and 70 -> 36.6 -> 37 px; centre 16 x 16
+    photo = np.random.default_rng(8).integers(0, 256, (35, 70, 3), dtype=np.uint8)
+    _save(photo, str(tmp_path / "p.png"))
+    (out,), _, _ = gd.load_image_files(tmp_path / "p.png", 16, resize_mode="imagenet_eval")
+    expected = np.asarray(Image.fromarray(photo).resize((37, 18), Image.BILINEAR))[1:17, 10:26]
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_folder_class_subfolders_and_unlabelled_images(tmp_path):

@@ -263,3 +263,43 @@ def test_tiny_checkpoint_round_trip(tmp_path):
         f.write(b"not msgpack")
     with pytest.raises(ValueError, match="tiny-model checkpoint"):
         tiny.load_tiny(str(tmp_path / "bad.msgpack"))
+
+
+def test_grid_scores_have_three_significant_digits():
+    assert [figures._significant(v) for v in (0.000123456, 0.0815, 0.17449, 1.0)] == ["0.000123", "0.0815", "0.174", "1"]
+
+
+def test_area_layers_are_the_fraction_of_pixels_under_the_curve():
+    values = np.array([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])  # sorted, 3 columns of 2 pixels
+    truth = np.array([True, False, True, True, False, False])
+    focus, gt = figures._area_layers(values, truth, columns=3, rows=4)  # levels 0.875, 0.625, 0.375, 0.125
+    np.testing.assert_allclose(focus, [[0.5, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0.5]])
+    np.testing.assert_allclose(gt, [[0.5, 0, 0], [0.5, 0, 0], [0.5, 1, 0], [0.5, 1, 0]])
+
+
+def test_demo_table_goes_into_the_readme_between_the_markers(tmp_path):
+    from gag_jax.experiments.demo import README_MARKERS, demo_markdown, update_readme
+
+    scores = {m: {"rcap": np.array([0.1, 0.3]), "dauc": np.array([0.2, 0.2]), "iauc": np.array([0.5, 0.7])}
+              for m in ("vg", "gag", "gradcam")}
+    scores["vg"]["rcap"] = np.array([0.0, 0.1])
+    text = demo_markdown("efficientnet_lite0", 160, 20, [("cat", 285, "Egyptian cat", 0.9), ("cup", 967, "espresso", 0.8)],
+                         scores, {"vg": 1.0, "gag": 2.5, "gradcam": 0.5})
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "RCAP" not in line]
+    methods = [r.split("|")[1].strip() for r in rows if r.split("|")[1].strip() in ("Grad-CAM", "GAG", "VG")]
+    assert methods == ["Grad-CAM", "GAG", "VG"]  # the paper's Table 2 order
+    assert "| GAG | **0.200000** |" in text and "| VG | 0.050000 |" in text  # means; bold among gradient methods
+    vg_row = next(r for r in rows if r.startswith("| VG |"))
+    assert vg_row.endswith("| 1.0 |") and "| 2.5 |" in text  # seconds column
+    assert "| cat | Egyptian cat | 0.900 |" in text
+    table = tmp_path / "demo_table.md"
+    table.write_text(text)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_MARKERS[0]}\nold table\n{README_MARKERS[1]}\noutro\n")
+    update_readme(str(readme), str(table))
+    new = readme.read_text()
+    assert new.startswith("intro\n") and new.endswith(f"{README_MARKERS[1]}\noutro\n") and "old table" not in new
+    assert text.strip() in new
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="demo-table"):
+        update_readme(str(readme), str(table))

@@ -364,7 +364,8 @@ def load_case(
     check_choice("on_error", on_error, ON_ERROR)
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1 (or None for all), got {max_examples}")
-    common = dict(batch_size=batch_size, image_size=hw, case=case, split=split, mean=mean, std=std, prefetch=prefetch)
+    common = {"batch_size": batch_size, "image_size": hw, "case": case, "split": split, "mean": mean, "std": std,
+              "prefetch": prefetch}
 
     if case == "synthetic":
         if hw[0] != hw[1]:

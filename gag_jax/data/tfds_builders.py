@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -65,8 +66,8 @@ class _CaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Builds one case from a :class:`~gag_jax.data.layouts.Listing` (no download: data is local)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = []
+    RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "First release."}
+    BUILDER_CONFIGS: ClassVar[list] = []
 
     def __init__(self, *, listing: Listing, **kwargs):
         self._listing = listing

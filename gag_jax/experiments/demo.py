@@ -54,7 +54,8 @@ def demo_image_paths() -> list[str]:
 
 
 def read_images(paths: Sequence[str], size: int, *, report: Callable[[str], None] = print,
-                resize_mode: str = "center_crop") -> tuple[np.ndarray, np.ndarray, list[str]]:
+                resize_mode: str = "center_crop", mean=gj.data.IMAGENET_MEAN, std=gj.data.IMAGENET_STD
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read image files / folders with ``gag_jax.data.load_image_files``; report each bad file in one line.
 
     Returns:
@@ -69,7 +70,8 @@ def read_images(paths: Sequence[str], size: int, *, report: Callable[[str], None
     skipped: list = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reported below, one line per file
-        pixels, images, names = load_image_files(list(paths), size, resize_mode=resize_mode, skipped=skipped)
+        pixels, images, names = load_image_files(list(paths), size, resize_mode=resize_mode, skipped=skipped,
+                                                 mean=mean, std=std)
     for s in skipped:
         report(f"skipping {s.path}: {s.reason}")
     return pixels, images, names
@@ -94,7 +96,8 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
 
 
 def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, maps: np.ndarray, *,
-                 batch_size: int, metric_batch_size: int | None) -> dict[str, np.ndarray]:
+                 batch_size: int, metric_batch_size: int | None, mean=gj.data.IMAGENET_MEAN,
+                 std=gj.data.IMAGENET_STD) -> dict[str, np.ndarray]:
     """Per-image RCAP (with ``ratios`` / ``probs``), DAUC and IAUC (``gj.metrics.score``), in
     fixed-size batches (the last one padded)."""
     parts: dict[str, list] = {}
@@ -103,7 +106,7 @@ def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarra
     for a, b in _batches(n, bs):
         (x, y, s), _ = pad_rows((images[a:b], labels[a:b].astype(np.int32), maps[a:b]), bs)
         values = gj.metrics.score(model.logits, x, y, s, metrics=("rcap", "dauc", "iauc"),
-                                  batch_size=metric_batch_size)
+                                  batch_size=metric_batch_size, mean=mean, std=std)
         for k, v in values.items():
             parts.setdefault(k, []).append(v[: b - a])
     out = {k: np.concatenate(v) for k, v in parts.items()}
@@ -128,6 +131,73 @@ class DemoResult:
     table: dict
     predictions: list
     seconds: dict
+
+
+README_MARKERS = ("<!-- demo-table:start -->", "<!-- demo-table:end -->")
+"""The comments in ``README.md`` between which :func:`update_readme` writes the demo's table."""
+
+
+def demo_markdown(model_name: str, size: int, n: int, predictions: Sequence[tuple], scores: dict,
+                  timing: dict) -> str:
+    """The demo's ``demo_table.md``: one row per method (the paper's Table 2 order and bold,
+    ``tables.render_markdown``) with mean RCAP, DAUC, IAUC and the seconds it took, then the
+    photos with the model's top-1 class.
+
+    Args:
+      model_name: the classifier's name.
+      size, n: input side and modifications per method.
+      predictions: ``(image, class index, class name, probability)`` per photo.
+      scores: method -> ``{"rcap": (N,), "dauc": (N,), "iauc": (N,)}`` per-image values.
+      timing: method -> seconds.
+    """
+    from gag_jax.experiments import specs as specs_lib
+    from gag_jax.experiments import tables
+
+    metrics = ("rcap", "dauc", "iauc")
+    results = {}
+    for m, values in scores.items():
+        stats = {k: gj.metrics.RunningStat() for k in metrics}
+        for k in metrics:
+            stats[k].update(values[k])
+        results[m] = {"n": stats["rcap"].n, **{k: stats[k].mean for k in metrics},
+                      **{f"{k}_sem": stats[k].sem for k in metrics}}
+    rows = specs_lib.rows_for_table(2, [specs_lib.base_spec(m) for m in scores])
+    lines = ["The photos and the class explained (the model's top-1):", "",
+             "| Image | top-1 class | probability |", "|---|---|---:|"]
+    lines += [f"| {nm} | {cname} | {p:.3f} |" for nm, _, cname, p in predictions]
+    method_table = tables.render_markdown(
+        2, rows, {"demo": results}, {"demo": metrics},
+        caption=f"gag-jax demo: {model_name} on {len(predictions)} photos ({size}x{size}, n = {n}).",
+        note=("Mean over the photos; each map explains the model's top-1 class. Higher RCAP / IAUC and lower "
+              "DAUC are better; bold: the best gradient method (Grad-CAM, above the line, is not ranked)."),
+        extra_columns={"seconds": {m: f"{t:.1f}" for m, t in timing.items()}})
+    return method_table + "\n" + "\n".join(lines) + "\n"
+
+
+def update_readme(readme: str, table_md: str) -> str:
+    """Replace the text between :data:`README_MARKERS` in ``readme`` with the demo table ``table_md``.
+
+    Args:
+      readme: path of ``README.md``.
+      table_md: path of a ``demo_table.md`` written by :func:`run_demo`.
+
+    Returns:
+      ``readme``.
+
+    Raises:
+      ValueError: the markers are missing or out of order.
+    """
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    start, end = (text.find(m) for m in README_MARKERS)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} lacks the markers {README_MARKERS[0]} ... {README_MARKERS[1]}")
+    with open(table_md, encoding="utf-8") as f:
+        table = f.read().strip()
+    text = text[: start + len(README_MARKERS[0])] + "\n" + table + "\n" + text[end:]
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(text)
+    return readme
 
 
 DEMO_SIZE = 160
@@ -164,19 +234,26 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     Raises:
       ValueError: unknown method; RuntimeError: no readable image.
     """
-    from gag_jax.experiments.modelzoo import imagenet_class_names, load_model
+    from gag_jax.experiments.modelzoo import (
+        check_input_size,
+        imagenet_class_names,
+        load_model,
+        model_normalization,
+    )
 
     t0 = time.perf_counter()
     methods = list(gj.METHODS) if not methods else list(methods)
     for m in methods:
         if m not in gj.METHODS:
             raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
-    os.makedirs(out_dir, exist_ok=True)
     model, info = load_model(model_name, checkpoint)
+    check_input_size(model, size, name=model_name, option="--size")
+    mean, std = model_normalization(model_name)
     paths = list(images) if images else demo_image_paths()
-    pixels, x, names = read_images(paths, size, report=warn or report)
+    pixels, x, names = read_images(paths, size, report=warn or report, mean=mean, std=std)
     if not names:
         raise RuntimeError("no readable image among the inputs")
+    os.makedirs(out_dir, exist_ok=True)
     demo_names = {file: label for label, file in DEMO_IMAGES} if not images else {}
     names = [demo_names.get(nm, os.path.splitext(nm)[0]) for nm in names]
     t_load = time.perf_counter()
@@ -204,7 +281,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
         maps[m] = explain_arrays(model, x, labels, m, key=jax.random.fold_in(key, gj.METHODS.index(m)),
                                  batch_size=batch_size, options=opts)
         scores[m] = score_arrays(model, x, labels, maps[m], batch_size=batch_size,
-                                 metric_batch_size=metric_batch_size)
+                                 metric_batch_size=metric_batch_size, mean=mean, std=std)
         timing[m] = time.perf_counter() - start
         if bar is not None:
             bar.update(len(names))
@@ -213,7 +290,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     t_methods = time.perf_counter()
 
     files = {}
-    table = {m: {k: float(np.mean(scores[m][k])) for k in ("rcap", "dauc", "iauc")} for m in methods}
+    metrics = ("rcap", "dauc", "iauc")
+    table = {m: {k: float(np.mean(scores[m][k])) for k in metrics} for m in methods}
     files["table_csv"] = os.path.join(out_dir, "demo_table.csv")
     with open(files["table_csv"], "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -229,38 +307,28 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
             for m in methods:
                 w.writerow([nm, c, cname, f"{p:.6f}", m, repr(float(scores[m]["rcap"][i])),
                             repr(float(scores[m]["dauc"][i])), repr(float(scores[m]["iauc"][i]))])
-    best = {k: (max if k != "dauc" else min)(table[m][k] for m in methods) for k in ("rcap", "dauc", "iauc")}
-    lines = [f"# gag-jax demo: {info['name']} on {len(names)} photos ({size}x{size}, n = {n})", "",
-             ("Mean over the images; label = the model's top-1 class. Higher RCAP / IAUC and lower DAUC are "
-              "better (best in bold)."), "",
-             "| Image | top-1 class | probability |", "|---|---|---:|"]
-    lines += [f"| {nm} | {cname} | {p:.3f} |" for nm, _, cname, p in predictions]
-    lines += ["", "| Method | RCAP\u2191 | DAUC\u2193 | IAUC\u2191 | seconds |", "|---|---:|---:|---:|---:|"]
-    for m in methods:
-        cells = []
-        for k in ("rcap", "dauc", "iauc"):
-            text = f"{table[m][k]:.4f}"
-            cells.append(f"**{text}**" if table[m][k] == best[k] and len(methods) > 1 else text)
-        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {timing[m]:.1f} |")
     files["table_md"] = os.path.join(out_dir, "demo_table.md")
     with open(files["table_md"], "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(demo_markdown(info["name"], size, n, predictions, scores, timing))
 
     files["grid"] = figures.method_grid(
         os.path.join(out_dir, "method_grid.png"), pixels, {m: maps[m] for m in methods},
         row_titles=[f"{nm}: {cname}" for nm, _, cname, _ in predictions],
         column_titles={m: LABELS[m] for m in methods}, scores={m: scores[m]["rcap"] for m in methods})
     overlay_dir = os.path.join(out_dir, "overlays")
-    for i, nm in enumerate(names):
+    for i, (nm, _, cname, p) in enumerate(predictions):
         for m in methods:
-            figures.save_overlay(os.path.join(overlay_dir, f"{nm}_{m}.png"), pixels[i], maps[m][i])
+            figures.save_overlay(os.path.join(overlay_dir, f"{nm}_{m}.png"), pixels[i], maps[m][i],
+                                 title=f"{LABELS[m]}: {nm}, {cname} (p = {p:.2f})")
     files["overlays"] = overlay_dir
     focus = "gag" if "gag" in methods else methods[0]
-    shown = int(np.argmax(scores[focus]["rcap"]))  # the image GAG explains best
-    files["rcap_partitions"] = figures.rcap_partitions(
-        os.path.join(out_dir, f"rcap_partitions_{names[shown]}_{focus}.png"), pixels[shown], maps[focus][shown],
-        ratios=scores[focus]["ratios"][shown], probs=scores[focus]["probs"][shown],
-        title=f"{names[shown]} ({predictions[shown][2]}), {LABELS[focus]}: RCAP partitions (Figure 3 style)")
+    partitions = []
+    for i, (nm, _, cname, _) in enumerate(predictions):
+        partitions.append(figures.rcap_partitions(
+            os.path.join(out_dir, f"rcap_partitions_{nm}_{focus}.png"), pixels[i], maps[focus][i],
+            ratios=scores[focus]["ratios"][i], probs=scores[focus]["probs"][i],
+            title=f"{nm} ({cname}), {LABELS[focus]}: RCAP partitions (Figure 3 style)"))
+    files["rcap_partitions"] = os.path.join(out_dir, f"rcap_partitions_<image>_{focus}.png")
     files["propositions"] = figures.synthetic_propositions(os.path.join(out_dir, "figure4_propositions.png"))["path"]
     files["maps"] = os.path.join(out_dir, "maps.npz")
     np.savez_compressed(files["maps"], names=np.asarray(names), labels=labels,
@@ -278,8 +346,9 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
     """Explain image files (or folders of images): an overlay PNG and a ``.npy`` map per (image, method).
 
     Files written: ``<stem>_<method>.npy`` (float32 ``(size, size)`` in [0, 1]),
-    ``<stem>_<method>.png`` (image | overlay | heat map) and ``explain.csv`` (image, label, class
-    name, probability of the label).
+    ``<stem>_<method>.png`` (image | map over the image | map, colour bar, titled with the method,
+    class and probability) and ``explain.csv`` (image, label, class name, probability of the
+    label). Nothing is written, not even ``out_dir``, when no image could be read.
 
     Args:
       paths: image files and / or folders.
@@ -300,23 +369,30 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
 
     Raises:
       ValueError: unknown method, or a label count that does not match the images read.
+      InputTooSmallError: ``size`` below the smallest input side the model takes (named).
       FileNotFoundError: a path that does not exist.
     """
-    from gag_jax.experiments.modelzoo import imagenet_class_names, load_model
+    from gag_jax.experiments.modelzoo import (
+        check_input_size,
+        imagenet_class_names,
+        load_model,
+        model_normalization,
+    )
 
     for m in methods:
         if m not in gj.METHODS:
             raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
     model, info = load_model(model_name, checkpoint)
+    check_input_size(model, size, name=model_name, option="--size")
+    mean, std = model_normalization(model_name)
     bad: list[str] = []
 
     def note(line: str) -> None:
         bad.append(line)
         report(line)
 
-    pixels, x, names = read_images(paths, size, report=note, resize_mode=resize_mode)
-    os.makedirs(out_dir, exist_ok=True)
-    if not names:
+    pixels, x, names = read_images(paths, size, report=note, resize_mode=resize_mode, mean=mean, std=std)
+    if not names:  # nothing to write: no output folder either
         return {"written": [], "skipped": bad, "images": []}
     probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
     if labels is None:
@@ -337,6 +413,7 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         if s in seen:
             stems[i] = f"{s}_{os.path.splitext(names[i])[1].lstrip('.')}"
         seen[s] = i
+    os.makedirs(out_dir, exist_ok=True)
     written = []
     key = jax.random.PRNGKey(seed)
     for m in methods:
@@ -346,7 +423,8 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         for i, stem in enumerate(stems):
             npy = os.path.join(out_dir, f"{stem}_{m}.npy")
             np.save(npy, maps[i].astype(np.float32))
-            png = figures.save_overlay(os.path.join(out_dir, f"{stem}_{m}.png"), pixels[i], maps[i])
+            title = f"{LABELS[m]}: {names[i]}, {classes[int(y[i])]} (p = {probs[i, y[i]]:.2f})"
+            png = figures.save_overlay(os.path.join(out_dir, f"{stem}_{m}.png"), pixels[i], maps[i], title=title)
             written += [npy, png]
     table = os.path.join(out_dir, "explain.csv")
     with open(table, "w", newline="", encoding="utf-8") as f:

@@ -21,49 +21,93 @@ def _plt():
     return plt
 
 
-def _cmap(values: np.ndarray, name: str = "jet") -> np.ndarray:
+SALIENCY_CMAP = "inferno"
+"""The colour map of every saliency figure: perceptually uniform, dark (low) to bright (high)."""
+
+
+def _cmap(values: np.ndarray, name: str = SALIENCY_CMAP) -> np.ndarray:
     """``(H, W)`` in [0, 1] -> ``(H, W, 3)`` float RGB in [0, 1]."""
     from matplotlib import colormaps
 
     return colormaps[name](np.clip(values, 0.0, 1.0))[..., :3]
 
 
-def overlay(pixels: np.ndarray, saliency: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """Blend a saliency heat map over an image.
+def overlay(pixels: np.ndarray, saliency: np.ndarray, alpha: float = 0.85, cmap: str = SALIENCY_CMAP) -> np.ndarray:
+    """The saliency map in colour over a grey copy of the photo (the photo's colours would be
+    confused with the map's).
+
+    The map's opacity grows with its value, from ``0.3 * alpha`` at 0 to ``alpha`` at 1, so the
+    photo stays readable where the map is low and the colours match the colour bar where it is high.
 
     Args:
       pixels: uint8 ``(H, W, 3)`` image.
       saliency: ``(H, W)`` map in [0, 1].
-      alpha: heat-map opacity, scaled by the saliency so low values keep the photo visible.
+      alpha: the map's opacity at value 1.
       cmap: matplotlib colormap name.
 
     Returns:
       uint8 ``(H, W, 3)``.
     """
     img = np.asarray(pixels, np.float32) / 255.0
+    grey = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None] * np.ones(3, np.float32)
     s = np.clip(np.asarray(saliency, np.float32), 0.0, 1.0)
     heat = _cmap(s, cmap)
-    a = alpha * (0.35 + 0.65 * s)[..., None]
-    return np.clip(np.round(255.0 * ((1 - a) * img + a * heat)), 0, 255).astype(np.uint8)
+    a = alpha * (0.3 + 0.7 * s)[..., None]
+    return np.clip(np.round(255.0 * ((1 - a) * grey + a * heat)), 0, 255).astype(np.uint8)
 
 
-def save_overlay(path: str, pixels: np.ndarray, saliency: np.ndarray, *, side_by_side: bool = True) -> str:
-    """Write an overlay PNG (image | heat map over image when ``side_by_side``) with Pillow."""
-    from PIL import Image
+def _colorbar(fig, axes, cmap: str = SALIENCY_CMAP, label: str = "saliency (normalised)"):
+    """One colour bar for ``axes`` mapping the colours to saliency values in [0, 1]."""
+    from matplotlib import cm, colors
 
-    over = overlay(pixels, saliency)
-    if side_by_side:
-        heat = (255 * _cmap(np.clip(saliency, 0, 1))).astype(np.uint8)
-        over = np.concatenate([np.asarray(pixels, np.uint8), over, heat], axis=1)
+    mappable = cm.ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap=cmap)
+    bar = fig.colorbar(mappable, ax=axes, fraction=0.035, pad=0.02)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return bar
+
+
+def save_overlay(path: str, pixels: np.ndarray, saliency: np.ndarray, *, title: str = "") -> str:
+    """Write one explanation as a PNG: the photo, the map over the photo and the map alone, with
+    a colour bar (as the paper's Figure 1) and ``title`` (e.g. method, class and probability).
+
+    Args:
+      path: output PNG.
+      pixels: uint8 ``(H, W, 3)``.
+      saliency: ``(H, W)`` in [0, 1].
+      title: figure title.
+    """
+    plt = _plt()
+    saliency = np.clip(np.asarray(saliency, np.float32), 0.0, 1.0)
+    fig, axes = plt.subplots(1, 3, figsize=(7.6, 2.75), layout="constrained")
+    axes[0].imshow(pixels)
+    axes[0].set_title("input", fontsize=8)
+    axes[1].imshow(overlay(pixels, saliency))
+    axes[1].set_title("map over the input", fontsize=8)
+    axes[2].imshow(saliency, cmap=SALIENCY_CMAP, vmin=0.0, vmax=1.0)
+    axes[2].set_title("map", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _colorbar(fig, list(axes))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(over).save(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits (``0.000123``, ``0.0815``, ``0.174``)."""
+    return f"{float(value):.{digits}g}"
 
 
 def method_grid(path: str, pixels: np.ndarray, maps: Mapping[str, np.ndarray], *,
                 row_titles: Sequence[str] | None = None, column_titles: Mapping[str, str] | None = None,
                 scores: Mapping[str, np.ndarray] | None = None, cell_inches: float = 1.6) -> str:
-    """Figure 1 style grid: one row per image, the input then one saliency overlay per method.
+    """Figure 1 style grid: one row per image, the input then each method's map over the input
+    (grey), one colour bar for all.
 
     Args:
       path: output PNG.
@@ -71,23 +115,24 @@ def method_grid(path: str, pixels: np.ndarray, maps: Mapping[str, np.ndarray], *
       maps: method -> ``(N, H, W)`` maps in [0, 1], in column order.
       row_titles: one title per image (e.g. the predicted class).
       column_titles: method -> column title (default: the key).
-      scores: optional method -> ``(N,)`` values printed under each cell (e.g. RCAP).
+      scores: optional method -> ``(N,)`` RCAP values printed under each cell (3 significant digits).
       cell_inches: size of one cell.
     """
     plt = _plt()
     methods = list(maps)
     n = pixels.shape[0]
     cols = len(methods) + 1
-    fig, axes = plt.subplots(n, cols, figsize=(cell_inches * cols, cell_inches * n + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(cell_inches * cols + 0.8, cell_inches * n + 0.4), squeeze=False,
+                             layout="constrained")
     for i in range(n):
         axes[i, 0].imshow(pixels[i])
         if row_titles is not None:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
         for j, m in enumerate(methods, start=1):
             ax = axes[i, j]
-            ax.imshow(overlay(pixels[i], maps[m][i], alpha=0.6))
+            ax.imshow(overlay(pixels[i], maps[m][i]))
             if scores is not None and m in scores:
-                ax.set_xlabel(f"RCAP {float(scores[m][i]):.3f}", fontsize=6, labelpad=1)
+                ax.set_xlabel(f"RCAP {_significant(scores[m][i])}", fontsize=6, labelpad=1)
         if i == 0:
             axes[0, 0].set_title("input", fontsize=8)
             for j, m in enumerate(methods, start=1):
@@ -95,7 +140,7 @@ def method_grid(path: str, pixels: np.ndarray, maps: Mapping[str, np.ndarray], *
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout(pad=0.3)
+    _colorbar(fig, axes[:, 1:].ravel().tolist())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -127,7 +172,7 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
     extra = 2 if ratios is not None and probs is not None else 1
     fig, axes = plt.subplots(1, j + extra, figsize=(1.9 * (j + extra), 2.3), squeeze=False)
     axes = axes[0]
-    axes[0].imshow(overlay(pixels, saliency, alpha=0.6))
+    axes[0].imshow(overlay(pixels, saliency))
     axes[0].set_title("saliency", fontsize=8)
     for k, p in enumerate(levels):
         q = np.percentile(saliency, p)
@@ -150,7 +195,7 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
         ax.set_ylim(0, 1.05)
         ax.set_xticks(ks)
         ax.set_xlabel("k", fontsize=7)
-        ax.set_title(f"RCAP = {float(np.mean(r * pr)):.3f}", fontsize=8)
+        ax.set_title(f"RCAP = {_significant(np.mean(r * pr))}", fontsize=8)
         ax.legend(fontsize=6)
         ax.tick_params(labelsize=6)
     if title:
@@ -270,51 +315,80 @@ def coverage_rcap(saliency: np.ndarray, mask: np.ndarray, lower_bound: float = 0
     return float(np.mean(r * pr)), r, pr
 
 
+def _area_layers(values: np.ndarray, in_truth: np.ndarray, *, columns: int = 500, rows: int = 300
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-aliased coverage of the areas under a sorted curve, for ``imshow``.
+
+    ``values`` (decreasing) are split into ``columns`` equal runs of pixels; cell (row r, column c)
+    holds the fraction of column c's pixels whose value exceeds row r's level (the focus area
+    under the curve) and the fraction that also lie in the ground truth (the ground-truth area).
+
+    Returns:
+      ``(focus, truth)``: ``(rows, columns)`` fractions in [0, 1], row 0 at the top (level 1).
+    """
+    n = values.shape[0]
+    columns = min(columns, n)
+    cut = n - n % columns
+    v = values[:cut].reshape(columns, -1)
+    t = in_truth[:cut].reshape(columns, -1)
+    levels = (np.arange(rows)[::-1] + 0.5) / rows
+    under = v[None, :, :] > levels[:, None, None]
+    return under.mean(-1), (under & t[None]).mean(-1)
+
+
 def synthetic_propositions(path: str, size: int = 100) -> dict:
     """Figure 4: ground truth, maps M1..M4 and their sorted saliency per partition (interval 20%).
 
     Panels (f)/(g) plot each map's saliency values sorted in decreasing order against the
-    partition number (5 partitions), with the focus area shaded and the ground-truth pixels
-    marked. The titles give the RCAP obtained with ``prob_k`` = ground-truth coverage
-    (:func:`coverage_rcap`): Proposition 1 (M1 > M3, same noise, better localisation) and
-    Proposition 2 (M1 > M2, same localisation, less noise) can be read off.
+    partition number (5 partitions); the grey area under each curve is the focus area, the gold
+    area the part of it on ground-truth pixels (both drawn as anti-aliased rasters of the
+    ``size**2`` sorted pixels, not as that many polygons). The titles give the RCAP obtained with
+    ``prob_k`` = ground-truth coverage (:func:`coverage_rcap`): Proposition 1 (M1 > M3, same
+    noise, better localisation) and Proposition 2 (M1 > M2, same localisation, less noise) can be
+    read off.
 
     Returns:
       ``{"path": path, "rcap": {"M1": ..., ...}}``.
     """
     plt = _plt()
+    from matplotlib.patches import Patch
+
     mask, maps = proposition_maps(size)
     scores = {k: coverage_rcap(v, mask)[0] for k, v in maps.items()}
-    fig, axes = plt.subplots(1, 7, figsize=(17, 2.8))
+    fig, axes = plt.subplots(1, 7, figsize=(18, 3.0), layout="constrained")
     axes[0].imshow(mask, cmap="viridis")
     axes[0].set_title("(a) ground truth (20%)", fontsize=8)
     for ax, (name, m), letter in zip(axes[1:5], maps.items(), "bcde"):
-        ax.imshow(m, cmap="jet", vmin=0, vmax=1)
+        ax.imshow(m, cmap=SALIENCY_CMAP, vmin=0, vmax=1)
         ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-        ax.set_title(f"({letter}) {name}  RCAP {scores[name]:.3f}", fontsize=8)
+        ax.set_title(f"({letter}) {name}  RCAP {_significant(scores[name])}", fontsize=8)
     for ax in axes[:5]:
         ax.set_xticks([])
         ax.set_yticks([])
+    _colorbar(fig, list(axes[1:5]), label="saliency")
     colours = {"M1": "tab:orange", "M2": "tab:blue", "M3": "tab:green", "M4": "tab:pink"}
+    grey, gold = np.array([0.5, 0.5, 0.5]), np.array([1.0, 0.78, 0.0])
     n = size * size
-    x = np.arange(n) / n * 5.0
     for ax, pair, letter in ((axes[5], ("M1", "M2"), "f"), (axes[6], ("M3", "M4"), "g")):
         for name in pair:
             order = np.argsort(-maps[name].ravel(), kind="stable")
             values = maps[name].ravel()[order]
-            ax.plot(x, values, color=colours[name], label=name)
-            ax.fill_between(x, 0, values, color="grey", alpha=0.15)  # focus area (lower bound 0)
-            gt = mask.ravel()[order]
-            ax.fill_between(x, 0, np.where(gt, values, 0.0), color="gold", alpha=0.35)
+            focus, truth = _area_layers(values, mask.ravel()[order])
+            for colour, cover, opacity in ((grey, focus, 0.25), (gold, truth, 0.45)):
+                rgba = np.concatenate([np.broadcast_to(colour, cover.shape + (3,)), (opacity * cover)[..., None]], -1)
+                ax.imshow(rgba, extent=(0, 5, 0, 1), aspect="auto", interpolation="bilinear")
+            ax.plot(np.linspace(0, 5, n, endpoint=False), values, color=colours[name], label=name)
         for b in range(1, 5):
             ax.axvline(b, color="k", lw=0.4, ls=":")
         ax.set_xlim(0, 5)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("partition (interval 20%)", fontsize=7)
         ax.set_title(f"({letter}) sorted saliency", fontsize=8)
-        ax.legend(fontsize=7)
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Patch(facecolor=grey, alpha=0.4, label="focus area (under the curve)"),
+                    Patch(facecolor=gold, alpha=0.6, label="ground-truth area")]
+        ax.legend(handles=handles, fontsize=6, loc="upper right")
         ax.tick_params(labelsize=7)
-    fig.tight_layout(pad=0.4)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

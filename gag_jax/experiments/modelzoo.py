@@ -92,3 +92,71 @@ def imagenet_class_names() -> list[str]:
     import models
 
     return models.imagenet_classes()
+
+
+class InputTooSmallError(ValueError):
+    """An input side below the smallest one the model takes (the message names that size)."""
+
+
+def _takes_size(model: gj.ModelFunctions, size: int, channels: int) -> bool:
+    """Whether ``model`` takes a ``(1, size, size, channels)`` input: its ``features`` keep a grid of
+    at least 1 x 1 (or, without ``features``, its ``logits`` trace). Traced with
+    ``jax.eval_shape``: no arithmetic is done."""
+    import jax
+
+    x = jax.ShapeDtypeStruct((1, size, size, channels), jax.numpy.float32)
+    try:
+        if model.features is not None:
+            return min(jax.eval_shape(model.features, x).shape[1:3]) >= 1
+        jax.eval_shape(model.logits, x)
+    except (ValueError, TypeError, ZeroDivisionError):
+        return False
+    return True
+
+
+def smallest_input_size(model: gj.ModelFunctions, *, channels: int = 3, start: int = 1, upper: int = 4096) -> int:
+    """The smallest square input side ``S`` the model takes (see :func:`check_input_size`).
+
+    Doubles from ``start`` until a side works, then bisects; every probe is a ``jax.eval_shape``
+    trace of ``(1, S, S, channels)``, so nothing is computed.
+
+    Args:
+      model: the model's functions.
+      channels: input channels.
+      start: a side known or suspected to fail (the search starts there).
+      upper: give up above this side.
+
+    Raises:
+      ValueError: no side up to ``upper`` works.
+    """
+    lo, hi = 0, max(1, int(start))  # lo fails (or is 0)
+    while not _takes_size(model, hi, channels):
+        lo, hi = hi, hi * 2
+        if hi > upper:
+            raise ValueError(f"the model takes no input side up to {upper} px")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _takes_size(model, mid, channels):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def check_input_size(model: gj.ModelFunctions, size: int, *, name: str = "the model", option: str = "size") -> None:
+    """Raise :class:`InputTooSmallError` naming the smallest side that works when ``size`` is too small.
+
+    A side works when the model's ``features`` keep a grid of at least 1 x 1 (below that its
+    convolutions fail or its pooling averages nothing and the logits are NaN) or, for a model
+    without ``features``, when its ``logits`` trace.
+
+    Args:
+      model: the model's functions.
+      size: the requested input side (pixels).
+      name: the model's name (for the message).
+      option: the option that set ``size`` (for the message, e.g. ``"--size"``).
+    """
+    if not _takes_size(model, size, 3):
+        smallest = smallest_input_size(model, start=size)
+        raise InputTooSmallError(f"{option} {size} is too small for {name}: the smallest input side it takes is "
+                                 f"{smallest} px")

@@ -244,3 +244,54 @@ def parse_methods(names: Sequence[str] | str | None, table: int | None = None) -
                 specs.insert(0, base_spec(spec.base))
                 seen.add(spec.base)
     return specs
+
+
+def specs_for(tables: Sequence[int] | int = (2,), methods: Sequence[str] | str | None = None) -> list[MethodSpec]:
+    """The rows an evaluation computes: the named ``methods`` (with each Table 3 variant's original
+    when Table 3 is asked for), or else every row of ``tables``, duplicates removed.
+
+    Args:
+      tables: table numbers (1, 2, 3) or one of them.
+      methods: row names (see :func:`parse_methods`) or None.
+
+    Returns:
+      specs in order: the given names, or the tables' rows table by table.
+
+    Raises:
+      ValueError: an unknown table or method name.
+    """
+    tables = [tables] if isinstance(tables, int) else list(tables)
+    if methods:
+        return parse_methods(methods, 3 if 3 in tables else None)
+    specs: dict[str, MethodSpec] = {}
+    for t in tables:
+        for spec in table_specs(t):
+            specs.setdefault(spec.name, spec)
+    return list(specs.values())
+
+
+def rows_for_table(table: int, specs: Sequence[MethodSpec]) -> list[MethodSpec]:
+    """The specs that make the rows of ``table`` among those computed, in the paper's row order.
+
+    Table 1: the ``gag-<p>`` rows by p (else every plain row); Table 2: the paper's rows in its
+    order, then other plain rows in the order given; Table 3: the originals and their variants.
+
+    Args:
+      table: 1, 2 or 3.
+      specs: the computed specs.
+
+    Returns:
+      the rows (possibly empty).
+    """
+    if table == 3:
+        return [s for s in specs if s.base is not None or s.name in TABLE3_BASES]
+    if table == 1:
+        rows = sorted((s for s in specs if s.method == "gag" and s.name.startswith("gag-")),
+                      key=lambda s: float(s.name.split("-", 1)[1]))
+        return rows or [s for s in specs if s.base is None]
+    if table != 2:
+        raise ValueError(f"unknown table {table!r}; expected 1, 2 or 3")
+    order = [s.name for s in table2_specs()]
+    rows = sorted((s for s in specs if s.name in order), key=lambda s: order.index(s.name))
+    rows += [s for s in specs if s.name not in order and s.base is None and not s.name.startswith("gag-")]
+    return rows or [s for s in specs if s.base is None]

@@ -24,7 +24,8 @@ from gag_jax.experiments.specs import TABLE3_BASES, VARIANTS, MethodSpec
 from gag_jax.metrics import HIGHER_IS_BETTER, METRIC_LABELS, METRIC_NAMES
 
 CASE_ORDER = ("imagenet_s", "isic", "places365", "synthetic")
-CASE_LABELS = {"imagenet_s": "ImageNet-S", "isic": "ISIC", "places365": "Places365", "synthetic": "Synthetic"}
+CASE_LABELS = {"imagenet_s": "ImageNet-S", "isic": "ISIC", "places365": "Places365", "synthetic": "Synthetic",
+               "folder": "Folder", "demo": "Photos"}
 METRIC_ORDER = METRIC_NAMES
 CAPTIONS = {
     1: "Table 1. Ablation of Guided AbsoluteGrad's percentile p (Equation 4).",
@@ -90,16 +91,30 @@ def _best(values: Sequence[float], metric: str) -> float | None:
 
 
 def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str, Mapping]],
-                    metrics_by_case: Mapping[str, Sequence[str]], *, note: str = "") -> str:
-    """The Markdown text of Table ``table`` (see the module docstring)."""
+                    metrics_by_case: Mapping[str, Sequence[str]], *, note: str = "", caption: str | None = None,
+                    extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The Markdown text of Table ``table`` (see the module docstring).
+
+    Args:
+      table: 1, 2 or 3.
+      specs: the rows, in order (:func:`gag_jax.experiments.specs.rows_for_table` gives the paper's).
+      results: ``{case: {method: {metric: mean, ...}}}``.
+      metrics_by_case: the metrics of each case.
+      note: a line under the caption.
+      caption: replaces the paper's caption of the table.
+      extra_columns: Tables 1-2: ``{header: {method name: cell text}}`` appended after the metrics
+        (e.g. seconds per method).
+    """
     columns = _columns(results, metrics_by_case)
+    extra = dict(extra_columns or {}) if table != 3 else {}
     arrows = {m: "\u2191" if HIGHER_IS_BETTER[m] else "\u2193" for m in METRIC_ORDER}
     header = ["Method" if table != 3 else "Variant"] + [
-        f"{CASE_LABELS.get(c, c)} {METRIC_LABELS[m]}{arrows[m]}" for c, m in columns]
-    lines = [CAPTIONS[table], ""]
+        f"{CASE_LABELS.get(c, c)} {METRIC_LABELS[m]}{arrows[m]}" for c, m in columns] + list(extra)
+    lines = [CAPTIONS[table] if caption is None else caption, ""]
     if note:
         lines += [note, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    width = len(columns) + len(extra)
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * width) + "|"]
     if table == 3:
         rows, _ = table3_values(specs, results, columns)
         for label, cells in rows:
@@ -117,7 +132,7 @@ def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[st
     previous_part = None
     for spec in specs:
         if table == 2 and previous_part is not None and spec.part != previous_part:
-            lines.append("| " + " | ".join(["*\u2014*"] + [""] * len(columns)) + " |")
+            lines.append("| " + " | ".join(["*\u2014*"] + [""] * width) + " |")
         previous_part = spec.part
         out = [spec.label]
         for col in columns:
@@ -125,6 +140,7 @@ def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[st
             text = _fmt(v, 6)
             is_best = spec in ranked and best[col] is not None and v == best[col] and len(ranked) > 1
             out.append(f"**{text}**" if is_best else text)
+        out += [cells.get(spec.name, "") for cells in extra.values()]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
