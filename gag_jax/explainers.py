@@ -16,7 +16,8 @@ A method is one of two kinds of function:
   ``fn(model, images (B, H, W, C), labels (B,), key, *, option=default, ...) -> (B, H, W, C')``,
   ``model`` a ``ModelFunctions`` (callable as its logits). A key parameter without a default means
   the method needs a key. A function that cannot be traced by ``jax.jit`` (host code) sets
-  ``fn.jittable = False``; ``explain`` then calls it eagerly.
+  ``fn.jittable = False``; ``explain`` then calls it eagerly. ``fn.reduce`` sets the method's default
+  channel reduction (``"sum"`` for signed one-channel maps; otherwise ``"abs_sum"``).
 
 Everything else is derived from these functions: ``DEFAULTS`` (the option names and defaults, from
 ``inspect.signature``, plus ``reduce``), whether a method needs a key (an attribution function's
@@ -41,6 +42,7 @@ from gag_jax import aggregations, gradients, interpretations, modifications, ops
 from gag_jax._lifting import join_function, split_function
 from gag_jax._validation import check_images, check_labels
 from gag_jax.gradcam import gradcam
+from gag_jax.perturbation_methods import occlusion, rise, xrai
 from gag_jax.pipeline import Explainer, chain, reads_key
 from gag_jax.postprocess import to_saliency
 
@@ -201,7 +203,7 @@ def gradcam_attribution(model, images, labels, key=None) -> jax.Array:
 
 _PAPER = {"vg": vg, "sg": sg, "vargrad": vargrad, "ig": ig, "guided_ig": guided_ig, "blur_ig": blur_ig, "gb": gb,
           "gradcam": gradcam_attribution, "ag": ag, "gag": gag}
-_BEYOND_THE_PAPER: dict[str, Callable] = {}
+_BEYOND_THE_PAPER: dict[str, Callable] = {"occlusion": occlusion, "rise": rise, "xrai": xrai}
 
 PRESETS: dict[str, Callable] = {**_PAPER, **_BEYOND_THE_PAPER}
 """Method name -> preset (returns an ``Explainer``) or attribution function; see the module docstring."""
@@ -250,7 +252,8 @@ def method_defaults(method) -> dict[str, Any]:
     missing = [p.name for p in parameters if p.default is inspect.Parameter.empty]
     if missing:
         raise ValueError(f"method {_method_name(method)!r}: every option needs a default; {missing} have none")
-    return {**{p.name: p.default for p in parameters}, **_COMMON_OPTIONS}
+    return {**{p.name: p.default for p in parameters}, **_COMMON_OPTIONS,
+            "reduce": getattr(fn, "reduce", _COMMON_OPTIONS["reduce"])}
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {name: method_defaults(name) for name in PRESETS}

@@ -451,3 +451,9 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
                               dilation=dilation)
         maps.append(xrai_regions(attr, masks, min_pixel_diff=min_pixel_diff, area_threshold=area_threshold)[0])
     return jnp.asarray(np.stack(maps), jnp.float32)[..., None]
+
+
+# how gj.explain treats these attribution functions: signed one-channel maps are min-max scaled as
+# they are (no absolute value); XRAI segments on the host, so it runs outside jax.jit
+occlusion.reduce = rise.reduce = xrai.reduce = "sum"
+xrai.jittable = False

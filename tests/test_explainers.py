@@ -331,7 +331,7 @@ def test_defaults_and_valid_options_come_from_the_preset_signatures():
         params = list(inspect.signature(fn).parameters.values())
         if gj.explainers.is_attribution_function(fn):
             params = params[4:]
-        assert gj.DEFAULTS[name] == {**{p.name: p.default for p in params}, "reduce": "abs_sum"}
+        assert gj.DEFAULTS[name] == {**{p.name: p.default for p in params}, "reduce": getattr(fn, "reduce", "abs_sum")}
     assert gj.METHODS == tuple(gj.DEFAULTS)[:10]
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['percentile'\] for method 'ag'"):
         gj.explain("ag", linear_model(jnp.ones((4, 4, 3))), jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY,

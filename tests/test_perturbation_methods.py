@@ -224,3 +224,32 @@ def test_xrai_end_to_end_on_a_small_image():
     block = np.zeros((32, 32), bool)
     block[8:20, 10:26] = True
     assert got[0, ..., 0][block].mean() > got[0, ..., 0][~block].max()
+
+
+# ---------------------------------------------------------------------------------------------
+# through gj.explain
+
+
+def test_explain_runs_the_perturbation_methods():
+    import gag_jax as gj
+
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(16, 16, 3))
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    labels = jnp.array([0, 1])
+    model = linear_model(w)
+    maps = gj.explain("occlusion", model, x, labels, window=4, stride=2)
+    raw = pm.occlusion(model, x, labels, window=4, stride=2)[..., 0]
+    low, high = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(maps, (raw - low) / (high - low), atol=1e-5)  # signed map, min-max scaled
+    with pytest.raises(ValueError, match="key"):
+        gj.explain("rise", model, x, labels, n=4, cells=4)
+    assert gj.explain("rise", model, x, labels, key=jax.random.PRNGKey(0), n=4, cells=4).shape == (2, 16, 16)
+    with pytest.raises(ValueError, match="unknown option"):
+        gj.explain("occlusion", model, x, labels, n=4)
+    for name in ("occlusion", "rise", "xrai"):
+        assert name in gj.PRESETS and gj.DEFAULTS[name]["reduce"] == "sum"
+    pytest.importorskip("skimage")
+    out = gj.explain("xrai", model, x, labels, base_options={"n": 2}, scales=(50,), segment_size=None,
+                     min_size=10, dilation=1, min_pixel_diff=5)
+    assert out.shape == (2, 16, 16) and float(out.min()) == 0.0 and float(out.max()) == 1.0
