@@ -38,13 +38,13 @@ from gag_jax.explainers import (
 from gag_jax.gradcam import gradcam
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 from gag_jax.pipeline import Explainer, chain
-from gag_jax.postprocess import normalize, reverse, to_saliency
+from gag_jax.postprocess import min_max, reverse, to_saliency
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "PRESETS", "Explainer", "ModelFunctions",
     "aggregations", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
-    "guided_absolute_grad", "interpretations", "metrics", "modifications", "normalize", "ops", "postprocess",
+    "guided_absolute_grad", "interpretations", "metrics", "min_max", "modifications", "ops", "postprocess",
     "reverse", "sanity", "to_saliency",
 ]

@@ -1,13 +1,13 @@
 """The aggregation seam: combine n interpreted gradient signals into one attribution.
 
-Two forms of every aggregation:
+Two forms:
 
 * streaming (``Aggregation`` named tuples, used by the explainers): ``init`` a float32 state,
   ``update`` it with a chunk of ``c`` signals at a time, ``finalize``. Memory does not depend
   on ``n``. Running variance uses Chan et al.'s pairwise merge of (count, mean, M2), which is
   numerically stable.
-* stacked reference functions (``guided``, ``stacked_mean`` ...) taking all ``n`` signals
-  ``(n, B, H, W, C)`` at once: simple to read, used to check the streaming form.
+* the stacked reference ``guided`` (eq. 2-5, ``gj.aggregations.guided``) taking all ``n``
+  gradients ``(n, B, H, W, C)`` at once: simple to read, used to check the streaming form.
 
 ``update(state, interpreted, raw, weights)`` receives the chunk's interpreted signals and the
 raw (signed) signals, both ``(c, B, H, W, C)``, and ``weights (c,)`` in {0, 1} masking padded
@@ -158,18 +158,6 @@ def guide(percentile: float = 0.85, guide_axes: str = "channel") -> Aggregation:
     return Aggregation(init, update, finalize, 2 if percentile > 0 else 1)
 
 
-_BY_NAME = {"total": total, "mean": mean, "variance": variance}
-
-
-def by_name(name: str, **kwargs) -> Aggregation:
-    """Aggregation from its name: ``total``, ``mean``, ``variance`` or ``guide`` (kwargs: percentile, guide_axes)."""
-    if name == "guide":
-        return guide(**kwargs)
-    if name not in _BY_NAME:
-        raise ValueError(f"unknown aggregation {name!r}; expected one of total, mean, variance, guide")
-    return _BY_NAME[name]()
-
-
 # ---------------------------------------------------------------- stacked reference forms
 
 
@@ -211,15 +199,3 @@ def guided(
     magnitude = interpretation(grads).sum(0)
     var = jnp.var(grads, axis=0, ddof=1)
     return magnitude * variance_guide(var, percentile, guide_axes)
-
-
-def stacked_mean(signals: jax.Array) -> jax.Array:
-    """Mean over the first axis of ``(n, B, H, W, C)`` signals."""
-    _check_stacked(signals)
-    return signals.astype(jnp.float32).mean(0)
-
-
-def stacked_variance(signals: jax.Array, ddof: int = 1) -> jax.Array:
-    """Variance over the first axis of ``(n, B, H, W, C)`` signals."""
-    _check_stacked(signals)
-    return jnp.var(signals.astype(jnp.float32), axis=0, ddof=ddof)

@@ -285,13 +285,7 @@ def _model_functions(model, variables) -> explainers_lib.ModelFunctions:
     if variables is None:
         return explainers_lib.as_model_functions(model)
     if _is_linen_module(model):
-        fns = dict(logits=functools.partial(model.apply, variables))
-        if hasattr(model, "features") and hasattr(model, "head"):
-            fns["features"] = functools.partial(model.apply, variables, method="features")
-            fns["head"] = functools.partial(model.apply, variables, method="head")
-        if "guided_backprop" in getattr(model, "__dataclass_fields__", {}):
-            fns["guided_logits"] = functools.partial(model.clone(guided_backprop=True).apply, variables)
-        return explainers_lib.ModelFunctions(**fns)
+        return explainers_lib.ModelFunctions.from_module(model, variables, jit=False)
     if callable(model):
         return explainers_lib.ModelFunctions(functools.partial(model, variables))
     raise ValueError(f"with variables, model must be a flax linen Module or apply(variables, images); got {type(model)}")

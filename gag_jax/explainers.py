@@ -70,6 +70,32 @@ class ModelFunctions(NamedTuple):
     def __call__(self, images):
         return self.logits(images)
 
+    @classmethod
+    def from_module(cls, module, variables, *, jit: bool = True) -> ModelFunctions:
+        """The functions of a Flax linen module with its variables bound.
+
+        ``logits`` is ``module.apply``; ``features``/``head`` if the module defines both methods
+        (Grad-CAM); ``guided_logits`` if it has a ``guided_backprop`` field (a copy of the module with
+        guided activations).
+
+        Args:
+          module: a ``flax.linen.Module`` mapping images ``(B, H, W, C)`` to logits ``(B, K)``.
+          variables: its variables (``{"params", ...}``), arrays or traced values.
+          jit: wrap ``apply`` in ``jax.jit`` (the variables are then jit arguments, not constants).
+
+        Returns:
+          ``ModelFunctions`` of ``functools.partial(apply, variables, ...)`` functions.
+        """
+        def bound(m, **keywords):
+            apply = jax.jit(m.apply, static_argnames="method") if jit else m.apply
+            return functools.partial(apply, variables, **keywords)
+
+        split = callable(getattr(module, "features", None)) and callable(getattr(module, "head", None))
+        guided = "guided_backprop" in getattr(module, "__dataclass_fields__", {})
+        return cls(bound(module), bound(module, method="features") if split else None,
+                   bound(module, method="head") if split else None,
+                   bound(module.clone(guided_backprop=True)) if guided else None)
+
 
 def as_model_functions(model) -> ModelFunctions:
     """Normalise a callable, a mapping or a ``ModelFunctions`` into ``ModelFunctions``."""
@@ -85,32 +111,6 @@ def as_model_functions(model) -> ModelFunctions:
     if callable(model):
         return ModelFunctions(model)
     raise ValueError(f"model_fn must be a callable images -> logits or a mapping of model functions; got {type(model)}")
-
-
-def module_functions(module, variables, *, jit: bool = True) -> ModelFunctions:
-    """``ModelFunctions`` of a Flax linen module with its variables bound.
-
-    ``logits`` is ``module.apply``; ``features``/``head`` if the module defines both methods (Grad-CAM);
-    ``guided_logits`` if it has a ``guided_backprop`` field (a copy with guided activations).
-
-    Args:
-      module: a ``flax.linen.Module`` mapping images ``(B, H, W, C)`` to logits ``(B, K)``.
-      variables: its variables (``{"params", ...}``), as arrays or traced values.
-      jit: wrap ``apply`` in ``jax.jit`` (variables passed as arguments, not baked-in constants).
-
-    Returns:
-      ``ModelFunctions`` whose functions are ``functools.partial(apply, variables, ...)``.
-    """
-    apply = jax.jit(module.apply, static_argnames="method") if jit else module.apply
-    features = head = guided = None
-    if callable(getattr(module, "features", None)) and callable(getattr(module, "head", None)):
-        features = functools.partial(apply, variables, method="features")
-        head = functools.partial(apply, variables, method="head")
-    if "guided_backprop" in getattr(module, "__dataclass_fields__", {}):
-        guided_module = module.clone(guided_backprop=True)
-        guided_apply = jax.jit(guided_module.apply, static_argnames="method") if jit else guided_module.apply
-        guided = functools.partial(guided_apply, variables)
-    return ModelFunctions(functools.partial(apply, variables), features, head, guided)
 
 
 # ---------------------------------------------------------------------------------------------

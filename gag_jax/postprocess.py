@@ -31,8 +31,10 @@ def reduce_channels(attributions: jax.Array, how: str = "abs_sum") -> jax.Array:
     raise ValueError(f"unknown channel reduction {how!r}; expected one of {', '.join(REDUCTIONS)}")
 
 
-def normalize(maps: jax.Array) -> jax.Array:
-    """Per-image min-max normalisation of ``(B, H, W)`` maps into ``[0, 1]``.
+def min_max(maps: jax.Array) -> jax.Array:
+    """Per-image min-max scaling of ``(B, H, W)`` saliency maps into ``[0, 1]``.
+
+    (Not ``gj.data.normalize``, which standardises pixels for the model.)
 
     A constant map becomes all zeros (never NaN).
     """
@@ -49,7 +51,7 @@ def to_saliency(attributions: jax.Array, reduce: str = "abs_sum") -> jax.Array:
 
     Channel reduction (``reduce_channels``; default ``sum_c |A|``), then per-image min-max.
     """
-    return normalize(reduce_channels(attributions, reduce))
+    return min_max(reduce_channels(attributions, reduce))
 
 
 def _reverse_one(saliency: jax.Array, key: jax.Array, keep: float, swap: float) -> jax.Array:

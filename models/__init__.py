@@ -2,8 +2,8 @@
 
 >>> from models import load, model_functions          # doctest: +SKIP
 >>> module, variables = load("resnet50", "resnet50-0676ba61.pth")
->>> fns = model_functions(module, variables)
->>> logits = fns["logits"](images)                     # images (B, H, W, 3), normalised
+>>> fns = model_functions(module, variables)             # a gj.ModelFunctions
+>>> logits = fns.logits(images)                        # images (B, H, W, 3), normalised
 
 Names: ``"resnet50"``, ``"efficientnet_b0"``, ``"efficientnet_lite0"``, ``"densenet161"``.
 Checkpoints: torch ``.pth`` / ``.pth.tar`` / ``.pt`` (needs torch, converted by
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import partial
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from gag_jax.explainers import ModelFunctions
 from models import porter
 from models.porter import CheckpointMismatchError
 
-__all__ = ["MODEL_NAMES", "load", "get_model", "imagenet_classes", "model_functions", "CheckpointMismatchError", "porter"]
+__all__ = ["MODEL_NAMES", "CheckpointMismatchError", "get_model", "imagenet_classes", "load", "model_functions", "porter"]
 
 # name -> (module path, class attribute, torch_prefix attribute, checkpoint optional)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -102,7 +103,9 @@ def load(
                 f"model {name!r} needs checkpoint_path (a torch .pth/.pth.tar or a .msgpack file); "
                 "only 'efficientnet_lite0' has built-in weights"
             )
-        from models.efficientnet import default_lite0_checkpoint  # lazy: written separately
+        from models.efficientnet import (
+            default_lite0_checkpoint,  # lazy: written separately
+        )
 
         checkpoint_path = default_lite0_checkpoint()
     path = os.fspath(checkpoint_path)
@@ -134,29 +137,22 @@ def load(
     return module, jax.tree_util.tree_map(jnp.asarray, variables)
 
 
-def model_functions(module: Any, variables: dict) -> dict[str, Callable[[jax.Array], jax.Array]]:
+def model_functions(module: Any, variables: dict) -> ModelFunctions:
     """Pure, jitted functions of images with the model's variables bound.
 
     Args:
-      module: a model from this package (fields ``guided_backprop``; methods ``features``, ``head``).
+      module: a model from this package (fields ``guided_backprop``; methods ``features``, ``head``),
+        or any Flax linen module (``features``/``head``/``guided_logits`` then where it has them).
       variables: its ``{"params", "batch_stats"}``.
 
     Returns:
-      ``dict(logits=f, features=g, head=h, guided_logits=k)`` where ``f(images (B,H,W,3)) -> (B,K)``,
-      ``g(images) -> (B,h,w,C)`` last conv block activations (Grad-CAM layer),
-      ``h(features) -> (B,K)`` and ``k`` = ``f`` with Guided-Backprop ReLUs (same values, guided
-      gradients). ``f(x) == h(g(x))``; logits float32.
+      ``gj.ModelFunctions(logits=f, features=g, head=h, guided_logits=k)`` where
+      ``f(images (B,H,W,3)) -> (B,K)``, ``g(images) -> (B,h,w,C)`` last conv block activations
+      (Grad-CAM layer), ``h(features) -> (B,K)`` and ``k`` = ``f`` with Guided-Backprop activations
+      (same values, guided gradients). ``f(x) == h(g(x))``; logits float32. Variables are passed as
+      jit arguments (not closed-over constants baked into the program).
     """
-    guided = module.clone(guided_backprop=True)
-    # Variables are passed as jit arguments (not closed-over constants baked into the program).
-    apply = jax.jit(module.apply, static_argnames="method")
-    guided_apply = jax.jit(guided.apply, static_argnames="method")
-    return dict(
-        logits=partial(apply, variables),
-        features=partial(apply, variables, method="features"),
-        head=partial(apply, variables, method="head"),
-        guided_logits=partial(guided_apply, variables),
-    )
+    return ModelFunctions.from_module(module, variables)
 
 
 def imagenet_classes() -> list[str]:

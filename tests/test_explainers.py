@@ -261,7 +261,7 @@ def test_repeated_calls_do_not_retrace():
 
 
 def test_constant_map_becomes_zeros():
-    m = gj.normalize(jnp.stack([jnp.full((3, 3), 5.0), jnp.arange(9.0).reshape(3, 3)]))
+    m = gj.min_max(jnp.stack([jnp.full((3, 3), 5.0), jnp.arange(9.0).reshape(3, 3)]))
     assert not np.isnan(m).any()
     np.testing.assert_array_equal(m[0], 0)
     np.testing.assert_allclose(m[1].max(), 1.0)
@@ -389,3 +389,16 @@ def test_a_variance_needs_two_samples():
     for method, options in [("vargrad", {"n": 1}), ("sg", {"n": 1, "guide": True})]:
         with pytest.raises(ValueError, match="n >= 2"):
             gj.explain(method, model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY, **options)
+
+
+def test_model_functions_from_a_linen_module():
+    module, variables, model_fn = tiny_conv_net(size=8)
+    fns = gj.ModelFunctions.from_module(module, variables)
+    x = jax.random.normal(jax.random.PRNGKey(19), (2, 8, 8, 3))
+    np.testing.assert_allclose(fns.logits(x), model_fn(x), rtol=1e-6)
+    np.testing.assert_allclose(fns.head(fns.features(x)), model_fn(x), rtol=1e-5, atol=1e-6)
+    assert fns.guided_logits is None  # TinyConvNet has no guided_backprop field
+    import flax.linen as nn
+    dense = gj.ModelFunctions.from_module(nn.Dense(2), {"params": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}})
+    assert dense.features is None and dense.head is None
+    np.testing.assert_allclose(dense.logits(jnp.ones((1, 3))), [[3.0, 3.0]])

@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+import gag_jax as gj  # noqa: E402
 import models  # noqa: E402
 from models import densenet, porter, resnet  # noqa: E402
 from models.porter import CheckpointMismatchError  # noqa: E402
@@ -196,10 +197,10 @@ def test_model_functions_on_tiny(tiny_torch, tiny_sd):
     module = _flax_tiny()
     variables = jax.tree_util.tree_map(jnp.asarray, porter.convert(tiny_sd, module, densenet.torch_prefix, SHAPE))
     fns = models.model_functions(module, variables)
-    assert set(fns) == {"logits", "features", "head", "guided_logits"}
+    assert isinstance(fns, gj.ModelFunctions) and all(fn is not None for fn in fns)
     x = jnp.asarray(np.random.RandomState(2).randn(2, 32, 32, 3).astype(np.float32))
-    logits = fns["logits"](x)
+    logits = fns.logits(x)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    np.testing.assert_allclose(fns["head"](fns["features"](x)), logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(fns["guided_logits"](x), logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fns.head(fns.features(x)), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fns.guided_logits(x), logits, rtol=1e-6, atol=1e-6)
     assert _rel(logits, _torch_logits(tiny_torch, np.asarray(x))) <= 1e-4

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -150,17 +149,6 @@ def load_tiny(path: str | os.PathLike) -> tuple[TinyCNN, dict]:
     module = TinyCNN(num_classes=int(config["num_classes"]), width=int(config["width"]))
     variables = jax.tree_util.tree_map(jnp.asarray, state["variables"])
     return module, variables
-
-
-def tiny_model_functions(module: TinyCNN, variables: dict) -> dict[str, Any]:
-    """``dict(logits, features, head, guided_logits)`` of a tiny model, jitted, variables bound."""
-    from functools import partial
-
-    guided = module.clone(guided_backprop=True)
-    apply = jax.jit(module.apply, static_argnames="method")
-    guided_apply = jax.jit(guided.apply, static_argnames="method")
-    return {"logits": partial(apply, variables), "features": partial(apply, variables, method="features"),
-            "head": partial(apply, variables, method="head"), "guided_logits": partial(guided_apply, variables)}
 
 
 def trained_tiny(path: str | os.PathLike, num_classes: int, image_size: int, *, seed: int = 0,
