@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) on a model split into ``features`` and ``head``."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,7 @@ weight, e.g. ``w_i * (x - baseline) * grad`` for IG).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

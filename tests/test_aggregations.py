@@ -10,7 +10,7 @@ from gag_jax import aggregations
 
 def numpy_guided(grads, p, guide_axes="channel"):
     """Eq. 2-5 written out with numpy, one (image, channel) at a time."""
-    n, b, h, w, c = grads.shape
+    _, b, h, w, c = grads.shape
     out = np.zeros((b, h, w, c))
     for i in range(b):
         var_img = np.var(grads[:, i], axis=0, ddof=1)  # (h, w, c)
