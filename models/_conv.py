@@ -9,6 +9,7 @@ unchanged; only the computation differs, chosen by the static field ``impl``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -86,23 +87,70 @@ def depthwise_conv(
         return lax.conv_general_dilated(
             x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
         )
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    b, hp, wp, _ = xp.shape
-    ho, wo = (hp - kh) // strides[0] + 1, (wp - kw) // strides[1] + 1
-    if ho <= 0 or wo <= 0:
-        raise ValueError(f"kernel {(kh, kw)} larger than the padded input {(hp, wp)}")
+    if x.shape[1] + sum(pads[0]) < kh or x.shape[2] + sum(pads[1]) < kw:
+        raise ValueError(f"kernel {(kh, kw)} larger than the padded input {x.shape[1:3]} + {pads}")
+    return _depthwise_slices(x, kernel, strides, pads)
+
+
+def _taps(xp: jax.Array, kernel: jax.Array, strides: Tuple[int, int], out_hw: Tuple[int, int]) -> jax.Array:
+    """``sum_{i,j} xp[:, i::sh, j::sw][:, :ho, :wo] * kernel[i, j, 0]`` (``xp`` already padded)."""
+    kh, kw = kernel.shape[:2]
+    b, c = xp.shape[0], xp.shape[3]
+    (ho, wo), (sh, sw) = out_hw, strides
     out = None
     for i in range(kh):
         for j in range(kw):
-            tap = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (b, i + (ho - 1) * strides[0] + 1, j + (wo - 1) * strides[1] + 1, c),
-                (1, strides[0], strides[1], 1),
-            )
+            tap = lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
             term = tap * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
+
+
+def _out_hw(in_hw, kernel_hw, strides, pads) -> Tuple[int, int]:
+    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads))
+
+
+# The backward pass is written out: autodiff of the slices transposes each strided slice into a
+# full-size (interior-)padded tensor and adds kh * kw of them, measured 4x slower than this at
+# (8, 112, 112, 96) on a 2-core CPU. Here the input cotangent is the same sum-of-taps applied to the
+# cotangent dilated by the stride and padded (one lax.pad), with the kernel flipped.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_slices(x, kernel, strides, pads):
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    return _taps(xp, kernel, strides, _out_hw(x.shape[1:3], kernel.shape[:2], strides, pads))
+
+
+def _depthwise_slices_fwd(x, kernel, strides, pads):
+    return _depthwise_slices(x, kernel, strides, pads), (x, kernel)
+
+
+def _depthwise_slices_bwd(strides, pads, residuals, ct):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    # dx[p] = sum_u ct_dilated[p + pad_lo - u] * w[u]: pad the dilated cotangent by k - 1 - pad_lo below
+    # (negative = crop) and up to n + k - 1 in all, then taps of the flipped kernel at stride 1.
+    config = [(0, 0, 0)]
+    for axis, (k, s, (lo, _)) in enumerate(zip((kh, kw), strides, pads)):
+        n, dilated = x.shape[1 + axis], (ct.shape[1 + axis] - 1) * s + 1
+        config.append((k - 1 - lo, n + lo - dilated, s - 1))
+    config.append((0, 0, 0))
+    ct_padded = lax.pad(ct, jnp.zeros((), ct.dtype), config)
+    dx = _taps(ct_padded, kernel[::-1, ::-1], (1, 1), x.shape[1:3])
+    # dkernel[i, j] = sum over batch and space of tap_ij(x) * ct (dead code when only dx is asked for)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    (ho, wo), (sh, sw) = ct.shape[1:3], strides
+    dk = jnp.stack([
+        jnp.stack([
+            jnp.sum(lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                                                 xp.shape[3]), (1, sh, sw, 1)) * ct, axis=(0, 1, 2))
+            for j in range(kw)
+        ])
+        for i in range(kh)
+    ])[:, :, None, :]
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_depthwise_slices.defvjp(_depthwise_slices_fwd, _depthwise_slices_bwd)
 
 
 class DepthwiseConv(nn.Module):
