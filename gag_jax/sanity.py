@@ -319,17 +319,31 @@ def _attributions(method, model: ModelFunctions, images, labels, key, options: d
     return raw
 
 
-def passes(result: Mapping, *, threshold: float = 0.5, metric: str = "spearman_abs") -> bool:
+def passes(result: Mapping, *, threshold: float = 0.5, metric: str = "spearman_abs", summary: str = "mean") -> bool:
     """Verdict of the test: True when randomising the model changes the maps.
 
-    Passes when the mean over images of ``metric`` falls below ``threshold`` at some step (for the
-    cascading test, in practice the last one: the whole model random). A method whose maps keep
-    their similarity (an edge detector, a method that mostly reconstructs the image) fails.
+    The per-step curve is the mean over images of ``metric``. ``summary="mean"`` (default) averages
+    it over the steps (the normalised area under the similarity curve) and passes below
+    ``threshold``: a method has to change its maps along the whole cascade, not only once the
+    input layers are random. A map that survives the randomisation of the top half of the network
+    (Guided Backprop, in Adebayo et al.) or all of it (an edge detector) fails. ``summary="min"``
+    passes as soon as any step falls below ``threshold`` (a weaker check).
+
+    Args:
+      result: a :func:`model_randomisation` result (``metric`` of shape ``(S, B)``).
+      threshold: similarity below which the maps count as changed.
+      metric: one of :data:`METRICS`.
+      summary: ``"mean"`` or ``"min"`` over steps.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
-    curve = np.asarray(result[metric]).mean(axis=1)
-    return bool(curve.size and curve.min() < threshold)
+    if summary not in ("mean", "min"):
+        raise ValueError(f"unknown summary {summary!r}; expected 'mean' or 'min'")
+    curve = np.asarray(result[metric], np.float64).mean(axis=1)
+    if curve.size == 0:
+        raise ValueError("the result has no steps")
+    value = curve.mean() if summary == "mean" else curve.min()
+    return bool(value < threshold)
 
 
 def model_randomisation(method: str | Callable, module, variables: Mapping, images, labels, key, *,
@@ -351,7 +365,8 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
         - ``steps``: labels of the blocks after whose randomisation the images are re-explained
           (default all); the cascade still randomises every block above them.
         - ``batch_size``: images per explainer call (default all).
-        - ``threshold`` (0.5): verdict threshold on the mean Spearman (abs) correlation (:func:`passes`).
+        - ``threshold`` (0.5): verdict threshold on the Spearman (abs) correlation averaged over
+          images and steps (:func:`passes`).
         - ``hog_orientations`` (9), ``hog_pixels_per_cell`` ((8, 8)), ``hog_cells_per_block`` ((3, 3)).
         - ``report``: a callable receiving one line per step (progress).
 

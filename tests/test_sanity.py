@@ -128,6 +128,15 @@ def test_similarity_properties():
         gj.sanity.similarities(np.ones((1, 16, 16)), np.ones((1, 16, 16)))
 
 
+def test_verdict_averages_the_curve_over_steps():
+    top_insensitive = {"spearman_abs": np.array([[1.0, 0.98], [0.9, 0.92], [0.8, 0.8], [0.1, 0.0]])}
+    assert gj.sanity.passes(top_insensitive) is False  # mean over steps 0.6875
+    assert gj.sanity.passes(top_insensitive, summary="min") is True
+    assert gj.sanity.passes(top_insensitive, threshold=0.7) is True
+    with pytest.raises(ValueError, match="metric"):
+        gj.sanity.passes(top_insensitive, metric="iou")
+
+
 def test_model_independent_method_keeps_similarity_one_and_fails(synthetic):
     images, labels = synthetic
     module = TinyCNN(num_classes=5, width=4)

@@ -65,19 +65,31 @@ def similarity_curves(path: str, results: Mapping[str, Mapping], *, metrics: Seq
     return path
 
 
+def _display(saliency: np.ndarray, clip: float | None) -> np.ndarray:
+    """A map scaled for display: values above the ``clip`` percentile saturate (PAIR's grayscale view)."""
+    if clip is None:
+        return saliency
+    top = np.percentile(saliency, clip)
+    return np.clip(saliency / top, 0.0, 1.0) if top > 0 else saliency
+
+
 def randomisation_grid(path: str, pixels: np.ndarray, results: Mapping[str, Mapping], *, image: int = 0,
                        steps: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
-                       cmap: str = "gray", cell_inches: float = 0.9, title: str | None = None) -> str:
+                       cmap: str = "gray", clip_percentile: float | None = 99.0, cell_inches: float = 0.9,
+                       title: str | None = None) -> str:
     """Adebayo et al. Figure 2 (left): one row per method, the original map then the map after each step.
 
     Args:
       path: output PNG.
-      pixels: uint8 ``(N, H, W, 3)`` images (row 0 shows ``pixels[image]``).
+      pixels: uint8 ``(N, H, W, 3)`` images (column 0 shows ``pixels[image]``).
       results: method -> ``gj.sanity.model_randomisation`` result (with ``original`` and ``maps``).
       image: which image of the batch.
       steps: the step labels to show (default all).
       labels: method -> row label.
       cmap: colormap of the absolute maps (the paper shows them in gray).
+      clip_percentile: display only: each map is divided by its value at this percentile and
+        clipped to 1, as the paper's figures (PAIR's ``VisualizeImageGrayscale``) do, so that a few
+        extreme pixels do not leave the rest black; None shows the maps as they are.
       cell_inches: size of one cell.
       title: figure title.
     """
@@ -89,28 +101,31 @@ def randomisation_grid(path: str, pixels: np.ndarray, results: Mapping[str, Mapp
     show = all_steps if steps is None else [s for s in all_steps if s in set(steps)]
     cols = len(show) + 2
     rows = len(methods)
-    fig, axes = plt.subplots(rows, cols, figsize=(cell_inches * cols + 0.6, cell_inches * rows + 0.9),
-                             squeeze=False)
+    left, top, bottom = 0.9, 1.0, 0.1  # inches of margin: row labels, column titles + title
+    width, height = cell_inches * cols + left + 0.1, cell_inches * rows + top + bottom
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - 0.1 / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=0.04, hspace=0.04)
     for i, m in enumerate(methods):
         r = results[m]
         axes[i, 0].imshow(pixels[image])
-        axes[i, 1].imshow(_cmap(r["original"][image], cmap))
+        axes[i, 1].imshow(_cmap(_display(r["original"][image], clip_percentile), cmap))
         for j, s in enumerate(show, start=2):
-            axes[i, j].imshow(_cmap(r["maps"][all_steps.index(s)][image], cmap))
-        axes[i, 0].set_ylabel((labels or {}).get(m, m), fontsize=7, rotation=0, ha="right", va="center")
-    axes[0, 0].set_title("input", fontsize=6)
-    axes[0, 1].set_title("original", fontsize=6)
+            axes[i, j].imshow(_cmap(_display(r["maps"][all_steps.index(s)][image], clip_percentile), cmap))
+        axes[i, 0].set_ylabel((labels or {}).get(m, m), fontsize=8, rotation=0, ha="right", va="center")
+    axes[0, 0].set_title("input", fontsize=7)
+    axes[0, 1].set_title("original", fontsize=7)
     for j, s in enumerate(show, start=2):
-        axes[0, j].set_title(s, fontsize=6, rotation=45, ha="left", va="bottom")
+        axes[0, j].set_title(s, fontsize=7, rotation=60, ha="left", va="bottom", rotation_mode="anchor")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     cascading = results[methods[0]].get("cascading", True)
     fig.suptitle(title or ("maps as the layers are randomised, top first (cascading) \u2192" if cascading
-                           else "maps with one block randomised at a time (independent) \u2192"), fontsize=9)
-    fig.tight_layout(pad=0.2, h_pad=0.1, w_pad=0.1)
+                           else "maps with one block randomised at a time (independent) \u2192"),
+                 fontsize=10, y=1 - 0.12 / height, va="top")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -183,8 +198,10 @@ def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels
             **test_options, **dict((method_options or {}).get(name, {})))
         seconds[name] = time.perf_counter() - start
         r = results[name]
-        report(f"{name}: mean Spearman (abs) at the last step {np.mean(r['spearman_abs'][-1]):.3f} -> "
-               f"{'passes' if r['passed'] else 'FAILS'} the check ({seconds[name]:.0f} s)")
+        curve = r["spearman_abs"].mean(axis=1)
+        report(f"{name}: Spearman (abs) after {r['steps'][0]} {curve[0]:.3f}, at the last step {curve[-1]:.3f}, "
+               f"mean over steps {curve.mean():.3f} -> {'passes' if r['passed'] else 'FAILS'} the check "
+               f"({seconds[name]:.0f} s)")
     files = {
         "csv": write_csv(os.path.join(out_dir, f"{prefix}.csv"), results, image_names),
         "summary": write_summary(os.path.join(out_dir, f"{prefix}_summary.csv"), results),
