@@ -3,8 +3,8 @@ and MAE; ROAD, the pointing game, sparseness and complexity; confident-sample se
 ``score`` entry for all of them and a streaming dataset evaluator.
 
 All model-calling metrics are batched and jit-compiled: every perturbed copy of a batch goes
-through ``model_fn`` in chunks of at most ``batch_size`` copies (:data:`DEFAULT_BATCH_SIZE`),
-percentiles are computed per image on device, and repeated calls with the same shapes, the same
+through ``model_fn`` in chunks of at most ``batch_size`` copies (``"auto"``: :func:`default_batch_size`,
+measured on CPU), percentiles are computed per image on device, and repeated calls with the same shapes, the same
 ``model_fn`` object and the same options reuse the compiled function.
 
 One line each (``M`` saliency ``(H, W)``, ``G`` mask, ``sigma`` softmax of the target class):
@@ -24,7 +24,13 @@ Example::
     res = gm.evaluate_stream(model_fn, batches, confidence_threshold=0.9)
     res["rcap"]["mean"], res["rcap"]["sem"]
 """
-from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from gag_jax.metrics._common import (
+    ACCELERATOR_BATCH_SIZE,
+    CPU_BATCH_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_batch_size,
+)
 from gag_jax.metrics.complexity import complexity, sparseness
 from gag_jax.metrics.perturbation import deletion_insertion
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
@@ -43,7 +49,8 @@ from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game, sele
 from gag_jax.metrics.streaming import RunningStat, StreamingEvaluator, evaluate_stream
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
+    "ACCELERATOR_BATCH_SIZE",
+    "CPU_BATCH_SIZE",
     "HIGHER_IS_BETTER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -55,6 +62,7 @@ __all__ = [
     "StreamingEvaluator",
     "check_metrics",
     "complexity",
+    "default_batch_size",
     "default_metrics",
     "deletion_insertion",
     "evaluate_stream",

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax import _validation as V
 from gag_jax import ops
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by gag_jax.metrics)
 
@@ -82,13 +83,34 @@ def gaussian_blur(images: jax.Array, kernel_size: int, sigma: float) -> jax.Arra
 # chunked model evaluation of perturbed copies
 # ----------------------------------------------------------------------------------------------
 
-DEFAULT_BATCH_SIZE = 16
-"""Default perturbed copies per model call (``batch_size``) of RCAP, Deletion / Insertion and ROAD.
+CPU_BATCH_SIZE = 2
+"""Perturbed copies per model call on CPU (``batch_size="auto"``), chosen by measurement.
 
-Measured on this project's 2-core CPU (2026-11-26) with the real EfficientNet-Lite0 at 224 x 224,
-4 ImageNet validation photos (RCAP: 20 copies, DAUC + IAUC: 80 copies; see ``benchmarks/RESULTS.md``,
-"Metric model batch"): PLACEHOLDER.
+EfficientNet-Lite0 (the shipped weights) at 224 x 224 on 4 ImageNet validation photos, RCAP
+(20 copies) + DAUC / IAUC (80 copies), this project's 2-core CPU under load, 2026-11-27
+(``benchmarks/metric_batch.py``; table in ``benchmarks/RESULTS.md``, "Metric model batch"): best
+warm time 2.52 s at 1 copy per call, 2.48 s at 2, 2.86 s at 4, 3.08 s at 8, 3.29 s at 16 and
+5.12 s with all 100 copies in one call; compile 13 s at 1-4 against 19-21 s at 8 and more. On CPU
+a small chunk keeps a convolution's activations in cache and the copies are the loop, not the
+batch; 2 was the fastest and bounds memory to two copies.
 """
+
+ACCELERATOR_BATCH_SIZE = 64
+"""Perturbed copies per model call on a GPU / TPU (``batch_size="auto"``). Not measured (no GPU in
+the measuring session): a batch large enough to keep an accelerator busy with memory bounded by 64
+copies."""
+
+
+def default_batch_size() -> int:
+    """``batch_size="auto"``: :data:`CPU_BATCH_SIZE` on the CPU backend, else :data:`ACCELERATOR_BATCH_SIZE`."""
+    return CPU_BATCH_SIZE if jax.default_backend() == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
+def resolve_batch_size(batch_size) -> int | None:
+    """``"auto"`` -> :func:`default_batch_size`; ``None`` (all copies in one call) or a positive int as given."""
+    if isinstance(batch_size, str) and batch_size == "auto":
+        return default_batch_size()
+    return V.check_batch_size(batch_size)
 
 
 def chunk_plan(n: int, batch_size: int | None) -> tuple[int, int, int]:

@@ -10,7 +10,7 @@ import numpy as np
 from gag_jax import _validation as V
 from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, ModelFn
+from gag_jax.metrics._common import ModelFn
 
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(i / 10 for i in range(10))  # 0, 0.1, ..., 0.9
 
@@ -58,7 +58,7 @@ def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, b
 
 def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions=None,
                        blur_sigma: float = 16.0, blur_kernel: int = 33,
-                       batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict:
+                       batch_size: int | str | None = "auto") -> dict:
     """Deletion and Insertion curves and their AUCs, batched and jit-compiled.
 
     For each image and fraction ``f_t`` (default ``0, 0.1, ..., 0.9``):
@@ -74,7 +74,7 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
       default fractions the x-axis spans 0.9, as in the paper's tables).
 
     The ``2 * T * B`` perturbed images go through the model in calls of at most ``batch_size``
-    copies (see :data:`gag_jax.metrics.DEFAULT_BATCH_SIZE`), or as one batch with ``None``.
+    copies (see :func:`gag_jax.metrics.default_batch_size`), or as one batch with ``None``.
     Cached per (shapes, ``model_fn``, options); see :func:`gag_jax.metrics.rcap` on re-tracing.
 
     Args:
@@ -84,7 +84,8 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
       saliency: ``(B, H, W)`` float, finite (only the ranking matters).
       fractions: increasing fractions in ``[0, 1]``, at least 2; ``None`` = ``0, 0.1, ..., 0.9``.
       blur_sigma, blur_kernel: insertion's starting image (``blur_kernel`` odd).
-      batch_size: max perturbed copies per model call; ``None`` = all at once.
+      batch_size: max perturbed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
+        (2 on CPU, measured); ``None`` = all at once.
 
     Returns:
       dict: ``"dauc"`` ``(B,)``, ``"iauc"`` ``(B,)``, ``"deletion_curve"`` ``(B, T)``,
@@ -97,7 +98,7 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
     V.check_images_labels_saliency(images, labels, saliency)
     fr = DEFAULT_FRACTIONS if fractions is None else V.check_fractions(fractions)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
-    batch_size = V.check_batch_size(batch_size)
+    batch_size = C.resolve_batch_size(batch_size)
     out, flags, bad_label = _deletion_insertion_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,
         fractions=fr, batch_size=batch_size, blur_kernel=blur_kernel, blur_sigma=blur_sigma)

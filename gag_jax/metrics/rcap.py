@@ -9,7 +9,7 @@ import numpy as np
 from gag_jax import _validation as V
 from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD, ModelFn
 
 _BASELINES = ("black", "blur", "mean")
 
@@ -92,7 +92,7 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
 
 def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50,
          interval: float = 10, baseline: str = "black", mean: Sequence[float] = IMAGENET_MEAN,
-         std: Sequence[float] = IMAGENET_STD, batch_size: int | None = DEFAULT_BATCH_SIZE,
+         std: Sequence[float] = IMAGENET_STD, batch_size: int | str | None = "auto",
          blur_kernel: int = 33, blur_sigma: float = 16.0) -> dict:
     """ReCover And Predict (eq. 5/6): per-image RCAP, batched and jit-compiled.
 
@@ -110,7 +110,7 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     * ``RCAP = (1/j) sum_k ratio_k * prob_k``.
 
     The ``j * B`` recovered images go through ``model_fn`` in calls of at most ``batch_size`` copies
-    (memory for one chunk of copies; see :data:`gag_jax.metrics.DEFAULT_BATCH_SIZE`), or as one
+    (memory for one chunk of copies; see :func:`gag_jax.metrics.default_batch_size`), or as one
     batch with ``batch_size=None``. The
     jitted computation is cached per (shapes, dtypes, ``model_fn``, options): calling again with
     the same shapes and the same ``model_fn`` does not re-trace. Arrays bound by
@@ -132,7 +132,8 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
       lower_bound, interval: percentile partition (paper: 50 and 10 -> p = 90, 80, 70, 60, 50).
       baseline: ``"black"`` (paper), ``"blur"`` or ``"mean"``.
       mean, std: the normalisation of ``images`` (1 or C entries each).
-      batch_size: max recovered copies per model call; ``None`` = all at once.
+      batch_size: max recovered copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
+        (2 on CPU, measured); ``None`` = all at once.
       blur_kernel, blur_sigma: Gaussian of the ``"blur"`` baseline.
 
     Returns:
@@ -152,7 +153,7 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     channels = np.shape(images)[-1]
     mean_t = V.as_channel_tuple("mean", mean, channels)
     std_t = V.as_channel_tuple("std", std, channels)
-    batch_size = V.check_batch_size(batch_size)
+    batch_size = C.resolve_batch_size(batch_size)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
     out, flags, bad_label = _rcap_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,

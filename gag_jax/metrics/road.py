@@ -20,7 +20,7 @@ import numpy as np
 from gag_jax import _validation as V
 from gag_jax._lifting import jit_lifting_model
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import IMAGENET_STD, ModelFn
 from gag_jax.metrics.perturbation import trapezoid_auc
 
 NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
@@ -178,7 +178,7 @@ def _road_core(images, labels, saliency, key, *, model_fn, counts, lerf, scale, 
 
 def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[float] = ROAD_FRACTIONS,
          order: str = "morf", key: jax.Array | None = None, noise: float = 0.01,
-         std: Sequence[float] = IMAGENET_STD, batch_size: int | None = DEFAULT_BATCH_SIZE, tol: float = 1e-6,
+         std: Sequence[float] = IMAGENET_STD, batch_size: int | str | None = "auto", tol: float = 1e-6,
          maxiter: int | None = None) -> dict:
     """ROAD curve and AUC per image: the target probability as more and more pixels are removed
     (most relevant first, ``"morf"``, or least relevant first, ``"lerf"``) and imputed.
@@ -208,7 +208,8 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
         draws from ``fold_in(fold_in(key, b), t)``.
       noise: noise standard deviation in ``[0, 1]`` pixel units (authors: 0.01; 0: none).
       std: per-channel standard deviation of the normalisation of ``images``.
-      batch_size: max imputed copies per model call; None = all at once.
+      batch_size: max imputed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`;
+        None = all at once.
       tol, maxiter: conjugate-gradient stopping rule (see :func:`noisy_linear_impute`).
 
     Returns:
@@ -225,7 +226,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
         raise ValueError(f"noise must be >= 0; got {noise!r}")
     _, h, w, ch = np.shape(images)
     std_t = V.as_channel_tuple("std", std, ch)
-    batch_size = V.check_batch_size(batch_size)
+    batch_size = C.resolve_batch_size(batch_size)
     maxiter = 4 * (h + w) if maxiter is None else maxiter
     V.check_positive_int(maxiter, "maxiter")
     key = jax.random.PRNGKey(0) if key is None else key

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD, ModelFn
 from gag_jax.metrics.complexity import complexity, sparseness
 from gag_jax.metrics.perturbation import deletion_insertion
 from gag_jax.metrics.rcap import rcap
@@ -72,7 +72,7 @@ def check_metrics(metrics: Sequence[str] | str | None, has_masks: bool) -> tuple
 
 
 def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Sequence[str] | str | None = None,
-          batch_size: int | None = DEFAULT_BATCH_SIZE, mean: Sequence[float] = IMAGENET_MEAN,
+          batch_size: int | str | None = "auto", mean: Sequence[float] = IMAGENET_MEAN,
           std: Sequence[float] = IMAGENET_STD, options: Mapping[str, Mapping] | None = None) -> dict[str, np.ndarray]:
     """Per-image values of the chosen metrics for one batch of maps.
 
@@ -89,7 +89,8 @@ def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Seque
       masks: ``(B, H, W)`` ground truth, needed by :data:`MASK_METRICS`.
       metrics: names from :data:`METRIC_NAMES` (a comma-separated string too); None: the paper's
         metrics (:func:`default_metrics`).
-      batch_size: max perturbed copies per model call of the model metrics; None: all at once.
+      batch_size: max perturbed copies per model call of the model metrics (``"auto"``: see
+        :func:`default_batch_size`); None: all at once.
       mean, std: the normalisation of ``images`` (RCAP's baseline, ROAD's noise scale).
       options: keyword options per metric function, keyed by :data:`OPTION_GROUPS`, e.g.
         ``{"rcap": {"lower_bound": 50, "interval": 10, "baseline": "black"},

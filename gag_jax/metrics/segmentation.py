@@ -127,15 +127,20 @@ def _target_probs_core(images, labels, *, model_fn, batch_size):
                                    labels.astype(jnp.int32), batch_size)
 
 
-def target_probs(model_fn: ModelFn, images, labels, *, batch_size: int | None = None):
+def target_probs(model_fn: ModelFn, images, labels, *, batch_size: int | str | None = None):
     """``softmax(model_fn(images))[label]`` per image, float32 ``(B,)`` (logits cast to float32).
+
+    Args:
+      model_fn: ``(b, H, W, C) -> logits (b, K)``.
+      images: ``(B, H, W, C)`` normalised; labels: ``(B,)`` int.
+      batch_size: max images per model call (``None`` = all; ``"auto"`` as the perturbation metrics).
 
     Raises:
       ValueError: images not ``(B, H, W, C)``, labels not ``(B,)`` ints or outside ``[0, K)``.
     """
     V.check_images_labels_saliency(images, labels)
     probs, bad = _target_probs_core(jnp.asarray(images), jnp.asarray(labels), model_fn=model_fn,
-                                    batch_size=V.check_batch_size(batch_size))
+                                    batch_size=C.resolve_batch_size(batch_size))
     V.raise_if(bad, V.LABEL_RANGE_MESSAGE)
     return probs
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax.data._common import pad_rows
-from gag_jax.metrics._common import DEFAULT_BATCH_SIZE, ModelFn
+from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.scoring import check_metrics, score
 from gag_jax.metrics.segmentation import target_probs
 
@@ -77,14 +77,14 @@ class StreamingEvaluator:
       confidence_threshold: ``None`` (keep all) or keep images with target probability above it.
       rcap_options, auc_options: keyword options for :func:`rcap` / :func:`deletion_insertion`.
       mae_sqrt, dice_smooth: options of :func:`mae` / :func:`log_cosh_dice`.
-      batch_size: forwarded to the model-calling metrics (copies per model call).
+      batch_size: forwarded to the model-calling metrics (copies per model call; ``"auto"`` as theirs).
       options: more per-metric options, as ``score``'s ``options`` (e.g. ``{"road": {...}}``).
     """
 
     def __init__(self, model_fn: ModelFn, *, metrics: Sequence[str] | None = None,
                  confidence_threshold: float | None = None, rcap_options: Mapping | None = None,
                  auc_options: Mapping | None = None, mae_sqrt: bool = False,
-                 dice_smooth: float = 1.0, batch_size: int | None = DEFAULT_BATCH_SIZE,
+                 dice_smooth: float = 1.0, batch_size: int | str | None = "auto",
                  options: Mapping[str, Mapping] | None = None):
         self.model_fn = model_fn
         self.metrics = None if metrics is None else check_metrics(metrics, has_masks=True)
