@@ -29,7 +29,7 @@
 # vmaps them, and compares them with the presets against the exact masks.
 
 # %%
-import functools
+import inspect
 
 import flax.linen as nn
 import jax
@@ -45,26 +45,22 @@ from gag_jax.data import SHAPES, make_synthetic
 # %% [markdown]
 # ## 1. A model of your own
 #
-# Any function `images (B, H, W, C) -> logits (B, K)` can be explained. Two methods need a bit
-# more: Grad-CAM needs the model split into `features` (the last convolutional block) and
-# `head`, and Guided Backprop needs its ReLUs replaced by `gj.gradients.guided_relu` (same
-# forward pass, guided backward pass). In a Flax module that is a field and two methods.
+# Any function `images (B, H, W, C) -> logits (B, K)` can be explained. Grad-CAM needs a bit
+# more: the model split into `features` (the last convolutional block) and `head`; in a Flax
+# module those are two methods. (Guided Backprop needs nothing: `gb` rewrites the model's ReLUs
+# into guided ones itself.)
 
 # %%
 class TinyCNN(nn.Module):
     num_classes: int = len(SHAPES)
-    guided_backprop: bool = False          # True: ReLUs with the Guided-Backprop backward pass
 
     def setup(self):
         self.convs = [nn.Conv(c, (3, 3)) for c in (16, 32, 32)]
         self.dense = nn.Dense(self.num_classes)
 
-    def relu(self, x):
-        return gj.gradients.guided_relu(x) if self.guided_backprop else nn.relu(x)
-
     def features(self, x):                 # (B, 32, 32, 3) -> (B, 8, 8, 32): Grad-CAM's layer
         for i, conv in enumerate(self.convs):
-            x = self.relu(conv(nn.max_pool(x, (2, 2), (2, 2)) if i else x))
+            x = nn.relu(conv(nn.max_pool(x, (2, 2), (2, 2)) if i else x))
         return x
 
     def head(self, f):                     # features -> logits
@@ -105,16 +101,12 @@ accuracy = float((net.apply(params, test["images"]).argmax(-1) == test["labels"]
 print(f"last training loss {float(loss):.3f}; accuracy on the {len(test['labels'])} test images {accuracy:.1%}")
 
 # %% [markdown]
-# `gj.ModelFunctions` bundles the four functions the explainers use. Build it once and reuse
+# `gj.ModelFunctions` bundles the functions the explainers use (`logits`, and `features` /
+# `head` for Grad-CAM); `from_module` binds a module's variables to them. Build it once and reuse
 # it: compiled explainers and metrics are cached on these function objects.
 
 # %%
-model = gj.ModelFunctions(
-    logits=functools.partial(net.apply, params),
-    features=functools.partial(net.apply, params, method="features"),
-    head=functools.partial(net.apply, params, method="head"),
-    guided_logits=functools.partial(net.clone(guided_backprop=True).apply, params),
-)
+model = gj.ModelFunctions.from_module(net, params)
 images, labels, masks = test["images"], jnp.asarray(test["labels"]), test["masks"]
 key = jax.random.PRNGKey(0)
 
@@ -122,13 +114,16 @@ key = jax.random.PRNGKey(0)
 # ## 2. The presets are compositions of the seams
 #
 # Guided AbsoluteGrad is Gaussian noise (n = 20, 15 % of the image's value range), the logit
-# gradient, the absolute value, and the variance-guided sum. `chain` returns a pure function
-# `explainer(model_fn, images, labels, key) -> (B, H, W, C)` raw attributions;
-# `gj.to_saliency` sums the channels and min-max normalises each map. The samples are streamed
+# gradient, the absolute value, and the variance-guided sum. The preset is one function whose
+# signature holds the defaults and whose body is the chain (printed below). `chain` returns a pure
+# function `explainer(model_fn, images, labels, key) -> (B, H, W, C)` raw attributions;
+# `gj.to_saliency` sums their absolute values over the channels and min-max normalises each map. The samples are streamed
 # through a `lax.scan` in chunks of `chunk_size`, so memory does not grow with n, and the result
 # does not depend on the chunk size beyond float rounding.
 
 # %%
+print(inspect.getsource(gj.explainers.gag))
+
 gag = gj.chain(modifications.gaussian_noise(20, noise_level=0.15),
                gradients.logit_gradient(),
                interpretations.absolute(),
@@ -206,7 +201,7 @@ print(dropout_maps.shape, dropout_maps.dtype, float(dropout_maps.min()), float(d
 # * **Over keys.** Explaining 8 images with 8 different keys in one vmapped call shows how
 #   much each stochastic method's maps move with the random draw: the mean over pixels of the
 #   per-pixel standard deviation across the 8 keys. (`chunk_size` bounds the memory: the 8
-#   copies each hold one chunk of samples at a time.) `gj.explainer(method)` returns a preset as
+#   copies each hold one chunk of samples at a time.) `gj.explainer_fn(method)` returns a preset as
 #   a pure, un-jitted function for exactly this kind of use.
 
 # %%
@@ -216,8 +211,8 @@ print(f"vmap over single images vs the batch: largest difference {float(jnp.abs(
 keys = jax.random.split(jax.random.PRNGKey(1), 8)
 x8, y8 = images[:8], labels[:8]                     # 8 keys x 20 samples x 8 images in one call
 stochastic = {"dropout + |g| + guide": lambda k: explain_dropout(x8, y8, k),
-              "gag": lambda k: gj.explainer("gag", chunk_size=5)(model, x8, y8, k),
-              "sg": lambda k: gj.explainer("sg", chunk_size=5)(model, x8, y8, k)}
+              "gag": lambda k: gj.explainer_fn("gag", chunk_size=5)(model, x8, y8, k),
+              "sg": lambda k: gj.explainer_fn("sg", chunk_size=5)(model, x8, y8, k)}
 for name, fn in stochastic.items():
     spread = jax.jit(jax.vmap(fn))(keys).std(axis=0).mean()
     print(f"{name:24s} mean per-pixel std over 8 keys: {float(spread):.4f}")
