@@ -17,10 +17,8 @@ again; ``--debug`` shows full tracebacks instead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 
@@ -275,8 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results directory (reuse it to resume)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures (RCAP curves, p-ablation curve)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--stop-after-batches", type=_positive_int, default=None,
-                   help="testing: stop after N newly computed (method, batch) records, as if interrupted")
     common(p)
 
     # tables -------------------------------------------------------------------------
@@ -368,196 +364,80 @@ def cmd_explain(args) -> int:
     """``gag-jax explain``."""
     import gag_jax as gj
     from gag_jax.experiments.demo import run_explain
-    from gag_jax.experiments.modelzoo import InputTooSmallError, check_model_name
+    from gag_jax.experiments.modelzoo import InputTooSmallError
 
     unknown = [m for m in args.method if m not in gj.METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
-    _check_model(args.model, args.checkpoint, check_model_name)
+    _check_model(args.model, args.checkpoint)
     _check_paths(args.paths)
-    labels = _parse_labels(args.labels)
     try:
         result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
-                             checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n, seed=args.seed,
-                             batch_size=args.batch_size, chunk_size=args.chunk_size, resize_mode=args.resize,
-                             report=_warn)
+                             checkpoint=args.checkpoint, labels=_parse_labels(args.labels), size=args.size, n=args.n,
+                             seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                             resize_mode=args.resize, report=_warn)
     except InputTooSmallError as err:
         raise UsageError(str(err)) from None
-    n_img = len(result["images"])
-    skipped = len(result["skipped"])
-    if n_img == 0:
+    if not result["images"]:
         _warn("no readable image to explain")
         return EXIT_FAILURE
-    _say(f"explained {n_img} image(s) with {', '.join(args.method)}"
+    skipped = len(result["skipped"])
+    _say(f"explained {len(result['images'])} image(s) with {', '.join(args.method)}"
          + (f"; skipped {skipped} unreadable file(s) (named above)" if skipped else ""))
     _say(f"wrote {len(result['written'])} files to {args.out} (<image>_<method>.npy / .png, explain.csv)")
     return 0
 
 
-def _check_model(name: str, checkpoint: str | None, check) -> None:
+def _check_model(name: str, checkpoint: str | None, check=None) -> None:
+    """``modelzoo.check_model`` as a usage error (``check`` is unused, kept for callers that pass it)."""
+    from gag_jax.experiments.modelzoo import check_model
+
+    del check
     try:
-        check(name)
+        check_model(name, checkpoint)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if checkpoint is not None and not os.path.isfile(checkpoint) and name != "tiny":
-        raise UsageError(f"--checkpoint {checkpoint}: no such file")
-    if checkpoint is None and name not in ("efficientnet_lite0", "tiny"):
-        raise UsageError(f"model {name!r} needs --checkpoint (only efficientnet_lite0 has built-in weights)")
 
 
 def cmd_evaluate(args) -> int:
-    """``gag-jax evaluate``."""
-    from gag_jax.data import DatasetLayoutError, load_case
-    from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES
-    from gag_jax.experiments import figures, runner, tables
-    from gag_jax.experiments import specs as specs_lib
-    from gag_jax.experiments.modelzoo import (
-        CASE_MODELS,
-        TINY,
-        check_input_size,
-        check_model_name,
-        load_model,
-        model_normalization,
-    )
+    """``gag-jax evaluate``: ``runner.evaluate_case`` with the command-line options."""
+    from gag_jax.data import DatasetLayoutError
+    from gag_jax.experiments import runner
 
-    if args.case not in CASES:
-        raise UsageError(f"unknown case {args.case!r}; cases: {', '.join(CASES)}")
-    if args.case != "synthetic":
-        if args.data_dir is None:
-            raise UsageError(f"case {args.case!r} needs --data-dir (the directory of your copy of the dataset)")
-        if not os.path.isdir(args.data_dir):
-            raise UsageError(f"--data-dir {args.data_dir}: no such directory")
-    model_name = args.model or CASE_MODELS[args.case]
-    _check_model(model_name, args.checkpoint, check_model_name)
-    if model_name == TINY and args.case != "synthetic" and args.checkpoint is None:
-        raise UsageError("model 'tiny' is trained on the synthetic case only; give --checkpoint for other cases")
-    try:
-        specs = specs_lib.parse_methods(args.methods, None) if args.methods else []
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if not specs:
-        for t in args.table:
-            for s in specs_lib.table_specs(t):
-                if s.name not in {x.name for x in specs}:
-                    specs.append(s)
-    elif 3 in args.table:
-        specs = specs_lib.parse_methods([s.name for s in specs], 3)
-
-    image_size = args.image_size or CASE_IMAGE_SIZES[args.case]
-    case_options = _case_options(args.case_option)
-    limit = args.limit
-    if args.case == "synthetic":
-        case_options.update({"num_images": args.limit or 64, "seed": args.seed})
-        limit = None
-    mean, std = model_normalization(model_name)
     try:
         with _OneLineWarnings():
-            batches = load_case(args.case, args.data_dir, split=args.split, image_size=image_size,
-                                batch_size=args.batch_size, backend=args.backend, max_examples=limit, mean=mean,
-                                std=std, resize_mode=args.resize, **case_options)
-    except DatasetLayoutError as err:
+            out = runner.evaluate_case(
+                args.case, args.out, data_dir=args.data_dir, model=args.model, checkpoint=args.checkpoint,
+                num_classes=args.num_classes, tables=args.table, methods=args.methods, metrics=args.metrics,
+                batch_size=args.batch_size, metric_batch_size=args.metric_batch_size, limit=args.limit,
+                confidence=args.confidence, image_size=args.image_size, split=args.split, n=args.n,
+                chunk_size=args.chunk_size, seed=args.seed, case_options=_case_options(args.case_option),
+                backend=args.backend, resize=args.resize, target=args.target, train_steps=args.train_steps,
+                figures=not args.no_figures, progress=not args.no_progress, report=_say)
+    except (runner.OptionError, runner.RunMismatchError, DatasetLayoutError) as err:
         raise UsageError(str(err)) from None
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from None
-    try:
-        metrics = runner.parse_metrics(args.metrics, batches.has_masks)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-    os.makedirs(args.out, exist_ok=True)
-    checkpoint = args.checkpoint
-    extra = {}
-    if model_name == TINY and checkpoint is None:
-        checkpoint = os.path.join(args.out, "tiny_model.msgpack")
-    if model_name == TINY and not os.path.isfile(checkpoint):
-        from gag_jax.experiments.tiny import trained_tiny
-
-        _say(f"training the tiny synthetic-case CNN ({batches.num_classes} classes, {image_size}x{image_size}) ...")
-        _, _, info = trained_tiny(checkpoint, batches.num_classes, image_size, seed=args.seed,
-                                  steps=args.train_steps)
-        _say(f"  train accuracy {info['train_accuracy']:.3f} in {info['seconds']:.1f} s -> {checkpoint}")
-        extra["tiny_model_training"] = {k: v for k, v in info.items() if k != "path"}
-    model, model_info = load_model(model_name, checkpoint, num_classes=args.num_classes)
-    try:
-        check_input_size(model, image_size, name=model_name, option="--image-size")
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if batches.num_classes is not None and model_info["num_classes"] < batches.num_classes:
-        raise UsageError(f"the model has {model_info['num_classes']} classes but the {args.case} labels have "
-                         f"{batches.num_classes}: give a checkpoint with {batches.num_classes} classes or other "
-                         "labels (--case-option, e.g. labels=melanoma for a 2-class ISIC model)")
-
-    target = args.target
-    if target == "auto":
-        target = "label" if batches.has_labels else "predicted"
-        if not batches.has_labels:
-            _say("the images have no labels: each map explains the model's top-1 class (--target predicted)")
-    config = runner.RunConfig(
-        case=args.case, model=model_name, data_dir=args.data_dir, checkpoint=checkpoint,
-        checkpoint_sha256=runner.file_digest(checkpoint), image_size=image_size, batch_size=args.batch_size,
-        limit=args.limit, confidence=args.confidence, seed=args.seed, metrics=metrics,
-        method_overrides={k: v for k, v in {"n": args.n, "chunk_size": args.chunk_size}.items() if v is not None},
-        metric_options={}, split=args.split, case_options=_case_options(args.case_option), target=target,
-        resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std)
-    _say(f"evaluate: case {args.case} ({batches.num_examples} images, {image_size}x{image_size}), model "
-         f"{model_name}, {len(specs)} method(s), metrics {', '.join(metrics)} -> {args.out}")
-    t0 = time.perf_counter()
-    try:
-        with _OneLineWarnings():
-            out = runner.run(config, specs, args.out, batches=batches, model=model,
-                             table=args.table[0] if len(args.table) == 1 else args.table,
-                             metric_batch_size=args.metric_batch_size, progress=not args.no_progress,
-                             stop_after_batches=args.stop_after_batches, extra_manifest=extra)
-    except runner.RunMismatchError as err:
-        raise UsageError(str(err)) from None
-    except runner.Interrupted as err:
-        _warn(str(err))
-        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         _warn("interrupted; every finished batch is saved: run the same command again to resume")
         return EXIT_INTERRUPTED
-    seconds = time.perf_counter() - t0
     plan = out["plan"]
     if plan.get("images_unlabelled"):
         _warn(f"{plan['images_unlabelled']} image(s) have no label and were left out; --target predicted "
               "explains the model's top-1 class instead")
     if plan["images_kept"] == 0:
-        why = (f"confidence > {args.confidence} on the {'top-1' if target == 'predicted' else 'labelled'} class"
-               if args.confidence is not None else "no image with a known label")
-        _warn(f"no image passed the selection ({why}); the tables are empty. "
-              + ("Lower --confidence or check the labels / model." if args.confidence is not None
-                 else "Use --target predicted to explain the model's top-1 class."))
-    results = {args.case: out["results"]}
-    metrics_by_case = {args.case: metrics}
-    note = (f"Case {args.case}, model {model_name}, {plan['images_kept']} of {plan['images_seen']} images "
-            + (f"(confidence > {args.confidence})" if args.confidence is not None else "(no confidence selection)")
-            + f", maps explain the {'top-1 class' if target == 'predicted' else 'label'}, seed {args.seed}.")
-    written = []
-    for t in args.table:
-        rows = _rows_for_table(t, specs, specs_lib)
-        if not rows:
-            continue
-        paths = tables.write_tables(t, rows, results, metrics_by_case, args.out, note=note)
-        written += [paths["csv"], paths["md"]] + ([paths["ratios"]] if "ratios" in paths else [])
+        hint = ("Lower --confidence or check the labels / model." if args.confidence is not None
+                else "Use --target predicted to explain the model's top-1 class.")
+        _warn(f"no image passed the selection: {out['note']} The tables are empty. {hint}")
+    for paths in out["tables"].values():
         _say("")
         _say(paths["markdown"].rstrip())
-    if not args.no_figures and plan["images_kept"] > 0:
-        if "rcap" in metrics:
-            labels = {s.name: s.label for s in specs}
-            written.append(figures.rcap_curves(os.path.join(args.out, "rcap_curves.png"),
-                                               {s.name: out["results"][s.name] for s in specs if s.base is None},
-                                               labels))
-        if 1 in args.table and any(s.name.startswith("gag-") for s in specs):
-            written.append(figures.p_ablation_curve(
-                os.path.join(args.out, "table1_p_ablation.png"),
-                {args.case: {k: v for k, v in out["results"].items() if k.startswith("gag-")}}, metrics_by_case))
-    counts = out["counts"]
     _say("")
+    counts = out["counts"]
     _say(f"{counts['computed']} (method, batch) record(s) computed, {counts['reused']} reused from an earlier run; "
-         f"{plan['images_kept']} images x {len(specs)} methods in {seconds:.0f} s")
+         f"{plan['images_kept']} images x {len(out['specs'])} methods in {out['seconds']:.0f} s")
     if plan.get("skipped_files"):
         _say(f"skipped {len(plan['skipped_files'])} unreadable file(s), named above and in {out['manifest']}")
-    _say("wrote: " + ", ".join(written + [out["manifest"]]))
+    written = [p for paths in out["tables"].values() for k, p in paths.items() if k in ("csv", "md", "ratios")]
+    _say("wrote: " + ", ".join(written + out["figures"] + [out["manifest"]]))
     return 0
 
 
@@ -573,48 +453,15 @@ def _case_options(items: Sequence[str]) -> dict:
     return options
 
 
-def _rows_for_table(table: int, specs, specs_lib):
-    """The specs that make the rows of ``table`` among those computed, in the paper's row order
-    (rows that are not in the paper's table follow in the order given)."""
-    if table == 3:
-        return [s for s in specs if s.base is not None or s.name in specs_lib.TABLE3_BASES]
-    if table == 1:
-        rows = [s for s in specs if s.method == "gag" and s.name.startswith("gag-")]
-        rows.sort(key=lambda s: float(s.name.split("-", 1)[1]))
-        return rows or [s for s in specs if s.base is None]
-    order = [s.name for s in specs_lib.table2_specs()]
-    rows = [s for s in specs if s.name in order]
-    rows.sort(key=lambda s: order.index(s.name))
-    rows += [s for s in specs if s.name not in order and s.base is None and not s.name.startswith("gag-")]
-    return rows or [s for s in specs if s.base is None]
-
-
 def cmd_tables(args) -> int:
-    """``gag-jax tables``: one table from several finished evaluate runs."""
-    from gag_jax.experiments import runner, tables
-    from gag_jax.experiments import specs as specs_lib
+    """``gag-jax tables``: one table from several finished evaluate runs (``tables.combine_runs``)."""
+    from gag_jax.experiments import tables
 
-    results, metrics_by_case, all_specs = {}, {}, {}
-    for run_dir in args.runs:
-        manifest_path = os.path.join(run_dir, runner.MANIFEST)
-        if not os.path.isfile(manifest_path):
-            raise UsageError(f"{run_dir}: not an evaluate output directory (no {runner.MANIFEST})")
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        case = manifest["config"]["case"]
-        if case in results:
-            raise UsageError(f"two runs of case {case!r} given ({run_dir})")
-        specs = [specs_lib.spec_from_name(m["name"]) for m in manifest["methods"]]
-        metrics = tuple(manifest["config"]["metrics"])
-        results[case] = runner.collect(run_dir, specs, manifest.get("plan", {}).get("batches", 0), metrics)
-        metrics_by_case[case] = metrics
-        for s in specs:
-            all_specs.setdefault(s.name, s)
-    specs = list(all_specs.values())
-    for t in args.table:
-        rows = _rows_for_table(t, specs, specs_lib)
-        paths = tables.write_tables(t, rows, results, metrics_by_case, args.out,
-                                    note="Cases: " + ", ".join(results))
+    try:
+        written = tables.combine_runs(args.runs, args.table, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    for paths in written:
         _say(paths["markdown"].rstrip())
         _say(f"wrote {paths['csv']} and {paths['md']}")
     return 0

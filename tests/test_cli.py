@@ -93,10 +93,17 @@ def test_evaluate_interrupted_then_resumed_equals_uninterrupted(evaluated, tmp_p
         calls.append(spec.name)
         return original(spec, *a, **k)
 
-    monkeypatch.setattr(runner, "explain_batch", counting)
-    rc, _, err = _main(args + ["--out", tmp_path / "resumed", "--stop-after-batches", "1"], capsys)
+    def interrupted(spec, *a, **k):  # Ctrl-C during the second (method, batch)
+        calls.append(spec.name)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(spec, *a, **k)
+
+    monkeypatch.setattr(runner, "explain_batch", interrupted)
+    rc, _, err = _main(args + ["--out", tmp_path / "resumed"], capsys)
     assert rc == cli.EXIT_INTERRUPTED and "run the same command again" in err
-    assert calls == ["gag"] and not (tmp_path / "resumed" / "table2.csv").exists()
+    assert calls == ["gag", "ig_r"] and not (tmp_path / "resumed" / "table2.csv").exists()
+    monkeypatch.setattr(runner, "explain_batch", counting)
     calls.clear()
     rc, out, _ = _main(args + ["--out", tmp_path / "resumed"], capsys)
     assert rc == 0
@@ -378,5 +385,6 @@ def test_python_m_gag_jax_help_documents_every_command():
         assert command in top.stdout
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help()
     for option in ("--case", "--data-dir", "--model", "--checkpoint", "--table", "--methods", "--metrics",
-                   "--batch-size", "--limit", "--confidence", "--out", "--stop-after-batches", "--n", "--seed"):
+                   "--batch-size", "--limit", "--confidence", "--out", "--target", "--resize", "--n", "--seed"):
         assert option in help_text
+    assert "--stop-after-batches" not in help_text

@@ -149,9 +149,12 @@ def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_
         calls.append(spec.name)
         return original(spec, *a, **k)
 
+    def stop(name, batch):  # as if Ctrl-C came right after the first record was written
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(runner, "explain_batch", counting)
-    with pytest.raises(runner.Interrupted):
-        _run(tmp_path / "resumed", tiny_setup, rows, stop_after_batches=1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "resumed", tiny_setup, rows, on_record=stop)
     assert calls == ["gag"]
     first_record = runner.record_path(str(tmp_path / "resumed"), "gag", 0)
     stamp = os.stat(first_record).st_mtime_ns
@@ -199,6 +202,40 @@ def test_damaged_record_is_recomputed_and_mismatch_refused(tmp_path, tiny_setup)
     batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
     with pytest.raises(runner.RunMismatchError, match="seed"):
         runner.run(_config(seed=4), rows, str(tmp_path), batches=batches, model=tiny_setup, progress=False)
+
+
+def test_collect_means_and_standard_errors_equal_numpy_over_the_records(tmp_path, tiny_setup):
+    rows = specs.parse_methods(["vg"])
+    out = _run(tmp_path, tiny_setup, rows)
+    records = [np.load(runner.record_path(str(tmp_path), "vg", k)) for k in range(2)]
+    for metric in ("rcap", "dauc", "mae"):
+        values = np.concatenate([r[metric][r["valid"]] for r in records]).astype(np.float64)
+        assert values.shape == (7,)
+        assert out["results"]["vg"][metric] == pytest.approx(values.mean(), rel=1e-12)
+        assert out["results"]["vg"][metric + "_sem"] == pytest.approx(values.std(ddof=1) / np.sqrt(7), rel=1e-9)
+    ratios = np.concatenate([r["rcap_ratios"][r["valid"]] for r in records]).astype(np.float64)
+    np.testing.assert_allclose(out["results"]["vg"]["rcap_ratios"], ratios.mean(0), rtol=1e-12)
+    loaded = runner.load_run(str(tmp_path))
+    assert loaded["case"] == "synthetic" and [s.name for s in loaded["specs"]] == ["vg"]
+    assert loaded["results"]["vg"]["rcap"] == out["results"]["vg"]["rcap"]
+    with pytest.raises(FileNotFoundError, match="not an evaluate output directory"):
+        runner.load_run(str(tmp_path / "records"))
+
+
+def test_predicted_target_explains_the_top1_class_of_every_image(tmp_path, tiny_setup):
+    batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
+    top1 = np.concatenate([np.asarray(tiny_setup.logits(b["images"])).argmax(-1)[b["valid"]] for b in batches])
+    plan = runner.select(batches, tiny_setup, str(tmp_path), None, 4, progress=False, target="predicted")
+    assert plan.num_kept == 7 and plan.targets.tolist() == top1.tolist()
+
+
+def test_rows_for_table_follow_the_papers_order_and_specs_for_adds_table3_originals():
+    computed = specs.parse_methods(["vg", "gag-85", "gag", "gradcam", "gag-15", "sg_r", "ig.abs"])
+    assert [s.name for s in specs.rows_for_table(1, computed)] == ["gag-15", "gag-85"]
+    assert [s.name for s in specs.rows_for_table(2, computed)] == ["gradcam", "gag", "vg", "sg_r"]
+    assert [s.name for s in specs.rows_for_table(3, computed)] == ["ig.abs"]
+    assert [s.name for s in specs.specs_for((2, 3), ["ig.abs"])] == ["ig", "ig.abs"]
+    assert [s.name for s in specs.specs_for((1, 2))][:10] == [s.name for s in specs.table1_specs()] + ["gradcam"]
 
 
 def test_confidence_selection_keeps_only_confident_rows(tmp_path, tiny_setup):

@@ -268,6 +268,34 @@ def p_ablation_curve(path: str, results: Mapping[str, Mapping[str, Mapping]],
     return path
 
 
+def evaluation_figures(out_dir: str, case: str, specs: Sequence, results: Mapping[str, Mapping],
+                       metrics: Sequence[str], tables: Sequence[int]) -> list[str]:
+    """The figures of one evaluated case: ``rcap_curves.png`` (every plain row; with RCAP) and
+    ``table1_p_ablation.png`` (with Table 1 and GAG-p rows).
+
+    Args:
+      out_dir: where they are written.
+      case: the case name.
+      specs: the computed ``MethodSpec`` rows.
+      results: ``runner.collect`` results of the case.
+      metrics: the case's metric names.
+      tables: the tables asked for.
+
+    Returns:
+      the paths written.
+    """
+    paths = []
+    if "rcap" in metrics:
+        labels = {s.name: s.label for s in specs}
+        paths.append(rcap_curves(os.path.join(out_dir, "rcap_curves.png"),
+                                 {s.name: results[s.name] for s in specs if s.base is None}, labels))
+    if 1 in tables and any(s.name.startswith("gag-") for s in specs):
+        paths.append(p_ablation_curve(os.path.join(out_dir, "table1_p_ablation.png"),
+                                      {case: {k: v for k, v in results.items() if k.startswith("gag-")}},
+                                      {case: metrics}))
+    return paths
+
+
 def gaussian_map(size: int, centre: tuple[float, float], std: float) -> np.ndarray:
     """An isotropic Gaussian saliency map in [0, 1] (centre and std in pixels)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5

@@ -87,6 +87,50 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
         "num_classes": int(module.num_classes)}
 
 
+def check_model(name: str, checkpoint: str | os.PathLike | None = None) -> None:
+    """Check a model name and its checkpoint before anything is loaded.
+
+    Raises:
+      ValueError: an unknown name (the valid ones listed), a checkpoint file that does not exist
+        (``tiny`` excepted: it is trained there), or no checkpoint for a model other than
+        ``efficientnet_lite0`` (built-in weights) and ``tiny``.
+    """
+    check_model_name(name)
+    if checkpoint is not None and not os.path.isfile(checkpoint) and name != TINY:
+        raise ValueError(f"--checkpoint {os.fspath(checkpoint)}: no such file")
+    if checkpoint is None and name not in ("efficientnet_lite0", TINY):
+        raise ValueError(f"model {name!r} needs --checkpoint (only efficientnet_lite0 has built-in weights)")
+
+
+def load_or_train(name: str, checkpoint: str | os.PathLike | None, *, num_classes: int | None = None,
+                  train_classes: int | None = None, image_size: int = 32, seed: int = 0, steps: int = 300,
+                  report=print) -> tuple[gj.ModelFunctions, dict, dict | None]:
+    """:func:`load_model`, except that a ``tiny`` model whose checkpoint does not exist yet is
+    first trained on the synthetic case and saved there.
+
+    Args:
+      name, checkpoint, num_classes: as :func:`load_model`.
+      train_classes, image_size, seed, steps: the tiny model's training (classes, input side, PRNG
+        seed, optimisation steps).
+      report: receives a line before and after training.
+
+    Returns:
+      ``(model_functions, info, training)``: ``training`` is the training record (accuracy,
+      seconds, ...) when the model was trained now, else None.
+    """
+    training = None
+    if name == TINY and checkpoint is not None and not os.path.isfile(checkpoint):
+        from gag_jax.experiments.tiny import trained_tiny
+
+        classes = train_classes or 5
+        report(f"training the tiny synthetic-case CNN ({classes} classes, {image_size}x{image_size}) ...")
+        _, _, trained = trained_tiny(checkpoint, classes, image_size, seed=seed, steps=steps)
+        report(f"  train accuracy {trained['train_accuracy']:.3f} in {trained['seconds']:.1f} s -> {checkpoint}")
+        training = {k: v for k, v in trained.items() if k != "path"}
+    model, info = load_model(name, checkpoint, num_classes=num_classes)
+    return model, info, training
+
+
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet class names shipped in ``models/imagenet_classes.txt`` (index = label)."""
     import models

@@ -61,17 +61,9 @@ class RunMismatchError(ValueError):
     """The output directory holds a run made with different options (named in the message)."""
 
 
-class Interrupted(RuntimeError):
-    """Raised by the ``stop_after_batches`` test hook after that many newly computed batches.
-
-    Attributes:
-      computed: batches computed in this call before stopping.
-    """
-
-    def __init__(self, computed: int):
-        self.computed = computed
-        super().__init__(f"stopped after {computed} newly computed batch(es) (stop_after_batches); "
-                         "run the same command again to resume")
+class OptionError(ValueError):
+    """An evaluation option that cannot work (an unknown case, method, metric or model, a missing
+    data directory or checkpoint, a model with too few classes); raised before anything is computed."""
 
 
 def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[str, ...]:
@@ -252,8 +244,6 @@ def _check_resume(manifest: Mapping, config: RunConfig) -> None:
     old = manifest.get("config", {})
     new = config.result_keys()
     for key in sorted(set(old) | set(new)):
-        if key == "case_options" and key not in old:  # manifests written before the field existed
-            continue
         if key in ("method_overrides",):
             a, b = old.get(key) or {}, new.get(key) or {}
             a = {k: v for k, v in a.items() if k != "chunk_size"}
@@ -344,10 +334,7 @@ def gather(reader: _Reader, rows: np.ndarray, batch_size: int, keys: Sequence[st
 
 
 def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, key, overrides: Mapping) -> np.ndarray:
-    """Saliency maps ``(B, H, W)`` of one batch for one spec (``gj.reverse`` for the "R" rows).
-
-    The runner calls it through the module attribute, so tests can count calls.
-    """
+    """Saliency maps ``(B, H, W)`` of one batch for one spec (``gj.reverse`` for the "R" rows)."""
     explain_key, reverse_key = jax.random.split(key)
     maps = gj.explain(spec.method, model, images, labels, key=explain_key, **spec.explain_options(overrides))
     if spec.reverse:
@@ -454,19 +441,12 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
 
 def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence[MethodSpec], out_dir: str, *,
                   config: RunConfig, metric_batch_size: int | None = None, progress: bool = True,
-                  stop_after_batches: int | None = None, on_record: Callable[[str, int], None] | None = None
-                  ) -> dict[str, int]:
+                  on_record: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Stage 2: every (spec, evaluated batch) without a record is computed and written at once.
 
     Returns:
       ``{"computed": ..., "reused": ...}`` counts of (spec, batch) records.
-
-    Raises:
-      Interrupted: after ``stop_after_batches`` newly computed records (test hook).
     """
-    import sys as _sys
-
-    this = _sys.modules[__name__]  # look the compute functions up at call time (tests count calls)
     keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
     needs_masks = any(m in MASK_METRICS for m in config.metrics)
     overrides = dict(config.method_overrides)
@@ -489,10 +469,9 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
             if bar is not None:
                 bar.set_postfix(method=spec.name, batch=f"{k + 1}/{len(plan)}")
             start = time.perf_counter()
-            maps = this.explain_batch(spec, model, images, labels, batch_key(config.seed, spec, k), overrides)
-            values = this.score_batch(model, images, labels, maps, masks, config.metrics, mean=batches.mean,
-                                      std=batches.std, metric_batch_size=metric_batch_size,
-                                      metric_options=metric_options)
+            maps = explain_batch(spec, model, images, labels, batch_key(config.seed, spec, k), overrides)
+            values = score_batch(model, images, labels, maps, masks, config.metrics, mean=batches.mean,
+                                 std=batches.std, metric_batch_size=metric_batch_size, metric_options=metric_options)
             _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
                           labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
                           source_rows=rows,
@@ -502,57 +481,59 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
                 on_record(spec.name, k)
             if bar is not None:
                 bar.update(len(rows))
-            if stop_after_batches is not None and computed >= stop_after_batches:
-                if bar is not None:
-                    bar.close()
-                raise Interrupted(computed)
     if bar is not None:
         bar.close()
     return {"computed": computed, "reused": len(done)}
 
 
+CURVES = ("rcap_ratios", "rcap_probs", "deletion_curve", "insertion_curve")
+"""Per-image curves whose mean over the images :func:`collect` returns."""
+
+
 def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metrics: Sequence[str]) -> dict[str, dict]:
-    """Read every record of ``specs`` and reduce it to per-method results.
+    """Read every record of ``specs`` and reduce it to per-method results, record by record
+    (``gj.metrics.RunningStat``: one batch of values in memory at a time).
 
     Returns:
       ``{spec name: {"n": images, metric: mean, metric + "_sem": standard error,
-      "rcap_ratios": (j,) mean, "rcap_probs": (j,) mean, "batches": records found}}``;
-      a spec with missing batches gets ``"complete": False``.
+      "rcap_ratios": (j,) mean, "rcap_probs": (j,) mean, ..., "batches": records found,
+      "complete": every batch found}}``.
     """
     results = {}
     for spec in specs:
-        values: dict[str, list] = {m: [] for m in metrics}
-        curves: dict[str, list] = {"rcap_ratios": [], "rcap_probs": [], "deletion_curve": [], "insertion_curve": []}
+        stats = {m: gj.metrics.RunningStat() for m in metrics}
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
         found = 0
         for k in range(plan_batches):
-            rec = _load_npz(record_path(out_dir, spec.name, k)) if os.path.exists(record_path(out_dir, spec.name, k)) else None
+            path = record_path(out_dir, spec.name, k)
+            rec = _load_npz(path) if os.path.exists(path) else None
             if rec is None:
                 continue
             found += 1
             valid = rec["valid"].astype(bool)
             for m in metrics:
                 if m in rec:
-                    values[m].append(rec[m][valid])
-            for c, parts in curves.items():
+                    stats[m].update(rec[m][valid])
+            for c in CURVES:
                 if c in rec:
-                    parts.append(rec[c][valid])
+                    sums[c] = sums.get(c, 0.0) + rec[c][valid].astype(np.float64).sum(axis=0)
+                    counts[c] = counts.get(c, 0) + int(valid.sum())
         res: dict[str, Any] = {"batches": found, "complete": found == plan_batches}
         for m in metrics:
-            v = np.concatenate(values[m]).astype(np.float64) if values[m] else np.zeros(0)
-            res["n"] = int(v.size)
-            res[m] = float(v.mean()) if v.size else float("nan")
-            res[m + "_sem"] = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
-        for c, parts in curves.items():
-            if parts:
-                res[c] = np.concatenate(parts).mean(axis=0).tolist()
+            summary = stats[m].as_dict()
+            res["n"] = summary["n"]
+            res[m], res[m + "_sem"] = summary["mean"], summary["sem"]
+        for c, total in sums.items():
+            if counts[c]:
+                res[c] = (total / counts[c]).tolist()
         results[spec.name] = res
     return results
 
 
 def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches, model: gj.ModelFunctions,
-        table: int | None = None, metric_batch_size: int | None = None, progress: bool = True,
-        stop_after_batches: int | None = None, extra_manifest: Mapping | None = None,
-        on_record: Callable[[str, int], None] | None = None) -> dict:
+        table: int | Sequence[int] | None = None, metric_batch_size: int | None = None, progress: bool = True,
+        extra_manifest: Mapping | None = None, on_record: Callable[[str, int], None] | None = None) -> dict:
     """Run (or resume) an evaluation and return its per-method results.
 
     Args:
@@ -565,16 +546,17 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
       table: the table number recorded in the manifest.
       metric_batch_size: perturbed copies per model call in the metrics (None: all at once).
       progress: tqdm bars on stderr.
-      stop_after_batches: test hook: raise :class:`Interrupted` after that many new records.
       extra_manifest: more JSON-able facts for the manifest (e.g. the tiny model's training).
-      on_record: called with (method name, batch index) after each record is written.
+      on_record: called with (method name, batch index) after each record is written (an
+        exception it raises stops the run as an interruption would).
 
     Returns:
       ``{"results": collect(...), "plan": {...}, "counts": {"computed", "reused"}, "manifest": path}``.
 
     Raises:
       RunMismatchError: ``out_dir`` holds a run with other options.
-      Interrupted: from the test hook.
+      KeyboardInterrupt: Ctrl-C; the manifest then says ``"interrupted"`` and every finished
+        record is kept.
     """
     os.makedirs(out_dir, exist_ok=True)
     manifest_file = os.path.join(out_dir, MANIFEST)
@@ -609,10 +591,9 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
     _atomic_json(manifest_file, manifest)
     try:
         counts = evaluate_plan(plan, batches, model, specs, out_dir, config=config,
-                               metric_batch_size=metric_batch_size, progress=progress,
-                               stop_after_batches=stop_after_batches, on_record=on_record)
-    except (Interrupted, KeyboardInterrupt):
-        manifest["status"] = "interrupted"
+                               metric_batch_size=metric_batch_size, progress=progress, on_record=on_record)
+    except BaseException as err:
+        manifest["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed: {type(err).__name__}"
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         _atomic_json(manifest_file, manifest)
         raise
@@ -632,3 +613,175 @@ def _jsonable(value):
     if isinstance(value, (np.generic,)):
         return value.item()
     return value
+
+
+# ----------------------------------------------------------------------------- reading and orchestration
+
+
+def load_run(run_dir: str) -> dict[str, Any]:
+    """Read a finished (or interrupted) run directory back.
+
+    Args:
+      run_dir: an output directory of :func:`run` / :func:`evaluate_case`.
+
+    Returns:
+      ``{"case", "manifest", "specs", "metrics", "results"}``: the case name, the manifest dict,
+      the row specs, the metric names and :func:`collect`'s per-method results.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` has no manifest (not a run directory).
+    """
+    from gag_jax.experiments.specs import spec_from_name
+
+    path = os.path.join(run_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir}: not an evaluate output directory (no {MANIFEST})")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    specs = [spec_from_name(m["name"]) for m in manifest["methods"]]
+    metrics = tuple(manifest["config"]["metrics"])
+    results = collect(run_dir, specs, manifest.get("plan", {}).get("batches", 0), metrics)
+    return {"case": manifest["config"]["case"], "manifest": manifest, "specs": specs, "metrics": metrics,
+            "results": results}
+
+
+def run_note(case: str, model: str, plan: Mapping, confidence: float | None, target: str, seed: int) -> str:
+    """The line under a table's caption: case, model, images kept, selection, target, seed."""
+    selection = f"(confidence > {confidence})" if confidence is not None else "(no confidence selection)"
+    explained = "top-1 class" if target == "predicted" else "label"
+    return (f"Case {case}, model {model}, {plan['images_kept']} of {plan['images_seen']} images {selection}, "
+            f"maps explain the {explained}, seed {seed}.")
+
+
+def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model: str | None = None,
+                  checkpoint: str | None = None, num_classes: int | None = None, tables: Sequence[int] = (2,),
+                  methods: Sequence[str] | str | None = None, metrics: Sequence[str] | str | None = None,
+                  batch_size: int = 16, metric_batch_size: int | None = 64, limit: int | None = None,
+                  confidence: float | None = 0.9, image_size: int | None = None, split: str | None = None,
+                  n: int | None = None, chunk_size: int | None = None, seed: int = 0,
+                  case_options: Mapping[str, Any] | None = None, backend: str = "auto", resize: str | None = None,
+                  target: str = "auto", train_steps: int = 300, figures: bool = True, progress: bool = True,
+                  report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate one case end to end, as ``gag-jax evaluate`` does: load the data and the model,
+    run (or resume) :func:`run`, write the tables and figures.
+
+    Args:
+      case: a ``gag_jax.data.CASES`` entry (``folder``: any folder of images).
+      out_dir: the results directory (reuse it to resume).
+      data_dir: the dataset directory (not for ``synthetic``).
+      model: a ``modelzoo.model_names()`` entry (None: the case's, ``modelzoo.CASE_MODELS``).
+      checkpoint: the model's weights (``tiny``: loaded if the file exists, else trained there;
+        default ``out_dir/tiny_model.msgpack``).
+      num_classes: classifier outputs (None: from the checkpoint).
+      tables: which of Tables 1, 2, 3 to write.
+      methods: row names computed instead of the tables' rows (``specs.specs_for``).
+      metrics: metric names (``parse_metrics``; None: the paper's, with the mask metrics when the
+        case has masks).
+      batch_size: images per evaluated batch.
+      metric_batch_size: perturbed copies per model call in the metrics.
+      limit: the first ``limit`` examples only (synthetic: how many are generated, default 64).
+      confidence: keep images whose probability on the explained class is above it (None: all).
+      image_size: input side (None: the case's).
+      split: dataset split (None: the case's).
+      n, chunk_size: modifications per method and per vmapped chunk (None: the methods' own).
+      seed: PRNG seed of the explanations (and the synthetic data / tiny model).
+      case_options: loader options of the case (``load_case(**case_options)``).
+      backend: ``"auto"``, ``"tfds"`` or ``"files"``.
+      resize: ``"squash"``, ``"center_crop"``, ``"imagenet_eval"`` or None (the case's).
+      target: ``"label"``, ``"predicted"`` or ``"auto"`` (label when the data has labels).
+      train_steps: optimisation steps when the ``tiny`` model is trained.
+      figures: write ``rcap_curves.png`` and ``table1_p_ablation.png``.
+      progress: tqdm bars.
+      report: receives one line per step (what is loaded, trained, run).
+
+    Returns:
+      :func:`run`'s dict plus ``"specs"``, ``"metrics"``, ``"target"``, ``"model"``,
+      ``"image_size"``, ``"note"``, ``"tables"`` (``{table: write_tables(...)}``), ``"figures"``
+      (paths) and ``"seconds"``.
+
+    Raises:
+      OptionError: an option that cannot work (nothing computed yet).
+      DatasetLayoutError: the data directory does not have the case's layout.
+      RunMismatchError: ``out_dir`` holds a run with other options.
+      KeyboardInterrupt: Ctrl-C (every finished batch is kept; run again to resume).
+    """
+    from gag_jax.data import CASE_IMAGE_SIZES, CASES, load_case
+    from gag_jax.experiments import figures as figures_lib
+    from gag_jax.experiments import modelzoo
+    from gag_jax.experiments import specs as specs_lib
+    from gag_jax.experiments import tables as tables_lib
+
+    if case not in CASES:
+        raise OptionError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
+    if case != "synthetic":
+        if data_dir is None:
+            raise OptionError(f"case {case!r} needs --data-dir (the directory of your copy of the dataset)")
+        if not os.path.isdir(data_dir):
+            raise OptionError(f"--data-dir {data_dir}: no such directory")
+    model_name = model or modelzoo.CASE_MODELS[case]
+    tables = sorted(set(tables))
+    try:
+        modelzoo.check_model(model_name, checkpoint)
+        if model_name == modelzoo.TINY and case != "synthetic" and checkpoint is None:
+            raise ValueError("model 'tiny' is trained on the synthetic case only; give --checkpoint for other cases")
+        specs = specs_lib.specs_for(tables, methods)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+    image_size = image_size or CASE_IMAGE_SIZES[case]
+    loader_options = dict(case_options or {})
+    if case == "synthetic":
+        loader_options.update({"num_images": limit or 64, "seed": seed})
+    mean, std = modelzoo.model_normalization(model_name)
+    try:
+        batches = load_case(case, data_dir, split=split, image_size=image_size, batch_size=batch_size,
+                            backend=backend, max_examples=None if case == "synthetic" else limit, mean=mean,
+                            std=std, resize_mode=resize, **loader_options)
+        metric_names = parse_metrics(metrics, batches.has_masks)
+    except (ValueError, TypeError) as err:
+        raise OptionError(str(err)) from None
+
+    os.makedirs(out_dir, exist_ok=True)
+    if model_name == modelzoo.TINY:
+        checkpoint = checkpoint or os.path.join(out_dir, "tiny_model.msgpack")
+    net, info, training = modelzoo.load_or_train(model_name, checkpoint, num_classes=num_classes,
+                                                 train_classes=batches.num_classes, image_size=image_size, seed=seed,
+                                                 steps=train_steps, report=report)
+    if batches.num_classes is not None and info["num_classes"] < batches.num_classes:
+        raise OptionError(f"the model has {info['num_classes']} classes but the {case} labels have "
+                          f"{batches.num_classes}: give a checkpoint with {batches.num_classes} classes or other "
+                          "labels (--case-option, e.g. labels=melanoma for a 2-class ISIC model)")
+    try:
+        modelzoo.check_input_size(net, image_size, name=model_name, option="--image-size")
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+    if target == "auto":
+        target = "label" if batches.has_labels else "predicted"
+        if not batches.has_labels:
+            report("the images have no labels: each map explains the model's top-1 class (--target predicted)")
+    config = RunConfig(
+        case=case, model=model_name, data_dir=data_dir, checkpoint=checkpoint,
+        checkpoint_sha256=file_digest(checkpoint), image_size=image_size, batch_size=batch_size, limit=limit,
+        confidence=confidence, seed=seed, metrics=metric_names,
+        method_overrides={k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None},
+        metric_options={}, split=split, case_options=dict(case_options or {}), target=target,
+        resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std)
+    report(f"evaluate: case {case} ({batches.num_examples} images, {image_size}x{image_size}), model {model_name}, "
+           f"{len(specs)} method(s), metrics {', '.join(metric_names)} -> {out_dir}")
+    start = time.perf_counter()
+    out = run(config, specs, out_dir, batches=batches, model=net, table=tables[0] if len(tables) == 1 else tables,
+              metric_batch_size=metric_batch_size, progress=progress,
+              extra_manifest={"tiny_model_training": training} if training else None)
+    out["seconds"] = time.perf_counter() - start
+    note = run_note(case, model_name, out["plan"], confidence, target, seed)
+    written = {}
+    for t in tables:
+        rows = specs_lib.rows_for_table(t, specs)
+        if rows:
+            written[t] = tables_lib.write_tables(t, rows, {case: out["results"]}, {case: metric_names}, out_dir,
+                                                 note=note)
+    paths = []
+    if figures and out["plan"]["images_kept"] > 0:
+        paths = figures_lib.evaluation_figures(out_dir, case, specs, out["results"], metric_names, tables)
+    out.update({"specs": specs, "metrics": metric_names, "target": target, "model": model_name,
+                "image_size": image_size, "note": note, "tables": written, "figures": paths})
+    return out

@@ -212,3 +212,35 @@ def read_table_csv(path: str) -> list[dict[str, str]]:
     """Rows of a table CSV as dicts (header -> text)."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def combine_runs(run_dirs: Sequence[str], tables: Sequence[int], out_dir: str) -> list[dict[str, str]]:
+    """One table per number in ``tables`` from several finished runs (one column group per case),
+    as ``gag-jax tables`` writes them.
+
+    Args:
+      run_dirs: output directories of ``runner.run`` / ``runner.evaluate_case``, one per case.
+      tables: table numbers (1, 2, 3).
+      out_dir: destination directory.
+
+    Returns:
+      one :func:`write_tables` dict per table.
+
+    Raises:
+      FileNotFoundError: a directory that is not a run directory.
+      ValueError: two runs of the same case.
+    """
+    from gag_jax.experiments.runner import load_run
+    from gag_jax.experiments.specs import rows_for_table
+
+    results, metrics_by_case, specs = {}, {}, {}
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        if run["case"] in results:
+            raise ValueError(f"two runs of case {run['case']!r} given ({run_dir})")
+        results[run["case"]] = run["results"]
+        metrics_by_case[run["case"]] = run["metrics"]
+        for spec in run["specs"]:
+            specs.setdefault(spec.name, spec)
+    return [write_tables(t, rows_for_table(t, list(specs.values())), results, metrics_by_case, out_dir,
+                         note="Cases: " + ", ".join(results)) for t in tables]
