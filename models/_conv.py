@@ -17,7 +17,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["DepthwiseConv", "DEPTHWISE_IMPLS", "resolve_depthwise_impl", "depthwise_conv"]
+__all__ = [
+    "DepthwiseConv", "DEPTHWISE_IMPLS", "resolve_depthwise_impl", "depthwise_conv", "pointwise_conv", "fold_batch_norm",
+    "conv_bn",
+]
 
 DEPTHWISE_IMPLS = ("auto", "grouped", "slices")
 # Backend -> implementation that measured fastest there (``"auto"`` resolves through this).
@@ -187,3 +190,84 @@ class DepthwiseConv(nn.Module):
             raise ValueError(f"DepthwiseConv expects {self.features} input channels, got {x.shape[-1]}")
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         return depthwise_conv(x, kernel, tuple(self.strides), self.padding, self.impl)
+
+
+# --------------------------------------------------------------------------------------------------
+# conv + inference batch norm, folded at apply time
+# --------------------------------------------------------------------------------------------------
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1x1 convolution as a matrix product: ``(B, H, W, Cin) x (1, 1, Cin, Cout) -> (B, H, W, Cout)``."""
+    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def fold_batch_norm(kernel: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array, var: jax.Array,
+                    epsilon: float) -> Tuple[jax.Array, jax.Array]:
+    """Kernel and bias of ``bn(conv(x))`` as one conv: ``(kernel * a, bias - mean * a)``, ``a = scale / sqrt(var + eps)``.
+
+    Args:
+      kernel: ``(..., Cout)`` conv kernel (HWIO, or ``(kh, kw, 1, C)`` depthwise); no conv bias.
+      scale, bias, mean, var: ``(Cout,)`` BatchNorm affine parameters and running statistics.
+      epsilon: BatchNorm epsilon.
+
+    Returns:
+      ``(folded kernel (same shape), bias (Cout,))``, float32.
+    """
+    a = scale.astype(jnp.float32) * lax.rsqrt(var.astype(jnp.float32) + epsilon)
+    return kernel.astype(jnp.float32) * a, bias.astype(jnp.float32) - mean.astype(jnp.float32) * a
+
+
+def _norm_tuple(value, default=1) -> Tuple[int, int]:
+    if value is None:
+        return (default, default)
+    if isinstance(value, int):
+        return (value, value)
+    return tuple(int(v) for v in value)
+
+
+def conv_bn(conv: nn.Module, bn: nn.BatchNorm, x: jax.Array, fold: bool = True) -> jax.Array:
+    """``bn(conv(x))`` for a bias-free ``nn.Conv`` / :class:`DepthwiseConv` and an inference ``nn.BatchNorm``.
+
+    With ``fold`` (and outside ``init``) the BatchNorm is folded into the conv's kernel and a bias
+    at apply time (:func:`fold_batch_norm`), and a 1x1 stride-1 conv runs as a matrix product
+    (:func:`pointwise_conv`): the same values to float rounding, one pass over the activations
+    less forward and backward. The variables are the modules' own, unchanged.
+
+    Args:
+      conv: bound submodule (``nn.Conv`` with ``use_bias=False``, or ``DepthwiseConv``).
+      bn: bound ``nn.BatchNorm`` with ``use_running_average=True``.
+      x: ``(B, H, W, Cin)``.
+      fold: False computes ``bn(conv(x))`` as the modules do.
+
+    Returns:
+      ``(B, H', W', Cout)`` in the conv's ``dtype``.
+    """
+    plain = isinstance(conv, nn.Conv) and not conv.use_bias and conv.kernel_dilation in (None, 1, (1, 1))
+    plain = plain and conv.input_dilation in (None, 1, (1, 1)) and not callable(conv.padding)
+    usable = (isinstance(conv, DepthwiseConv) or plain) and bn.use_running_average and bn.use_scale and bn.use_bias
+    if not fold or not usable or conv.is_initializing():
+        return bn(conv(x))
+    kernel = conv.variables["params"]["kernel"]
+    stats, affine = bn.variables["batch_stats"], bn.variables["params"]
+    kernel, bias = fold_batch_norm(kernel, affine["scale"], affine["bias"], stats["mean"], stats["var"], bn.epsilon)
+    dtype = conv.dtype or jnp.float32
+    x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(bn.dtype or dtype)
+    strides = _norm_tuple(conv.strides)
+    if isinstance(conv, DepthwiseConv):
+        y = depthwise_conv(x, kernel, strides, conv.padding, conv.impl)
+    else:
+        padding = conv.padding
+        if isinstance(padding, int):
+            padding = ((padding, padding), (padding, padding))
+        elif not isinstance(padding, str):
+            padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+        pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides) if padding != "CIRCULAR" else None
+        if pads is None:
+            return bn(conv(x))
+        if kernel.shape[:2] == (1, 1) and strides == (1, 1) and pads == ((0, 0), (0, 0)):
+            y = pointwise_conv(x, kernel)
+        else:
+            y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         feature_group_count=conv.feature_group_count)
+    return (y + bias).astype(bn.dtype or dtype)

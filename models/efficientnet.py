@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from gag_jax.gradients import guided_backprop_activation
-from models._conv import DepthwiseConv
+from models._conv import DepthwiseConv, conv_bn
 
 __all__ = [
     "EfficientNet",
@@ -118,6 +118,7 @@ class _ConvBNAct(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
     depthwise: str = "auto"
+    fold_bn: bool = True
 
     def setup(self):
         p = (self.kernel - 1) // 2
@@ -144,7 +145,7 @@ class _ConvBNAct(nn.Module):
         self.bn = _batch_norm(self.epsilon, self.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.bn(self.conv(x))
+        x = conv_bn(self.conv, self.bn, x, self.fold_bn)
         return x if self.activation is None else self.activation(x)
 
 
@@ -186,10 +187,13 @@ class _MBConv(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
     depthwise: str = "auto"
+    fold_bn: bool = True
 
     def setup(self):
         expanded = _make_divisible(self.in_channels * self.expand_ratio, 8)
-        cba = functools.partial(_ConvBNAct, epsilon=self.epsilon, dtype=self.dtype, depthwise=self.depthwise)
+        cba = functools.partial(
+            _ConvBNAct, epsilon=self.epsilon, dtype=self.dtype, depthwise=self.depthwise, fold_bn=self.fold_bn
+        )
         layers = []
         if expanded != self.in_channels:
             layers.append(cba(expanded, 1, activation=self.activation))
@@ -224,6 +228,9 @@ class EfficientNet(nn.Module):
       depthwise: depthwise-conv implementation, ``"auto"`` (fastest measured on the default backend:
         ``"slices"`` on CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"slices"``; same values and
         variables (see :class:`models._conv.DepthwiseConv`).
+      fold_bn: fold each BatchNorm into its conv's kernel and a bias at apply time and run 1x1 convs
+        as matrix products (same values to float rounding, same variables; see
+        :func:`models._conv.conv_bn`). False applies conv and BatchNorm one after the other.
     """
 
     num_classes: int = 1000
@@ -233,10 +240,11 @@ class EfficientNet(nn.Module):
     depth_mult: float = 1.0
     epsilon: float = 1e-5
     depthwise: str = "auto"
+    fold_bn: bool = True
 
     def setup(self):
         act = _silu(self.guided_backprop)
-        cba = functools.partial(_ConvBNAct, epsilon=self.epsilon, dtype=self.dtype)
+        cba = functools.partial(_ConvBNAct, epsilon=self.epsilon, dtype=self.dtype, fold_bn=self.fold_bn)
         ch = lambda c: _make_divisible(c * self.width_mult, 8)
         # Submodules are named like torch's Sequential indices: features_0 (stem),
         # features_{stage}_{i} (MBConv blocks), features_8 (head conv).
@@ -254,6 +262,7 @@ class EfficientNet(nn.Module):
                     epsilon=self.epsilon,
                     dtype=self.dtype,
                     depthwise=self.depthwise,
+                    fold_bn=self.fold_bn,
                 )
                 layers.append((f"features_{stage}_{i}", block))
         layers.append((f"features_{len(_B_STAGES) + 1}", cba(4 * ch(_B_STAGES[-1][4]), 1, activation=act)))
@@ -396,6 +405,7 @@ class _LiteMBConv(nn.Module):
     epsilon: float = 1e-3
     dtype: Any = jnp.float32
     depthwise: str = "auto"
+    fold_bn: bool = True
 
     def setup(self):
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
@@ -419,9 +429,9 @@ class _LiteMBConv(nn.Module):
     def __call__(self, inputs: jax.Array) -> jax.Array:
         x = inputs
         if self.expand_ratio != 1:
-            x = self.activation(self.bn0(self.expand_conv(x)))
-        x = self.activation(self.bn1(self.depthwise_conv(x)))
-        x = self.bn2(self.project_conv(x))
+            x = self.activation(conv_bn(self.expand_conv, self.bn0, x, self.fold_bn))
+        x = self.activation(conv_bn(self.depthwise_conv, self.bn1, x, self.fold_bn))
+        x = conv_bn(self.project_conv, self.bn2, x, self.fold_bn)
         if self.stride == 1 and self.in_filters == self.out_filters:
             x = x + inputs
         return x
@@ -444,6 +454,9 @@ class EfficientNetLite(nn.Module):
       depthwise: depthwise-conv implementation, ``"auto"`` (fastest measured on the default backend:
         ``"slices"`` on CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"slices"``; same values and
         variables (see :class:`models._conv.DepthwiseConv`).
+      fold_bn: fold each BatchNorm into its conv's kernel and a bias at apply time and run 1x1 convs
+        as matrix products (same values to float rounding, same variables; see
+        :func:`models._conv.conv_bn`). False applies conv and BatchNorm one after the other.
     """
 
     num_classes: int = 1000
@@ -454,6 +467,7 @@ class EfficientNetLite(nn.Module):
     image_size: Union[int, Tuple[int, int]] = 224
     epsilon: float = 1e-3
     depthwise: str = "auto"
+    fold_bn: bool = True
 
     def setup(self):
         self._act = _relu6(self.guided_backprop)
@@ -484,6 +498,7 @@ class EfficientNetLite(nn.Module):
                         epsilon=self.epsilon,
                         dtype=self.dtype,
                         depthwise=self.depthwise,
+                        fold_bn=self.fold_bn,
                     )
                 )
                 size = _out_size(size, s)
@@ -503,10 +518,10 @@ class EfficientNetLite(nn.Module):
           (``h = w = 7`` for 224 inputs).
         """
         x = jnp.asarray(x, self.dtype)
-        x = self._act(self.bn0(self.conv_stem(x)))
+        x = self._act(conv_bn(self.conv_stem, self.bn0, x, self.fold_bn))
         for block in self.blocks:
             x = block(x)
-        return self._act(self.bn1(self.conv_head(x)))
+        return self._act(conv_bn(self.conv_head, self.bn1, x, self.fold_bn))
 
     def head(self, f: jax.Array) -> jax.Array:
         """Global average pool and ``fc`` (dropout is off at inference).

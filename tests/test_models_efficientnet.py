@@ -426,7 +426,44 @@ def test_depthwise_impl_field_keeps_variables_and_values(b0_small):
             for d in ("grouped", "slices")
         ]
         assert trees[0] == trees[1]
+        unfolded = jax.eval_shape(ctor(fold_bn=False).init, jax.random.PRNGKey(0), shape)
+        assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), unfolded) == trees[0]
     m, v, x, logits = b0_small
     for impl in ("grouped", "slices"):
-        out = np.asarray(jax.jit(m.clone(depthwise=impl).apply)(v, x))
-        assert rel_err(out, logits) <= 1e-5
+        for fold in (False, True):
+            out = np.asarray(jax.jit(m.clone(depthwise=impl, fold_bn=fold).apply)(v, x))
+            assert rel_err(out, logits) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "3x3_stride2", "depthwise_stride2"])
+def test_conv_bn_folded_equals_conv_then_bn(kind):
+    """``conv_bn`` (BN folded into the kernel at apply time) == ``bn(conv(x))`` with random statistics."""
+    import flax.linen as nn
+
+    from models._conv import DepthwiseConv, conv_bn
+
+    class Pair(nn.Module):
+        fold: bool
+
+        def setup(self):
+            if kind == "pointwise":
+                self.conv = nn.Conv(7, (1, 1), use_bias=False, padding="VALID")
+            elif kind == "3x3_stride2":
+                self.conv = nn.Conv(7, (3, 3), strides=(2, 2), padding=((0, 1), (0, 1)), use_bias=False)
+            else:
+                self.conv = DepthwiseConv(5, (5, 5), strides=(2, 2), padding=((1, 2), (1, 2)))
+            self.bn = nn.BatchNorm(use_running_average=True, epsilon=1e-3)
+
+        def __call__(self, x):
+            return conv_bn(self.conv, self.bn, x, self.fold)
+
+    x = np.random.default_rng(1).standard_normal((2, 11, 11, 5)).astype(np.float32)
+    variables = random_variables(Pair(True), x.shape, seed=2)
+    folded = np.asarray(jax.jit(Pair(True).apply)(variables, x))
+    plain = np.asarray(jax.jit(Pair(False).apply)(variables, x))
+    # independent reference: numpy BN on the plain conv's pre-BN output
+    conv_only = np.asarray(Pair(False).apply(variables, x, method=lambda m, x: m.conv(x)))
+    bn_p, bn_s = variables["params"]["bn"], variables["batch_stats"]["bn"]
+    ref = (conv_only - bn_s["mean"]) / np.sqrt(bn_s["var"] + 1e-3) * bn_p["scale"] + bn_p["bias"]
+    assert rel_err(plain, ref) <= 1e-5
+    assert rel_err(folded, ref) <= 1e-5
