@@ -52,7 +52,7 @@ import numpy as np
 
 from gag_jax.explainers import DEFAULTS, METHODS, ModelFunctions, explain
 
-__all__ = ["METRICS", "layer_blocks", "randomised_variables", "similarities", "model_randomisation", "passes"]
+__all__ = ["METRICS", "layer_blocks", "model_randomisation", "passes", "randomised_variables", "similarities"]
 
 METRICS = ("spearman", "spearman_abs", "ssim", "hog")
 """The similarity curves ``model_randomisation`` returns, each ``(S, B)``."""
@@ -106,7 +106,7 @@ def _is_norm(name: str, variables: Mapping) -> bool:
 
 
 def layer_blocks(module, variables: Mapping, image_shape: Sequence[int], *, by: str = "layer",
-           dtype=jnp.float32) -> list[tuple[str, tuple[str, ...]]]:
+                 dtype=jnp.float32) -> list[tuple[str, tuple[str, ...]]]:
     """The randomisation blocks of a Flax module, **top (logits) first**.
 
     Args:
@@ -266,8 +266,8 @@ def similarities(original, randomised, *, hog_orientations: int = 9, hog_pixels_
                          f"pixels, fewer than one block of {hog_cells_per_block}: lower hog_pixels_per_cell")
     if min(height, width) < 7:
         raise ValueError(f"SSIM needs maps of at least 7x7 pixels; got {height}x{width}")
-    hog_options = dict(orientations=hog_orientations, pixels_per_cell=tuple(hog_pixels_per_cell),
-                       cells_per_block=tuple(hog_cells_per_block))
+    hog_options = {"orientations": hog_orientations, "pixels_per_cell": tuple(hog_pixels_per_cell),
+                   "cells_per_block": tuple(hog_cells_per_block)}
     out = {m: np.zeros(o_signed.shape[0]) for m in METRICS}
     for i in range(o_signed.shape[0]):
         out["spearman"][i] = _safe_corr(spearmanr, o_signed[i].ravel(), r_signed[i].ravel())

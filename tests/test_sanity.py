@@ -215,7 +215,7 @@ def test_cli_sanity_writes_csv_and_figures(tmp_path, trained_tiny, capsys):
 
     from gag_jax.cli import main
 
-    module, variables = trained_tiny
+    _module, variables = trained_tiny
     ckpt = tmp_path / "tiny.msgpack"
     save_tiny(variables, ckpt, num_classes=5, width=8)
     data = make_synthetic(2, 32, 11, 5)
