@@ -170,7 +170,7 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
     levels = rcap_percentiles(lower_bound, interval)
     j = len(levels)
     extra = 2 if ratios is not None and probs is not None else 1
-    fig, axes = plt.subplots(1, j + extra, figsize=(1.9 * (j + extra), 2.3), squeeze=False)
+    fig, axes = plt.subplots(1, j + extra, figsize=(1.7 * (j + extra), 2.4), squeeze=False, layout="constrained")
     axes = axes[0]
     axes[0].imshow(overlay(pixels, saliency))
     axes[0].set_title("saliency", fontsize=8)
@@ -200,7 +200,6 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
         ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 0.86 if title else 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
