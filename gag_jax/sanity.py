@@ -14,10 +14,10 @@ is to the map of the trained model::
 
 Choices (each an option, documented where it is taken):
 
-- **Blocks** are the module's top-level submodules in forward order (the order in which a forward
-  pass first calls them, traced without compiling), top first. A top-level normalisation layer
-  (parameters ``scale``/``bias`` only, with running statistics) joins the block before it (the
-  conv it normalises): Lite0 gives ``fc, conv_head (+bn1), blocks_15, ..., blocks_0,
+- **Blocks** are the module's top-level submodules in forward order (the order in which a traced
+  forward pass first reads their parameters), top first. A top-level normalisation layer
+  (parameters ``scale``/``bias`` only, with running statistics) joins the conv it normalises
+  (found by following the traced data flow, folded into the kernel or not): Lite0 gives ``fc, conv_head (+bn1), blocks_15, ..., blocks_0,
   conv_stem (+bn0)``. ``by="stage"`` merges consecutive list members ``name_0, name_1, ...`` into
   one stage ``name`` (ResNet ``layer1..4``, DenseNet ``denseblock1..4``, EfficientNet-B0
   ``features_1..7``); ``blocks=`` takes any explicit grouping.
@@ -69,29 +69,56 @@ _NORM_PARAMS = {"scale", "bias"}
 # ----------------------------------------------------------------------------------------------
 
 
-def _forward_order(module, variables: Mapping, shape: tuple[int, ...], dtype) -> list[str]:
-    """Top-level submodule names in the order a forward pass first calls them (traced, not run)."""
-    import flax.linen as nn
+_SUB_JAXPRS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+_NONE: frozenset = frozenset()
 
-    order: list[str] = []
 
-    def record(next_fun, args, kwargs, context):
-        path = context.module.path
-        if path and path[0] not in order:
-            order.append(path[0])
-        return next_fun(*args, **kwargs)
+def _walk(jaxpr, taint: dict, first: dict, meet: dict, clock: list) -> list:
+    """Propagate parameter *taint* (which top-level submodules' parameters a value depends on)
+    through ``jaxpr`` in execution order, into nested call jaxprs. Records ``first[name]``, the
+    index of the first equation reading a value derived from ``name``'s parameters, and
+    ``meet[name]``, the other names at the first equation that combines ``name`` with any of
+    them. Returns the taints of the outputs."""
+    for eqn in jaxpr.eqns:
+        clock[0] += 1
+        ins = [_NONE if hasattr(v, "val") else taint.get(v, _NONE) for v in eqn.invars]
+        union = frozenset().union(*ins)
+        for name in union:
+            first.setdefault(name, clock[0])
+            if len(union) > 1 and name not in meet:
+                meet[name] = union - {name}
+        inner = next((eqn.params[k] for k in _SUB_JAXPRS if k in eqn.params), None)
+        inner = getattr(inner, "jaxpr", inner)
+        if union and inner is not None and hasattr(inner, "eqns") and len(inner.invars) == len(eqn.invars):
+            outs = _walk(inner, dict(zip(inner.invars, ins)), first, meet, clock)
+            if len(outs) == len(eqn.outvars):
+                taint.update(zip(eqn.outvars, outs))
+                continue
+        if union:
+            taint.update((v, union) for v in eqn.outvars)
+    return [_NONE if hasattr(v, "val") else taint.get(v, _NONE) for v in jaxpr.outvars]
 
-    def forward(v, x):
-        with nn.intercept_methods(record):
-            return module.apply(v, x)
 
+def _trace_parameters(module, variables: Mapping, shape: tuple[int, ...], dtype) -> tuple[dict, dict]:
+    """``(first, meet)`` of :func:`_walk` for a forward pass of ``module`` (traced, not run).
+
+    Parameters count however the model reads them: calling the submodule, or folding a batch norm
+    into a conv kernel by hand.
+    """
     from flax.errors import FlaxError
 
+    leaves, _ = jax.tree_util.tree_flatten_with_path(dict(variables))
+    owners = [path[1].key if path[0].key == "params" else None for path, _ in leaves]
     try:
-        jax.eval_shape(forward, variables, jax.ShapeDtypeStruct(shape, dtype))
+        closed = jax.make_jaxpr(module.apply)(dict(variables), jax.ShapeDtypeStruct(shape, dtype))
     except FlaxError as err:
         raise ValueError(f"the variables do not fit the module (wrong shape or structure): {err}") from None
-    return order
+    jaxpr = closed.jaxpr
+    taint = {v: frozenset([name]) for v, name in zip(jaxpr.invars[: len(owners)], owners) if name is not None}
+    first: dict = {}
+    meet: dict = {}
+    _walk(jaxpr, taint, first, meet, [0])
+    return first, meet
 
 
 def _natural_key(name: str):
@@ -113,8 +140,11 @@ def layer_blocks(module, variables: Mapping, image_shape: Sequence[int], *, by: 
       module: a Flax linen module (any model in ``models/``, the tiny CNN, your own).
       variables: its variables; needs ``"params"`` (``"batch_stats"`` optional).
       image_shape: shape of an input batch, e.g. ``(1, 224, 224, 3)`` (only traced).
-      by: ``"layer"``: each top-level submodule, a normalisation layer joined to the block before
-        it; ``"stage"``: consecutive list members ``name_<i>`` merged into one stage ``name``.
+      by: ``"layer"``: each top-level submodule in the order a forward pass first reads its
+        parameters, a normalisation layer (``scale``/``bias`` with running statistics) joined to
+        the conv it normalises (the most recent layer whose values it is first combined with,
+        whether it scales the conv's output or is folded into its kernel);
+        ``"stage"``: consecutive list members ``name_<i>`` merged into one stage ``name``.
       dtype: input dtype for the trace.
 
     Returns:
@@ -128,24 +158,38 @@ def layer_blocks(module, variables: Mapping, image_shape: Sequence[int], *, by: 
     if "params" not in variables:
         raise ValueError(f"variables need a 'params' collection; got {sorted(variables)}")
     names = list(variables["params"])
-    called = [n for n in _forward_order(module, variables, tuple(image_shape), dtype) if n in names]
-    order = called + sorted((n for n in names if n not in called), key=_natural_key)
-    groups: list[list[str]] = []
+    ticks, meet = _trace_parameters(module, variables, tuple(image_shape), dtype)
+    never = max(ticks.values(), default=0) + 1  # parameters a forward pass does not read: last
+    tick = {n: ticks.get(n, never) for n in names}
+    order = sorted(names, key=lambda n: (tick[n], _natural_key(n)))
+    # A normalisation layer joins the conv it normalises: the most recent layer whose values it is
+    # first combined with (the conv output it scales, or the kernel it is folded into).
+    layers = [n for n in order if not _is_norm(n, variables)] or order
+    members: dict[str, list[str]] = {n: [n] for n in layers}
     for name in order:
-        if groups and _is_norm(name, variables):
-            groups[-1].append(name)
-        else:
-            groups.append([name])
+        if name in members:
+            continue
+        candidates = [n for n in meet.get(name, ()) if n in members]
+        if not candidates:  # never combined with a layer: the layer before it, or the first one
+            candidates = [n for n in order[: order.index(name)] if n in members] or layers[:1]
+        members[max(candidates, key=lambda n: (tick[n], _natural_key(n)))].append(name)
+    groups = [members[n] for n in order if n in members]
     labelled = [(g[0], tuple(g)) for g in groups]
-    if by == "stage":
-        merged: list[tuple[str, tuple[str, ...]]] = []
+    if by == "stage":  # runs of list members name_0, name_1, ... -> one stage "name"
+        runs: list[tuple[str, list[tuple[str, tuple[str, ...]]]]] = []
         for label, keys in labelled:
             stage = re.sub(r"_\d+$", "", label)
-            if stage != label and merged and merged[-1][0] == stage:
-                merged[-1] = (stage, merged[-1][1] + keys)
+            if stage != label and runs and runs[-1][0] == stage:
+                runs[-1][1].append((label, keys))
             else:
-                merged.append((stage, keys))
-        labelled = merged
+                runs.append((stage, [(label, keys)]))
+        labelled, used = [], set()
+        for stage, run in runs:
+            label = stage if len(run) > 1 else run[0][0]
+            if label in used:
+                label = f"{run[0][0]}..{run[-1][0]}"
+            used.add(label)
+            labelled.append((label, tuple(k for _, keys in run for k in keys)))
     return labelled[::-1]
 
 

@@ -75,6 +75,23 @@ def test_blocks_follow_the_forward_pass_top_first_with_norm_joined():
         gj.sanity.layer_blocks(module, variables, x.shape, by="depth")
 
 
+def test_blocks_of_lite0_with_and_without_folded_batch_norm():
+    import dataclasses
+
+    from models.efficientnet import EfficientNetLite0
+
+    module = EfficientNetLite0(num_classes=10)
+    shape = (1, 64, 64, 3)
+    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(shape, jnp.float32))
+    blocks = gj.sanity.layer_blocks(module, variables, shape)
+    expected = ([("fc", ("fc",)), ("conv_head", ("conv_head", "bn1"))]
+                + [(f"blocks_{i}", (f"blocks_{i}",)) for i in range(15, -1, -1)] + [("conv_stem", ("conv_stem", "bn0"))])
+    assert blocks == expected
+    if "fold_bn" in {f.name for f in dataclasses.fields(module)}:  # the norm read before its conv's kernel
+        other = module.clone(fold_bn=not module.fold_bn)
+        assert gj.sanity.layer_blocks(other, variables, shape) == expected
+
+
 @pytest.mark.parametrize("cascading", [True, False])
 def test_randomised_variables_use_the_module_initialisers_and_keep_batch_stats(cascading):
     x = jnp.zeros((1, 8, 8, 3))
