@@ -30,8 +30,9 @@ import gag_jax as gj
 import models
 
 model = models.model_functions(*models.load("efficientnet_lite0"))  # shipped ImageNet weights
-images = gj.data.prepare_pixels([data.chelsea(), data.stereo_motorcycle()[0]], 128)  # (2, 128, 128, 3), normalised
-pixels = gj.ops.to_pixels(images).clip(0, 1)  # back to [0, 1] RGB, for display
+scaling = models.input_normalization("efficientnet_lite0")  # the model's input scaling: (x - 127) / 128
+images = gj.data.prepare_pixels([data.chelsea(), data.stereo_motorcycle()[0]], 128, **scaling)  # (2, 128, 128, 3)
+pixels = gj.ops.to_pixels(images, **scaling).clip(0, 1)  # back to [0, 1] RGB, for display
 labels = model.logits(images).argmax(-1)  # explain the predicted class
 
 # %% [markdown]
@@ -69,7 +70,7 @@ for i, row in enumerate(axes):
 
 # %%
 for m, s in maps.items():
-    r = gj.metrics.score(model.logits, images, labels, s, metrics="rcap,dauc,iauc")
+    r = gj.metrics.score(model.logits, images, labels, s, metrics="rcap,dauc,iauc", **scaling)
     print(f"{m:8s} RCAP {r['rcap'].mean():.3f}   DAUC {r['dauc'].mean():.3f}   IAUC {r['iauc'].mean():.3f}")
 
 # %% [markdown]

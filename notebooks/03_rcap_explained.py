@@ -41,8 +41,9 @@ SIZE = 128
 model = models.model_functions(*models.load("efficientnet_lite0"))
 logits_fn = model.logits
 photo = data.stereo_motorcycle()[0]                 # the left view of scikit-image's stereo pair
-images = gj.data.prepare_pixels([photo], SIZE)      # (1, SIZE, SIZE, 3), ImageNet-normalised
-pixels = np.asarray(gj.ops.to_pixels(images))       # the same image in [0, 1] pixel space
+scaling = models.input_normalization("efficientnet_lite0")  # Lite0's input scaling: (x - 127) / 128
+images = gj.data.prepare_pixels([photo], SIZE, **scaling)  # (1, SIZE, SIZE, 3), normalised as the model expects
+pixels = np.asarray(gj.ops.to_pixels(images, **scaling))   # the same image in [0, 1] pixel space
 probabilities = jax.nn.softmax(logits_fn(images))[0]
 label = int(jnp.argmax(probabilities))
 print(f"predicted {models.imagenet_classes()[label]!r} (class {label}) with probability {probabilities[label]:.3f}")
@@ -60,7 +61,7 @@ methods = ["sg", "ag", "gag"]
 key = jax.random.PRNGKey(0)
 sal = jnp.concatenate([gj.explain(m, model, images, jnp.array([label]), key=key) for m in methods])
 batch_images, batch_labels = jnp.repeat(images, len(methods), 0), jnp.full((len(methods),), label)
-out = gj.metrics.rcap(logits_fn, batch_images, batch_labels, sal)
+out = gj.metrics.rcap(logits_fn, batch_images, batch_labels, sal, **scaling)
 percentiles = np.asarray(out["percentiles"])
 for m, score in zip(methods, out["rcap"]):
     print(f"{m:4s} RCAP {float(score):.4f}")
@@ -215,11 +216,11 @@ plt.show()
 
 columns = ["rcap", "dauc", "iauc"]
 print(f"{'map':8s}" + "".join(f"{c.upper():>8s}{'R':>8s}" for c in columns))
-cases = [(methods, logits_fn, batch_images, batch_labels, sal),
-         (list(fig4), object_model, syn_images, syn_labels, syn_maps)]
-for names, fn, x, y, s in cases:
-    original = gj.metrics.score(fn, x, y, s, metrics=columns)
-    reversed_ = gj.metrics.score(fn, x, y, gj.reverse(s, jax.random.PRNGKey(1)), metrics=columns)
+cases = [(methods, logits_fn, batch_images, batch_labels, sal, scaling),
+         (list(fig4), object_model, syn_images, syn_labels, syn_maps, {})]  # synthetic: ImageNet statistics
+for names, fn, x, y, s, norm in cases:
+    original = gj.metrics.score(fn, x, y, s, metrics=columns, **norm)
+    reversed_ = gj.metrics.score(fn, x, y, gj.reverse(s, jax.random.PRNGKey(1)), metrics=columns, **norm)
     for i, name in enumerate(names):
         print(f"{name:8s}" + "".join(f"{original[c][i]:8.3f}{reversed_[c][i]:8.3f}" for c in columns))
 

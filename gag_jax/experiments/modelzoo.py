@@ -14,25 +14,20 @@ CASE_MODELS = {"imagenet_s": "resnet50", "isic": "efficientnet_b0", "places365":
 """The paper's model of each case (``tiny`` for the synthetic one; the shipped Lite0 for a folder)."""
 
 
-LITE0_MEAN = (127.0 / 255.0,) * 3
-LITE0_STD = (128.0 / 255.0,) * 3
-"""EfficientNet-Lite's own input scaling, ``(x - 127) / 128`` on 0..255 pixels (the TensorFlow
-EfficientNet-Lite preprocessing its weights were trained with)."""
-
-
 def model_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` per RGB channel that the model's inputs are standardised with (pixels in [0, 1]).
 
-    ResNet-50, DenseNet-161 and EfficientNet-B0 (torchvision-style) and the synthetic-case ``tiny``
-    CNN take ImageNet statistics; the shipped EfficientNet-Lite0 takes ``(x - 127) / 128``
-    (:data:`LITE0_MEAN`, :data:`LITE0_STD`). Measured on the 500 photos of
-    ``imagenet_val_sample`` at 224 px (shorter side 256, centre crop): top-1 0.868 with Lite0's
-    own scaling, 0.766 with ImageNet statistics.
+    ``models.input_normalization`` for the models of ``models/`` (the shipped EfficientNet-Lite0
+    takes ``(x - 127) / 128``, the others ImageNet statistics); ImageNet statistics for the
+    synthetic-case ``tiny`` CNN.
     """
     check_model_name(name)
-    if name == "efficientnet_lite0":
-        return LITE0_MEAN, LITE0_STD
-    return tuple(gj.data.IMAGENET_MEAN), tuple(gj.data.IMAGENET_STD)
+    if name == TINY:
+        return tuple(gj.data.IMAGENET_MEAN), tuple(gj.data.IMAGENET_STD)
+    import models
+
+    scaling = models.input_normalization(name)
+    return scaling["mean"], scaling["std"]
 
 
 def model_names() -> tuple[str, ...]:
