@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -282,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluate output directories")
     p.add_argument("--table", type=_tables_arg, default=[2], help="1, 2, 3 or a list (default 2)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
+                   help="also write the run's summary (date, machine, images kept, compute time, command) and the "
+                   "tables into README (default README.md) between <!-- SECTION:start --> and <!-- SECTION:end -->")
+    p.add_argument("--section", default="evaluate-tables", help="the README section name (default evaluate-tables)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     # port ---------------------------------------------------------------------------
@@ -413,7 +418,8 @@ def cmd_evaluate(args) -> int:
                 confidence=args.confidence, image_size=args.image_size, split=args.split, n=args.n,
                 chunk_size=args.chunk_size, seed=args.seed, case_options=_case_options(args.case_option),
                 backend=args.backend, resize=args.resize, target=args.target, train_steps=args.train_steps,
-                figures=not args.no_figures, progress=not args.no_progress, report=_say)
+                figures=not args.no_figures, progress=not args.no_progress, report=_say,
+                command=shlex.join([PROG, *args.argv]))
     except (runner.OptionError, runner.RunMismatchError, DatasetLayoutError) as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
@@ -455,15 +461,21 @@ def _case_options(items: Sequence[str]) -> dict:
 
 def cmd_tables(args) -> int:
     """``gag-jax tables``: one table from several finished evaluate runs (``tables.combine_runs``)."""
-    from gag_jax.experiments import tables
+    from gag_jax.experiments import readme, tables
 
+    if args.update_readme and not os.path.isfile(args.update_readme):
+        raise UsageError(f"--update-readme {args.update_readme}: no such file")
     try:
         written = tables.combine_runs(args.runs, args.table, args.out)
+        if args.update_readme:
+            readme.replace_section(args.update_readme, args.section, tables.runs_markdown(args.runs, written))
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
     for paths in written:
         _say(paths["markdown"].rstrip())
         _say(f"wrote {paths['csv']} and {paths['md']}")
+    if args.update_readme:
+        _say(f"wrote the summary and tables into {args.update_readme} (section {args.section})")
     return 0
 
 
@@ -647,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     prefix = f"{PROG} {args.command}"
     try:
+        args.argv = argv
         return COMMANDS[args.command](args)
     except UsageError as err:
         if debug:

@@ -304,6 +304,26 @@ def test_tables_command_rebuilds_the_tables_of_a_run(evaluated, tmp_path, capsys
     assert rc == 2 and "not an evaluate output directory" in err
 
 
+def test_tables_update_readme_writes_summary_and_tables_between_the_markers(evaluated, tmp_path, capsys):
+    import json
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- real:start -->\nold\n<!-- real:end -->\noutro\n")
+    rc, _, err = _main(["tables", evaluated, "--table", "1", "--out", tmp_path / "t", "--update-readme", readme,
+                        "--section", "real"], capsys)
+    assert rc == 0, err
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- real:start -->\n") and text.endswith("<!-- real:end -->\noutro\n")
+    assert "old" not in text
+    manifest = json.loads((evaluated / "manifest.json").read_text())
+    kept, seen = manifest["plan"]["images_kept"], manifest["plan"]["images_seen"]
+    assert f"{kept} of {seen} images kept" in text and "gag-jax evaluate --case synthetic" in text
+    assert (tmp_path / "t" / "table1.md").read_text().strip() in text
+    rc, _, err = _main(["tables", evaluated, "--out", tmp_path / "t", "--update-readme", readme, "--section", "x"],
+                       capsys)
+    assert rc == 2 and "lacks the markers <!-- x:start -->" in err
+
+
 @pytest.mark.parametrize("args, needle", [
     (["evaluate", "--case", "cifar", "--out", "{tmp}"], "unknown case 'cifar'"),
     (["evaluate", "--case", "isic", "--data-dir", "{tmp}/missing", "--out", "{tmp}"], "no such directory"),

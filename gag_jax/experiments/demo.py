@@ -24,6 +24,7 @@ import numpy as np
 import gag_jax as gj
 from gag_jax.data import pad_rows
 from gag_jax.experiments import figures
+from gag_jax.experiments import readme as readme_sections
 from gag_jax.experiments.specs import LABELS
 
 DEMO_IMAGES: tuple[tuple[str, str], ...] = (
@@ -134,7 +135,8 @@ class DemoResult:
     seconds: dict
 
 
-README_MARKERS = ("<!-- demo-table:start -->", "<!-- demo-table:end -->")
+README_SECTION = "demo-table"
+README_MARKERS = readme_sections.markers(README_SECTION)
 """The comments in ``README.md`` between which :func:`update_readme` writes the demo's table."""
 
 
@@ -176,29 +178,14 @@ def demo_markdown(model_name: str, size: int, n: int, predictions: Sequence[tupl
 
 
 def update_readme(readme: str, table_md: str) -> str:
-    """Replace the text between :data:`README_MARKERS` in ``readme`` with the demo table ``table_md``.
-
-    Args:
-      readme: path of ``README.md``.
-      table_md: path of a ``demo_table.md`` written by :func:`run_demo`.
-
-    Returns:
-      ``readme``.
+    """Write the demo table ``table_md`` (a ``demo_table.md`` of :func:`run_demo`) into ``readme``
+    between :data:`README_MARKERS` (see :func:`gag_jax.experiments.readme.replace_section`).
 
     Raises:
       ValueError: the markers are missing or out of order.
     """
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
-    start, end = (text.find(m) for m in README_MARKERS)
-    if start < 0 or end < start:
-        raise ValueError(f"{readme} lacks the markers {README_MARKERS[0]} ... {README_MARKERS[1]}")
     with open(table_md, encoding="utf-8") as f:
-        table = f.read().strip()
-    text = text[: start + len(README_MARKERS[0])] + "\n" + table + "\n" + text[end:]
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(text)
-    return readme
+        return readme_sections.replace_section(readme, README_SECTION, f.read())
 
 
 DEMO_SIZE = 160

@@ -144,7 +144,8 @@ def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform(), "jax": jax.__version__,
            "jaxlib": getattr(jax.lib, "__version__", None) or _module_version("jaxlib"),
            "flax": flax.__version__, "numpy": np.__version__, "gag_jax": gj.__version__,
-           "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
+           "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+           "cpu_count": os.cpu_count()}
     try:
         import subprocess
 
@@ -533,7 +534,8 @@ def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metric
 
 def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches, model: gj.ModelFunctions,
         table: int | Sequence[int] | None = None, metric_batch_size: int | None = None, progress: bool = True,
-        extra_manifest: Mapping | None = None, on_record: Callable[[str, int], None] | None = None) -> dict:
+        extra_manifest: Mapping | None = None, on_record: Callable[[str, int], None] | None = None,
+        command: str | None = None) -> dict:
     """Run (or resume) an evaluation and return its per-method results.
 
     Args:
@@ -549,6 +551,7 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
       extra_manifest: more JSON-able facts for the manifest (e.g. the tiny model's training).
       on_record: called with (method name, batch index) after each record is written (an
         exception it raises stops the run as an interruption would).
+      command: the command line recorded in the manifest (default: this process's ``sys.argv``).
 
     Returns:
       ``{"results": collect(...), "plan": {...}, "counts": {"computed", "reused"}, "manifest": path}``.
@@ -576,7 +579,7 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
         "methods": list(known.values()), "table": table, "versions": versions(),
         "metric_batch_size": metric_batch_size,
         "seeds": {"explanations": "fold_in(fold_in(PRNGKey(seed), crc32(method)), batch)", "seed": config.seed},
-        "command": manifest.get("command", []) + [" ".join(sys.argv)],
+        "command": manifest.get("command", []) + [command or " ".join(sys.argv)],
     })
     if extra_manifest:
         manifest.update({k: _jsonable(v) for k, v in extra_manifest.items()})
@@ -661,7 +664,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
                   n: int | None = None, chunk_size: int | None = None, seed: int = 0,
                   case_options: Mapping[str, Any] | None = None, backend: str = "auto", resize: str | None = None,
                   target: str = "auto", train_steps: int = 300, figures: bool = True, progress: bool = True,
-                  report: Callable[[str], None] = print) -> dict[str, Any]:
+                  report: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
     """Evaluate one case end to end, as ``gag-jax evaluate`` does: load the data and the model,
     run (or resume) :func:`run`, write the tables and figures.
 
@@ -693,6 +696,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
       figures: write ``rcap_curves.png`` and ``table1_p_ablation.png``.
       progress: tqdm bars.
       report: receives one line per step (what is loaded, trained, run).
+      command: the command line recorded in the manifest (default: ``sys.argv``).
 
     Returns:
       :func:`run`'s dict plus ``"specs"``, ``"metrics"``, ``"target"``, ``"model"``,
@@ -770,7 +774,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
     start = time.perf_counter()
     out = run(config, specs, out_dir, batches=batches, model=net, table=tables[0] if len(tables) == 1 else tables,
               metric_batch_size=metric_batch_size, progress=progress,
-              extra_manifest={"tiny_model_training": training} if training else None)
+              extra_manifest={"tiny_model_training": training} if training else None, command=command)
     out["seconds"] = time.perf_counter() - start
     note = run_note(case, model_name, out["plan"], confidence, target, seed)
     written = {}

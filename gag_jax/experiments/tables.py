@@ -244,3 +244,18 @@ def combine_runs(run_dirs: Sequence[str], tables: Sequence[int], out_dir: str) -
             specs.setdefault(spec.name, spec)
     return [write_tables(t, rows_for_table(t, list(specs.values())), results, metrics_by_case, out_dir,
                          note="Cases: " + ", ".join(results)) for t in tables]
+
+
+def runs_markdown(run_dirs: Sequence[str], written: Sequence[Mapping[str, str]]) -> str:
+    """Markdown for a README section: a summary of each run (``readme.run_summary``) and the tables.
+
+    Args:
+      run_dirs: the evaluate output directories the tables come from.
+      written: what :func:`combine_runs` returned for them.
+    """
+    from gag_jax.experiments.readme import run_summary
+    from gag_jax.experiments.runner import load_run
+
+    parts = [run_summary(run_dir, load_run(run_dir)["manifest"]) for run_dir in run_dirs]
+    parts += [paths["markdown"].strip() for paths in written]
+    return "\n\n".join(parts) + "\n"
