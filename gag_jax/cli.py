@@ -556,18 +556,18 @@ def _add_sanity_parser(sub, common) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="images per explainer call (default all)")
     p.add_argument("--chunk-size", type=_positive_int, default=None, help="modifications per vmapped chunk")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
+                   help="also write the summary table into README (default README.md) between "
+                   "<!-- sanity-table:start --> and <!-- sanity-table:end -->")
     common(p)
 
 
 def cmd_sanity(args) -> int:
-    """``gag-jax sanity``."""
-    import jax
-    import numpy as np
-
+    """``gag-jax sanity``: ``sanity_figures.sanity_check`` with the command-line options."""
     import gag_jax as gj
-    from gag_jax.experiments.demo import read_images
-    from gag_jax.experiments.modelzoo import TINY, check_model_name
-    from gag_jax.experiments.sanity_figures import run_sanity
+    from gag_jax.experiments import readme
+    from gag_jax.experiments.modelzoo import check_model_name
+    from gag_jax.experiments.sanity_figures import sanity_check
 
     methods = args.methods or list(gj.METHODS)
     unknown = [m for m in methods if m not in gj.METHODS]
@@ -575,53 +575,25 @@ def cmd_sanity(args) -> int:
         raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
     _check_model(args.model, args.checkpoint, check_model_name)
     _check_paths(args.images)
-    labels = _parse_labels(args.labels)
-    if args.model == TINY:
-        from gag_jax.experiments.tiny import load_tiny
-
-        if args.checkpoint is None:
-            raise UsageError("model 'tiny' needs --checkpoint")
-        module, variables = load_tiny(args.checkpoint)
-    else:
-        from models import load
-
-        module, variables = load(args.model, args.checkpoint)
-    from gag_jax.data._common import IMAGE_EXTENSIONS
-
-    paths = []  # folders listed here so that --max-images reads only the images it uses
-    for path in args.images:
-        if os.path.isdir(path):
-            paths += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        else:
-            paths.append(path)
-    pixels, images, names = read_images(paths[: args.max_images], args.size, report=_warn)
-    if not names:
+    if args.update_readme and not os.path.isfile(args.update_readme):
+        raise UsageError(f"--update-readme {args.update_readme}: no such file")
+    test_options = {"by": args.by, "batch_size": args.batch_size, **({"steps": args.steps} if args.steps else {})}
+    try:
+        run = sanity_check(args.model, args.images, args.out, checkpoint=args.checkpoint, methods=methods,
+                           labels=_parse_labels(args.labels), max_images=args.max_images, size=args.size,
+                           n=args.n, chunk_size=args.chunk_size, seed=args.seed, cascading=not args.independent,
+                           report=_say, warn=_warn, **test_options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if run is None:
         _warn("no readable image")
         return EXIT_FAILURE
-    logits = np.asarray(module.apply(variables, images))
-    if labels is None:
-        y = logits.argmax(-1).astype(np.int32)
-    else:
-        y = np.asarray(labels if len(labels) > 1 else labels * len(names), np.int32)
-        if y.shape[0] != len(names) or y.min() < 0 or y.max() >= logits.shape[1]:
-            raise UsageError(f"--labels needs {len(names)} class indices in [0, {logits.shape[1]})")
-    options = {k: v for k, v in (("n", args.n), ("chunk_size", args.chunk_size)) if v is not None}
-    method_options = {m: {k: v for k, v in options.items() if k in gj.DEFAULTS[m]} for m in methods}
-    test_options = {"by": args.by, "batch_size": args.batch_size}
-    if args.steps:
-        test_options["steps"] = args.steps
-    _say(f"gag-jax sanity: {args.model}, {len(names)} image(s) at {args.size}, {len(methods)} method(s), "
-         f"{'independent' if args.independent else 'cascading'} randomisation")
-    run = run_sanity(module, variables, pixels, images, y, names, args.out, methods=methods,
-                     key=jax.random.PRNGKey(args.seed), cascading=not args.independent,
-                     method_options=method_options, report=_say, **test_options)
     _say("")
-    _say("mean Spearman correlation (absolute maps) with the trained model's map, over images:")
-    _say(f"{'method':10s} {'after top block':>15s} {'last step':>10s} {'mean of steps':>14s}  verdict")
-    for m, r in run["results"].items():
-        curve = r["spearman_abs"].mean(axis=1)
-        _say(f"{m:10s} {curve[0]:15.3f} {curve[-1]:10.3f} {curve.mean():14.3f}  "
-             f"{'passes' if r['passed'] else 'FAILS (the maps survive the randomisation)'}")
+    with open(run["files"]["markdown"], encoding="utf-8") as f:
+        _say(f.read().rstrip())
+    if args.update_readme:
+        readme.replace_section(args.update_readme, "sanity-table", run["markdown_with_command"])
+        _say(f"wrote the summary into {args.update_readme} (section sanity-table)")
     _say("")
     for label, path in run["files"].items():
         _say(f"  {label:8s} {path}")

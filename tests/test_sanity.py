@@ -241,10 +241,16 @@ def test_cli_sanity_writes_csv_and_figures(tmp_path, trained_tiny, capsys):
     for i, px in enumerate(data["pixels"]):
         Image.fromarray(px).save(folder / f"img{i}.png")
     out = tmp_path / "out"
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- sanity-table:start -->\nold\n<!-- sanity-table:end -->\nb\n")
     status = main(["sanity", "--model", "tiny", "--checkpoint", str(ckpt), "--methods", "vg",
-                   "--images", str(folder), "--size", "32", "--out", str(out), "--compile-cache", "none"])
+                   "--images", str(folder), "--size", "32", "--out", str(out), "--compile-cache", "none",
+                   "--update-readme", str(readme)])
     assert status == 0
-    for name in ("sanity.csv", "sanity_summary.csv", "sanity_curves.png", "sanity_maps.png"):
+    text = readme.read_text()
+    assert "old" not in text and "| vg |" in text and "gag-jax sanity --model tiny --methods vg" in text
+    assert (out / "sanity_summary.md").read_text().strip() in text
+    for name in ("sanity.csv", "sanity_summary.csv", "sanity_summary.md", "sanity_curves.png", "sanity_maps.png"):
         assert os.path.getsize(out / name) > 0
     with open(out / "sanity.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -162,6 +162,41 @@ def write_summary(path: str, results: Mapping[str, Mapping]) -> str:
     return path
 
 
+def summary_markdown(results: Mapping[str, Mapping], image_names: Sequence[str]) -> str:
+    """A Markdown table of the test: per method, the mean Spearman correlation (absolute maps) with the
+    trained model's map after the top block, at the last step and averaged over steps, and the verdict.
+
+    Args:
+      results: method -> ``gj.sanity.model_randomisation`` result (with ``"passed"``).
+      image_names: the images explained.
+    """
+    first = next(iter(results.values()))
+    intro = (
+        f"Spearman rank correlation of absolute maps with the trained model's map, mean over {len(image_names)} "
+        f"image(s) ({', '.join(image_names)}); {len(first['steps'])} steps from `{first['steps'][0]}` to "
+        f"`{first['steps'][-1]}`. A method passes when the mean over the steps is below 0.5 (its maps change "
+        "as the model is randomised)."
+    )
+    lines = [
+        intro,
+        "",
+        f"| method | after `{first['steps'][0]}` | last step | mean over steps | verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, r in results.items():
+        curve = np.asarray(r["spearman_abs"]).mean(axis=1)
+        verdict = "passes" if r["passed"] else "**fails** (its maps survive the randomisation)"
+        lines.append(f"| {name} | {curve[0]:.3f} | {curve[-1]:.3f} | {curve.mean():.3f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: str, results: Mapping[str, Mapping], image_names: Sequence[str]) -> str:
+    """Write :func:`summary_markdown` to ``path``; returns ``path``."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(summary_markdown(results, image_names))
+    return path
+
+
 def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels: np.ndarray,
                image_names: Sequence[str], out_dir: str, *, methods: Sequence, key, cascading: bool = True,
                method_options: Mapping[str, Mapping] | None = None, report: Callable[[str], None] = print,
@@ -204,8 +239,100 @@ def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels
                f"({seconds[name]:.0f} s)")
     files = {
         "csv": write_csv(os.path.join(out_dir, f"{prefix}.csv"), results, image_names),
+        "markdown": write_markdown(os.path.join(out_dir, f"{prefix}_summary.md"), results, image_names),
         "summary": write_summary(os.path.join(out_dir, f"{prefix}_summary.csv"), results),
         "curves": similarity_curves(os.path.join(out_dir, f"{prefix}_curves.png"), results),
         "grid": randomisation_grid(os.path.join(out_dir, f"{prefix}_maps.png"), pixels, results),
     }
     return {"results": results, "files": files, "seconds": seconds}
+
+
+def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, checkpoint: str | None = None,
+                 methods: Sequence[str] | None = None, labels: Sequence[int] | None = None, max_images: int = 4,
+                 size: int = 224, n: int | None = None, chunk_size: int | None = None, seed: int = 0,
+                 cascading: bool = True, report: Callable[[str], None] = print,
+                 warn: Callable[[str], None] = print, **test_options) -> dict | None:
+    """The model-randomisation test on image files, as ``gag-jax sanity`` runs it.
+
+    Loads the model (``models.load``, or ``tiny`` from ``checkpoint``), reads up to ``max_images``
+    images (files, or the images of folders, in sorted order) with the model's own input scaling,
+    explains each one's ``labels`` (default: the model's top-1 class) and calls :func:`run_sanity`.
+
+    Args:
+      model_name: a ``modelzoo.model_names()`` entry.
+      image_paths: image files and/or folders.
+      out_dir: where the CSVs, the Markdown summary and the figures go.
+      checkpoint: weights (needed for ``tiny``; optional for the shipped Lite0).
+      methods: ``gj.METHODS`` names (default all ten).
+      labels: one class per image, or one for all (default: top-1).
+      max_images, size: how many images, and their side in pixels.
+      n, chunk_size: method options, where the method has them.
+      seed: PRNG seed.
+      cascading: cascading (top block first) or independent randomisation.
+      report, warn: progress lines and warnings (unreadable files).
+      **test_options: for ``gj.sanity.model_randomisation`` (``by``, ``steps``, ``batch_size``).
+
+    Returns:
+      :func:`run_sanity`'s dict plus ``"markdown_with_command"`` (the summary and the equivalent
+      command, for the README), or None when no image could be read.
+
+    Raises:
+      ValueError: labels that do not fit the images or the model; ``tiny`` without a checkpoint.
+    """
+    import shlex
+
+    import jax
+
+    import gag_jax as gj
+    from gag_jax.data._common import IMAGE_EXTENSIONS
+    from gag_jax.experiments.demo import read_images
+    from gag_jax.experiments.modelzoo import TINY, model_normalization
+
+    if model_name == TINY:
+        from gag_jax.experiments.tiny import load_tiny
+
+        if checkpoint is None:
+            raise ValueError("model 'tiny' needs --checkpoint")
+        module, variables = load_tiny(checkpoint)
+    else:
+        from models import load
+
+        module, variables = load(model_name, checkpoint)
+    paths = []  # folders listed here so that max_images reads only the images it uses
+    for path in image_paths:
+        if os.path.isdir(path):
+            paths += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            paths.append(path)
+    mean, std = model_normalization(model_name)
+    pixels, images, names = read_images(paths[:max_images], size, report=warn, mean=mean, std=std)
+    if not names:
+        return None
+    logits = np.asarray(module.apply(variables, images))
+    if labels is None:
+        y = logits.argmax(-1).astype(np.int32)
+    else:
+        y = np.asarray(list(labels) if len(labels) > 1 else list(labels) * len(names), np.int32)
+        if y.shape[0] != len(names) or y.min() < 0 or y.max() >= logits.shape[1]:
+            raise ValueError(f"--labels needs {len(names)} class indices in [0, {logits.shape[1]})")
+    methods = list(methods or gj.METHODS)
+    options = {k: v for k, v in (("n", n), ("chunk_size", chunk_size)) if v is not None}
+    method_options = {m: {k: v for k, v in options.items() if k in gj.DEFAULTS[m]} for m in methods}
+    report(f"gag-jax sanity: {model_name}, {len(names)} image(s) at {size}, {len(methods)} method(s), "
+           f"{'cascading' if cascading else 'independent'} randomisation")
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    run = run_sanity(module, variables, pixels, images, y, names, out_dir, methods=methods,
+                     key=jax.random.PRNGKey(seed), cascading=cascading, method_options=method_options,
+                     report=report, **test_options)
+    minutes = (time.perf_counter() - start) / 60
+    command = ["gag-jax", "sanity", "--model", model_name, "--methods", ",".join(methods), "--images",
+               *[os.path.basename(p) for p in paths[:max_images]], "--size", str(size), "--seed", str(seed)]
+    command += ["--n", str(n)] if n is not None else []
+    command += [] if cascading else ["--independent"]
+    with open(run["files"]["markdown"], encoding="utf-8") as f:
+        table = f.read().strip()
+    run["markdown_with_command"] = (
+        f"{table}\n\n{len(names)} image(s) at {size} px, {minutes:.0f} min on {jax.default_backend()} "
+        f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}:\n\n```bash\n{shlex.join(command)}\n```\n")
+    return run
