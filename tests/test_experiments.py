@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -340,3 +341,27 @@ def test_demo_table_goes_into_the_readme_between_the_markers(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="demo-table"):
         update_readme(str(readme), str(table))
+
+
+def test_runner_gives_ig_the_black_baseline_of_the_data_scaling():
+    """IG of a linear model is exactly w * (x - black), with black = (0 - mean) / std of the data's own
+    scaling (not ImageNet's); the runner passes the scaling only to methods that take it."""
+    from gag_jax.experiments.runner import explain_batch
+    from gag_jax.experiments.specs import input_scaling, spec_from_name
+
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.5)
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(8, 8, 3)).astype(np.float32)
+    images = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+
+    def model_fn(x):
+        score = (x * weights).sum(axis=(1, 2, 3))
+        return jnp.stack([score, -score], axis=-1)
+
+    maps = explain_batch(spec_from_name("ig"), model_fn, jnp.asarray(images), jnp.zeros(2, jnp.int32),
+                         jax.random.PRNGKey(0), {"n": 4, **input_scaling(mean, std)})
+    black = (0.0 - np.asarray(mean)) / np.asarray(std)
+    expected = np.abs(weights * (images - black)).sum(-1)
+    expected = (expected - expected.min(axis=(1, 2), keepdims=True)) / np.ptp(expected, axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(np.asarray(maps), expected, atol=1e-5)
+    assert "mean" not in spec_from_name("gag").explain_options(input_scaling(mean, std))

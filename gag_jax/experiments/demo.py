@@ -25,7 +25,7 @@ import gag_jax as gj
 from gag_jax.data import pad_rows
 from gag_jax.experiments import figures
 from gag_jax.experiments import readme as readme_sections
-from gag_jax.experiments.specs import LABELS
+from gag_jax.experiments.specs import LABELS, input_scaling
 
 DEMO_IMAGES: tuple[tuple[str, str], ...] = (
     ("chelsea", "chelsea.png"),
@@ -255,7 +255,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
         report(f"  {nm}: {cname} ({p:.2f})")
 
     key = jax.random.PRNGKey(seed)
-    options = {"n": n, "chunk_size": chunk_size}
+    options = {"n": n, "chunk_size": chunk_size, **input_scaling(mean, std)}  # scaling: IG's black baseline
     maps, scores, timing = {}, {}, {}
     bar = None
     if progress:
@@ -406,7 +406,8 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
     written = []
     key = jax.random.PRNGKey(seed)
     for m in methods:
-        opts = {k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None and k in gj.DEFAULTS[m]}
+        opts = {k: v for k, v in {"n": n, "chunk_size": chunk_size, **input_scaling(mean, std)}.items()
+                if v is not None and k in gj.DEFAULTS[m]}
         maps = explain_arrays(model, x, y, m, key=jax.random.fold_in(key, gj.METHODS.index(m)),
                               batch_size=batch_size, options=opts)
         for i, stem in enumerate(stems):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
-from gag_jax.experiments.specs import MethodSpec
+from gag_jax.experiments.specs import MethodSpec, input_scaling
 
 METRICS: tuple[str, ...] = gj.metrics.METRIC_NAMES
 """Metric names stored in records (``dice`` on the command line is ``log_cosh_dice``)."""
@@ -450,7 +450,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     """
     keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
     needs_masks = any(m in MASK_METRICS for m in config.metrics)
-    overrides = dict(config.method_overrides)
+    overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
     metric_options = dict(config.metric_options)
     total = plan.num_kept * len(specs)
     done = {(s.name, k) for s in specs for k in range(len(plan)) if _is_record(record_path(out_dir, s.name, k))}
@@ -574,7 +574,8 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
     manifest.update({
         "format_version": FORMAT_VERSION, "created": manifest.get("created", now), "updated": now,
         "status": "running", "config": config.result_keys(), "checkpoint_path": config.checkpoint,
-        "method_options_resolved": {s.name: {k: _jsonable(v) for k, v in s.explain_options(config.method_overrides).items()}
+        "method_options_resolved": {s.name: {k: _jsonable(v) for k, v in s.explain_options(
+            {**config.method_overrides, **input_scaling(config.mean, config.std)}).items()}
                                     for s in specs},
         "methods": list(known.values()), "table": table, "versions": versions(),
         "metric_batch_size": metric_batch_size,

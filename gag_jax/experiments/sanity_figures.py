@@ -287,6 +287,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     from gag_jax.data._common import IMAGE_EXTENSIONS
     from gag_jax.experiments.demo import read_images
     from gag_jax.experiments.modelzoo import TINY, model_normalization
+    from gag_jax.experiments.specs import input_scaling
 
     if model_name == TINY:
         from gag_jax.experiments.tiny import load_tiny
@@ -317,6 +318,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
             raise ValueError(f"--labels needs {len(names)} class indices in [0, {logits.shape[1]})")
     methods = list(methods or gj.METHODS)
     options = {k: v for k, v in (("n", n), ("chunk_size", chunk_size)) if v is not None}
+    options.update(input_scaling(mean, std))  # IG's / Guided IG's black baseline in the model's scaling
     method_options = {m: {k: v for k, v in options.items() if k in gj.DEFAULTS[m]} for m in methods}
     report(f"gag-jax sanity: {model_name}, {len(names)} image(s) at {size}, {len(methods)} method(s), "
            f"{'cascading' if cascading else 'independent'} randomisation")

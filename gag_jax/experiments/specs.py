@@ -295,3 +295,10 @@ def rows_for_table(table: int, specs: Sequence[MethodSpec]) -> list[MethodSpec]:
     rows = sorted((s for s in specs if s.name in order), key=lambda s: order.index(s.name))
     rows += [s for s in specs if s.name not in order and s.base is None and not s.name.startswith("gag-")]
     return rows or [s for s in specs if s.base is None]
+
+
+def input_scaling(mean, std) -> dict[str, tuple[float, ...]]:
+    """``{"mean": ..., "std": ...}`` as method options: the methods that build a baseline in pixel space
+    (IG's and Guided IG's black image, occlusion's baselines) take the data's input scaling from them;
+    ``MethodSpec.explain_options`` passes them only to the methods that have these options."""
+    return {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std)}
