@@ -37,3 +37,11 @@ def test_which_method_table_sits_between_the_demo_markers():
     start, end = (text.index(m) for m in README_MARKERS)
     table = text[start:end]
     assert "| Method |" in table and "| GAG |" in table
+
+
+def test_composition_section_shows_the_gag_preset_verbatim():
+    import inspect
+
+    from gag_jax import explainers
+
+    assert inspect.getsource(explainers.gag) in README.read_text()
