@@ -56,6 +56,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _auto_or_positive_int(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _confidence(text: str) -> float | None:
     if text.lower() in ("none", "off", "all"):
         return None
@@ -172,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own image files / folders instead of the scikit-image photos")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per explainer call (default %(default)s)")
-    p.add_argument("--metric-batch-size", type=_positive_int, default=40,
-                   help="perturbed copies per model call in RCAP / DAUC / IAUC (default %(default)s)")
+    p.add_argument("--metric-batch-size", type=_auto_or_positive_int, default="auto",
+                   help="perturbed copies per model call in RCAP / DAUC / IAUC (default auto: chosen by measurement "
+                   "per backend, see gj.metrics)")
     p.add_argument("--chunk-size", type=_positive_int, default=None,
                    help="modifications per vmapped chunk (default: all n at once; lower it to save memory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -240,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated from {', '.join(METRIC_NAMES)} (dice = log_cosh_dice; default: rcap, "
                    "dauc, iauc, plus log_cosh_dice and mae when the case has masks)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default %(default)s)")
-    p.add_argument("--metric-batch-size", type=_positive_int, default=64,
-                   help="perturbed copies per model call in the metrics (default %(default)s)")
+    p.add_argument("--metric-batch-size", type=_auto_or_positive_int, default="auto",
+                   help="perturbed copies per model call in the metrics (default auto: chosen by measurement per "
+                   "backend, see gj.metrics)")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="use the first N examples only, in sorted file order (synthetic: how many images are "
                    "generated; default 64)")

@@ -194,9 +194,26 @@ cat 0.62, espresso 0.98, drilling platform 0.70 and moped 0.99 (measured 2026-11
 costs about half of 224 px."""
 
 
+def _checked_model(methods: Sequence[str], model_name: str, checkpoint: str | None, size: int):
+    """Check the method names, load the model, check ``size`` against it: ``(model, info, mean, std)``."""
+    from gag_jax.experiments.modelzoo import (
+        check_input_size,
+        load_model,
+        model_normalization,
+    )
+
+    for m in methods:
+        if m not in gj.METHODS:
+            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
+    model, info = load_model(model_name, checkpoint)
+    check_input_size(model, size, name=model_name, option="--size")
+    mean, std = model_normalization(model_name)
+    return model, info, mean, std
+
+
 def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int = 20, size: int = DEMO_SIZE,
              images: Sequence[str] | None = None, seed: int = 0, batch_size: int = 4,
-             metric_batch_size: int | None = 40, chunk_size: int | None = None, model_name: str = "efficientnet_lite0",
+             metric_batch_size: int | str | None = "auto", chunk_size: int | None = None, model_name: str = "efficientnet_lite0",
              checkpoint: str | None = None, report: Callable[[str], None] = print,
              warn: Callable[[str], None] | None = None, progress: bool = True) -> DemoResult:
     """Explain real photos with a real model for every method and score the maps.
@@ -224,20 +241,12 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
       ValueError: unknown method; RuntimeError: no readable image.
     """
     from gag_jax.experiments.modelzoo import (
-        check_input_size,
         imagenet_class_names,
-        load_model,
-        model_normalization,
     )
 
     t0 = time.perf_counter()
     methods = list(gj.METHODS) if not methods else list(methods)
-    for m in methods:
-        if m not in gj.METHODS:
-            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
-    model, info = load_model(model_name, checkpoint)
-    check_input_size(model, size, name=model_name, option="--size")
-    mean, std = model_normalization(model_name)
+    model, info, mean, std = _checked_model(methods, model_name, checkpoint, size)
     paths = list(images) if images else demo_image_paths()
     pixels, x, names = read_images(paths, size, report=warn or report, mean=mean, std=std)
     if not names:
@@ -362,18 +371,10 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
       FileNotFoundError: a path that does not exist.
     """
     from gag_jax.experiments.modelzoo import (
-        check_input_size,
         imagenet_class_names,
-        load_model,
-        model_normalization,
     )
 
-    for m in methods:
-        if m not in gj.METHODS:
-            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHODS)}")
-    model, info = load_model(model_name, checkpoint)
-    check_input_size(model, size, name=model_name, option="--size")
-    mean, std = model_normalization(model_name)
+    model, info, mean, std = _checked_model(methods, model_name, checkpoint, size)
     bad: list[str] = []
 
     def note(line: str) -> None:

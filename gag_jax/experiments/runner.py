@@ -660,7 +660,7 @@ def run_note(case: str, model: str, plan: Mapping, confidence: float | None, tar
 def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model: str | None = None,
                   checkpoint: str | None = None, num_classes: int | None = None, tables: Sequence[int] = (2,),
                   methods: Sequence[str] | str | None = None, metrics: Sequence[str] | str | None = None,
-                  batch_size: int = 16, metric_batch_size: int | None = 64, limit: int | None = None,
+                  batch_size: int = 16, metric_batch_size: int | str | None = "auto", limit: int | None = None,
                   confidence: float | None = 0.9, image_size: int | None = None, split: str | None = None,
                   n: int | None = None, chunk_size: int | None = None, seed: int = 0,
                   case_options: Mapping[str, Any] | None = None, backend: str = "auto", resize: str | None = None,
