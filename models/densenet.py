@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gag_jax.gradients import guided_backprop_activation
+from models._conv import conv_bn
 
 __all__ = ["DenseLayer", "Transition", "DenseNet", "DenseNet121", "DenseNet161", "DenseNetTiny", "torch_prefix"]
 
@@ -38,6 +39,7 @@ class DenseLayer(nn.Module):
     bn_size: int
     dtype: Any = jnp.float32
     guided_backprop: bool = False
+    fold_bn: bool = True
 
     def setup(self):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
@@ -49,8 +51,8 @@ class DenseLayer(nn.Module):
 
     def __call__(self, x):
         act = _activation(self.guided_backprop)
-        y = self.conv1(act(self.norm1(x)))
-        y = self.conv2(act(self.norm2(y)))
+        y = conv_bn(self.conv1, None, act(self.norm1(x)), self.fold_bn)  # 1x1: a matrix product
+        y = conv_bn(self.conv2, None, act(self.norm2(y)), self.fold_bn)
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
 
@@ -60,6 +62,7 @@ class Transition(nn.Module):
     features: int
     dtype: Any = jnp.float32
     guided_backprop: bool = False
+    fold_bn: bool = True
 
     def setup(self):
         self.norm = _BN(dtype=self.dtype, param_dtype=jnp.float32)
@@ -67,8 +70,12 @@ class Transition(nn.Module):
 
     def __call__(self, x):
         act = _activation(self.guided_backprop)
-        y = self.conv(act(self.norm(x)))
-        return nn.avg_pool(y, (2, 2), strides=(2, 2))
+        y = act(self.norm(x))
+        if not self.fold_bn or self.is_initializing():
+            return nn.avg_pool(self.conv(y), (2, 2), strides=(2, 2))
+        # The 1x1 conv and the 2x2 average pool are both linear and per pixel / per channel, so they
+        # commute: pooling first does the conv on a quarter of the pixels (same values to rounding).
+        return conv_bn(self.conv, None, nn.avg_pool(y, (2, 2), strides=(2, 2)), True)
 
 
 class DenseNet(nn.Module):
@@ -82,6 +89,9 @@ class DenseNet(nn.Module):
       num_classes: size of the ``classifier`` layer (1000 ImageNet, 365 Places365).
       dtype: compute dtype (parameters stay float32); logits are returned as float32.
       guided_backprop: wrap every ReLU with Guided-Backprop's backward rule.
+      fold_bn: fast inference arithmetic, same values to float rounding and same variables: the
+        stem's BatchNorm folded into ``conv0`` at apply time, 1x1 convs as matrix products, and each
+        transition's average pool before its 1x1 conv (they commute). See :func:`models._conv.conv_bn`.
     """
 
     growth_rate: int = 32
@@ -91,6 +101,7 @@ class DenseNet(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     guided_backprop: bool = False
+    fold_bn: bool = True
 
     def setup(self):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
@@ -99,13 +110,15 @@ class DenseNet(nn.Module):
         n = self.num_init_features
         for b, n_layers in enumerate(self.block_config):
             layers = [DenseLayer(self.growth_rate, self.bn_size, dtype=self.dtype,
-                                 guided_backprop=self.guided_backprop) for _ in range(n_layers)]
+                                 guided_backprop=self.guided_backprop, fold_bn=self.fold_bn)
+                      for _ in range(n_layers)]
             # A list attribute ``denseblock1`` names its layers ``denseblock1_0``, ``denseblock1_1``, ...
             setattr(self, f"denseblock{b + 1}", layers)
             n += n_layers * self.growth_rate
             if b != len(self.block_config) - 1:
                 setattr(self, f"transition{b + 1}", Transition(n // 2, dtype=self.dtype,
-                                                               guided_backprop=self.guided_backprop))
+                                                               guided_backprop=self.guided_backprop,
+                                                               fold_bn=self.fold_bn))
                 n //= 2
         self.norm5 = _BN(dtype=self.dtype, param_dtype=jnp.float32)
         self.classifier = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)
@@ -114,7 +127,7 @@ class DenseNet(nn.Module):
         """Images ``(B, H, W, 3)`` -> ``relu(norm5(...))`` ``(B, ~H/32, ~W/32, C_final)``."""
         act = _activation(self.guided_backprop)
         x = x.astype(self.dtype)
-        x = act(self.norm0(self.conv0(x)))
+        x = act(conv_bn(self.conv0, self.norm0, x, self.fold_bn))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         n_blocks = len(self.block_config)
         for b in range(n_blocks):

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gag_jax.gradients import guided_backprop_activation
+from models._conv import conv_bn
 
 __all__ = ["Bottleneck", "ResNet", "ResNet50", "ResNetTiny", "torch_prefix"]
 
@@ -37,6 +38,7 @@ class Bottleneck(nn.Module):
     downsample: bool = False
     dtype: Any = jnp.float32
     guided_backprop: bool = False
+    fold_bn: bool = True
 
     def setup(self):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
@@ -53,10 +55,10 @@ class Bottleneck(nn.Module):
 
     def __call__(self, x):
         act = _activation(self.guided_backprop)
-        y = act(self.bn1(self.conv1(x)))
-        y = act(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        identity = self.downsample_bn(self.downsample_conv(x)) if self.downsample else x
+        y = act(conv_bn(self.conv1, self.bn1, x, self.fold_bn))
+        y = act(conv_bn(self.conv2, self.bn2, y, self.fold_bn))
+        y = conv_bn(self.conv3, self.bn3, y, self.fold_bn)
+        identity = conv_bn(self.downsample_conv, self.downsample_bn, x, self.fold_bn) if self.downsample else x
         return act(y + identity)
 
 
@@ -69,6 +71,9 @@ class ResNet(nn.Module):
       num_classes: size of the ``fc`` layer.
       dtype: compute dtype (parameters stay float32); logits are returned as float32.
       guided_backprop: wrap every ReLU with Guided-Backprop's backward rule.
+      fold_bn: fold each BatchNorm into its conv's kernel and a bias at apply time and run 1x1
+        stride-1 convs as matrix products (same values to float rounding, same variables; see
+        :func:`models._conv.conv_bn`). False applies conv and BatchNorm one after the other.
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -76,6 +81,7 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     guided_backprop: bool = False
+    fold_bn: bool = True
 
     def setup(self):
         if len(self.stage_sizes) != 4:
@@ -91,7 +97,7 @@ class ResNet(nn.Module):
                 strides = 2 if (s > 0 and i == 0) else 1
                 downsample = i == 0 and (strides != 1 or in_ch != planes * 4)
                 blocks.append(Bottleneck(planes, strides, downsample, dtype=self.dtype,
-                                         guided_backprop=self.guided_backprop))
+                                         guided_backprop=self.guided_backprop, fold_bn=self.fold_bn))
                 in_ch = planes * 4
             # A list attribute ``layer1`` names its blocks ``layer1_0``, ``layer1_1``, ...
             setattr(self, f"layer{s + 1}", blocks)
@@ -101,7 +107,7 @@ class ResNet(nn.Module):
         """Images ``(B, H, W, 3)`` -> ``layer4`` output ``(B, ceil(H/32), ceil(W/32), 32 * width)``."""
         act = _activation(self.guided_backprop)
         x = x.astype(self.dtype)
-        x = act(self.bn1(self.conv1(x)))
+        x = act(conv_bn(self.conv1, self.bn1, x, self.fold_bn))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for blocks in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in blocks:

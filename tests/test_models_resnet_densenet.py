@@ -181,9 +181,13 @@ def test_guided_backprop(ctor, n_relus):
     # __call__ == head(features)
     np.testing.assert_allclose(np.asarray(lo_split), np.asarray(lo_plain), rtol=1e-5, atol=1e-6)
 
-    # Every ReLU is wrapped (one custom_vjp per activation), none in the plain model.
-    assert str(jax.make_jaxpr(lambda a: guided.apply(variables, a))(x)).count("custom_vjp_call") == n_relus
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda a: plain.apply(variables, a))(x))
+    # Every ReLU is wrapped (one custom_vjp per activation), none in the plain model (whose custom_vjps
+    # are its convolutions' written-out backward passes, models._conv.conv2d, as in the guided one).
+    n_guided = str(jax.make_jaxpr(lambda a: guided.apply(variables, a))(x)).count("custom_vjp_call")
+    n_plain = str(jax.make_jaxpr(lambda a: plain.apply(variables, a))(x)).count("custom_vjp_call")
+    assert n_guided - n_plain == n_relus
+    n_unfolded = str(jax.make_jaxpr(lambda a: ctor(fold_bn=False).apply(variables, a))(x)).count("custom_vjp_call")
+    assert n_unfolded == 0
 
     feats_shape = jax.eval_shape(lambda a: plain.apply(variables, a, method="features"), x).shape
     negative = -jax.random.uniform(jax.random.PRNGKey(2), feats_shape)
@@ -241,3 +245,48 @@ def test_bfloat16_keeps_top1():
     assert len(set(lo32.argmax(1))) > 1  # the inputs do not all get one class
     np.testing.assert_array_equal(lo16.argmax(1), lo32.argmax(1))
     assert err < 3e-2
+
+
+# --------------------------------------------------------------------------- fast inference arithmetic
+
+
+@pytest.mark.parametrize("kernel,stride,pads", [(3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))),
+                                                (7, 2, ((3, 3), (3, 3))), (1, 2, ((0, 0), (0, 0))),
+                                                (3, 2, ((0, 1), (0, 1)))])
+def test_conv2d_gradients_equal_autodiff(kernel, stride, pads):
+    """models._conv.conv2d's written-out backward == autodiff of lax.conv_general_dilated (dx and dkernel)."""
+    from jax import lax
+
+    from models._conv import conv2d
+
+    rng = np.random.RandomState(kernel * 10 + stride)
+    x = jnp.asarray(rng.randn(2, 13, 13, 5).astype(np.float32))
+    k = jnp.asarray(rng.randn(kernel, kernel, 5, 4).astype(np.float32))
+    ref = lambda x, k: lax.conv_general_dilated(x, k, (stride, stride), pads,  # noqa: E731
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, k: conv2d(x, k, (stride, stride), pads)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(ours(x, k)), np.asarray(ref(x, k)), rtol=1e-6, atol=1e-6)
+    ct = jnp.asarray(rng.randn(*ref(x, k).shape).astype(np.float32))
+    g_ref = jax.grad(lambda x, k: jnp.vdot(ref(x, k), ct), argnums=(0, 1))(x, k)
+    g_ours = jax.jit(jax.grad(lambda x, k: jnp.vdot(ours(x, k), ct), argnums=(0, 1)))(x, k)
+    for a, b in zip(g_ours, g_ref):
+        assert _rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("ctor", [resnet.ResNetTiny, densenet.DenseNetTiny])
+def test_fold_bn_same_values_gradients_and_variables(ctor):
+    """fold_bn (BN folded at apply time, 1x1 convs as dots, pool-before-conv transitions) changes no value."""
+    folded, plain = ctor(), ctor(fold_bn=False)
+    shapes = [jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), porter.template(m, SHAPE)) for m in (folded, plain)]
+    assert shapes[0] == shapes[1]
+    variables = _random_variables(plain, seed=5)
+    x = jnp.asarray(_images(6, (2, 32, 32, 3)))
+
+    @jax.jit
+    def run(v, a):
+        grads = [jax.grad(lambda b, m=m: m.apply(v, b)[:, 1].sum())(a) for m in (folded, plain)]
+        return folded.apply(v, a), plain.apply(v, a), grads
+
+    lo_f, lo_p, (g_f, g_p) = run(variables, x)
+    assert _rel(lo_f, lo_p) <= 1e-5
+    assert _rel(g_f, g_p) <= 1e-5
