@@ -8,7 +8,8 @@ reporting medians:
 * input gradient, batch 8: seconds per image (gradient of the summed target logits w.r.t. the input;
   torch: ``requires_grad`` input, ``.backward()``);
 * GAG, batch ``--gag-batch`` (4), n = 20, noise 0.15, p = 0.85: explanations/s. gag-jax:
-  ``gj.explain("gag", ...)``. torch, written the way the authors' code works: for each of the n noisy
+  ``gj.explain("gag", ...)``, one row per ``--gag-chunks`` value (gj's default chunking, and
+  ``chunk_size=1``: one batch of the model per noisy sample, as the torch loop). torch, written the way the authors' code works: for each of the n noisy
   samples one forward + backward of the batch with a ``requires_grad`` input, then ``|g|`` summed and
   the variance guide (``torch.var`` over the samples, ``torch.quantile`` per image and channel) in torch;
 * EfficientNet-Lite0 only: RCAP + DAUC + IAUC of a batch of 4 GAG maps, images/s. gag-jax:
@@ -37,7 +38,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -159,24 +160,28 @@ def torch_input_grad(model, images, labels):
 # --------------------------------------------------------------------------------------------------
 
 
-def paired_medians(jax_fn: Callable, torch_fn: Callable, repeats: int,
-                   torch_threads: Sequence[int]) -> tuple[float, float, int]:
-    """Median seconds of ``jax_fn`` and of ``torch_fn``, timed alternately after one warm-up call of each.
+def paired_medians(jax_fns: Union[Callable, Sequence[Callable]], torch_fn: Callable, repeats: int,
+                   torch_threads: Sequence[int]) -> tuple[Union[float, list], float, int]:
+    """Median seconds of ``jax_fns`` and of ``torch_fn``, timed alternately after one warm-up call of each.
 
     torch runs under each of ``torch_threads`` (``torch.set_num_threads``) in turn; the fastest
-    setting's median is returned with its thread count: ``(jax s, torch s, torch threads)``.
+    setting's median is returned with its thread count: ``(jax s, torch s, torch threads)``, with
+    ``jax s`` a list when ``jax_fns`` is a sequence (one median per function).
     """
     import torch
 
-    jax.block_until_ready(jax_fn())
-    tj, tt = [], {t: [] for t in torch_threads}
+    fns = list(jax_fns) if isinstance(jax_fns, (list, tuple)) else [jax_fns]
+    for fn in fns:
+        jax.block_until_ready(fn())
+    tj, tt = [[] for _ in fns], {t: [] for t in torch_threads}
     for t in torch_threads:
         torch.set_num_threads(t)
         torch_fn()
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(jax_fn())
-        tj.append(time.perf_counter() - start)
+        for fn, times in zip(fns, tj):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - start)
         for t in torch_threads:
             torch.set_num_threads(t)
             start = time.perf_counter()
@@ -184,7 +189,8 @@ def paired_medians(jax_fn: Callable, torch_fn: Callable, repeats: int,
             tt[t].append(time.perf_counter() - start)
     torch.set_num_threads(torch_threads[0])
     best = min(torch_threads, key=lambda t: statistics.median(tt[t]))
-    return statistics.median(tj), statistics.median(tt[best]), best
+    jax_s = [statistics.median(times) for times in tj]
+    return (jax_s if isinstance(jax_fns, (list, tuple)) else jax_s[0]), statistics.median(tt[best]), best
 
 
 def bench_model(name: str, args, notes: list[str]) -> list[dict]:
@@ -226,10 +232,18 @@ def bench_model(name: str, args, notes: list[str]) -> list[dict]:
         *pair(lambda: grad_fn(variables, x[:b], y[:b]), lambda: torch_input_grad(tm, tx[:b], ty[:b]),
                         args.repeats), b)
     key = jax.random.PRNGKey(args.seed)
-    gag_opts = dict(n=args.n, **({} if args.chunk_size is None else {"chunk_size": args.chunk_size}))
-    gag = lambda: gj.explain("gag", fns.logits, x[:gb], y[:gb], key=key, **gag_opts)  # noqa: E731
-    add(f"GAG n={args.n}, batch {gb}", "expl/s",
-        *pair(gag, lambda: torch_gag(tm, tx[:gb], ty[:gb], args.n), max(1, args.repeats // 2)), gb)
+    chunks = [None if c == "default" else int(c) for c in args.gag_chunks.split(",") if c]
+
+    def gag_with(chunk):
+        opts = dict(n=args.n, **({} if chunk is None else {"chunk_size": chunk}))
+        return lambda: gj.explain("gag", fns.logits, x[:gb], y[:gb], key=key, **opts)
+
+    gag = gag_with(chunks[0])
+    t_jax, t_torch, threads = pair([gag_with(c) for c in chunks], lambda: torch_gag(tm, tx[:gb], ty[:gb], args.n),
+                                   max(1, args.repeats // 2))
+    for chunk, t in zip(chunks, t_jax):
+        label = "gj default chunk_size" if chunk is None else f"chunk_size={chunk}"
+        add(f"GAG n={args.n}, batch {gb} ({label})", "expl/s", t, t_torch, threads, gb)
     if name == "efficientnet_lite0" and not args.no_metrics:
         from benchmarks import torch_reference
 
@@ -279,7 +293,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="batch of the forward / input-gradient rows (8)")
     p.add_argument("--gag-batch", type=int, default=4, help="batch of the GAG and metrics rows (4)")
     p.add_argument("--n", type=int, default=20, help="GAG noisy samples (20)")
-    p.add_argument("--chunk-size", type=int, default=None, help="gag-jax GAG chunk_size (default: gj's own)")
+    p.add_argument("--gag-chunks", default="default,1",
+                   help="gag-jax GAG chunk_size values, one row each ('default' = gj.explain's own; default: "
+                        "'default,1')")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per row (GAG and metrics: half)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: JAX's core count)")
     p.add_argument("--also-one-thread", action="store_true",
