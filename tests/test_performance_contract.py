@@ -57,7 +57,7 @@ def test_temporary_memory_does_not_grow_with_n(toy):
     t200 = _temp_bytes(module, variables, 200, 4)
     # One chunk's gradients alone are 4 * 2 * 16*16*3 float32 = 24 KiB; n = 200 unchunked would be
     # 200x that. Nothing may grow with n: the scan carries its chunk index (no xs vector).
-    unchunked = _temp_bytes(module, variables, 20, None)
+    unchunked = _temp_bytes(module, variables, 20, 20)  # all 20 samples in one chunk
     assert unchunked > t20
     assert t200 == t20
 
@@ -143,3 +143,13 @@ def test_bound_weights_enter_explain_and_metrics_as_arguments():
         assert [w for w in caught if "constants were captured" in str(w.message)]
     finally:
         jax.config.update("jax_captured_constants_warn_bytes", old)
+
+
+def test_default_chunk_size_per_backend():
+    from gag_jax.pipeline import CPU_IMAGES_PER_CALL, default_chunk_size
+
+    assert default_chunk_size(20, 4, "gpu") == 20  # accelerators: all samples in one call
+    for n, batch in [(20, 4), (20, 1), (20, 2), (7, 1), (20, 3), (1, 8)]:
+        c = default_chunk_size(n, batch, "cpu")
+        assert n % c == 0 and (c == 1 or c * batch <= CPU_IMAGES_PER_CALL)
+        assert all(n % d or d * batch > CPU_IMAGES_PER_CALL for d in range(c + 1, n + 1))  # the largest such
