@@ -24,16 +24,15 @@
 # %%
 import jax
 import matplotlib.pyplot as plt
-from skimage import data
+import skimage
 
 import gag_jax as gj
 import models
 
 model = models.model_functions(*models.load("efficientnet_lite0"))  # shipped ImageNet weights
 scaling = models.input_normalization("efficientnet_lite0")  # the model's input scaling: (x - 127) / 128
-images = gj.data.prepare_pixels([data.chelsea(), data.stereo_motorcycle()[0]], 128, **scaling)  # (2, 128, 128, 3)
-pixels = gj.ops.to_pixels(images, **scaling).clip(0, 1)  # back to [0, 1] RGB, for display
-labels = model.logits(images).argmax(-1)  # explain the predicted class
+images = gj.data.prepare_pixels([skimage.data.chelsea(), skimage.data.stereo_motorcycle()[0]], 128, **scaling)
+pixels, labels = gj.ops.to_pixels(images, **scaling).clip(0, 1), model.logits(images).argmax(-1)  # display, top-1
 
 # %% [markdown]
 # ## Explain
