@@ -8,8 +8,9 @@ reporting medians:
 * input gradient, batch 8: seconds per image (gradient of the summed target logits w.r.t. the input;
   torch: ``requires_grad`` input, ``.backward()``);
 * GAG, batch ``--gag-batch`` (4), n = 20, noise 0.15, p = 0.85: explanations/s. gag-jax:
-  ``gj.explain("gag", ...)``, one row per ``--gag-chunks`` value (gj's default chunking, and
-  ``chunk_size=1``: one batch of the model per noisy sample, as the torch loop). torch, written the way the authors' code works: for each of the n noisy
+  ``gj.explain("gag", ...)``, one row per ``--gag-chunks`` value (gj's default chunking: on CPU at
+  most 4 images per model call, i.e. one batch of 4 per noisy sample as the torch loop; ``all``:
+  every sample in one call). torch, written the way the authors' code works: for each of the n noisy
   samples one forward + backward of the batch with a ``requires_grad`` input, then ``|g|`` summed and
   the variance guide (``torch.var`` over the samples, ``torch.quantile`` per image and channel) in torch;
 * EfficientNet-Lite0 only: RCAP + DAUC + IAUC of a batch of 4 GAG maps, images/s. gag-jax:
@@ -232,7 +233,7 @@ def bench_model(name: str, args, notes: list[str]) -> list[dict]:
         *pair(lambda: grad_fn(variables, x[:b], y[:b]), lambda: torch_input_grad(tm, tx[:b], ty[:b]),
                         args.repeats), b)
     key = jax.random.PRNGKey(args.seed)
-    chunks = [None if c == "default" else int(c) for c in args.gag_chunks.split(",") if c]
+    chunks = [None if c == "default" else (args.n if c == "all" else int(c)) for c in args.gag_chunks.split(",") if c]
 
     def gag_with(chunk):
         opts = dict(n=args.n, **({} if chunk is None else {"chunk_size": chunk}))
@@ -293,9 +294,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="batch of the forward / input-gradient rows (8)")
     p.add_argument("--gag-batch", type=int, default=4, help="batch of the GAG and metrics rows (4)")
     p.add_argument("--n", type=int, default=20, help="GAG noisy samples (20)")
-    p.add_argument("--gag-chunks", default="default,1",
-                   help="gag-jax GAG chunk_size values, one row each ('default' = gj.explain's own; default: "
-                        "'default,1')")
+    p.add_argument("--gag-chunks", default="default",
+                   help="gag-jax GAG chunk_size values, one row each: 'default' (gj.explain's own), 'all' (= n, "
+                        "every sample in one model call) or an int; e.g. 'default,all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per row (GAG and metrics: half)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: JAX's core count)")
     p.add_argument("--also-one-thread", action="store_true",
