@@ -284,7 +284,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     import jax
 
     import gag_jax as gj
-    from gag_jax.data._common import IMAGE_EXTENSIONS
+    from gag_jax.data._common import list_image_files
     from gag_jax.experiments.demo import read_images
     from gag_jax.experiments.modelzoo import TINY, model_normalization
     from gag_jax.experiments.specs import input_scaling
@@ -301,10 +301,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
         module, variables = load(model_name, checkpoint)
     paths = []  # folders listed here so that max_images reads only the images it uses
     for path in image_paths:
-        if os.path.isdir(path):
-            paths += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        else:
-            paths.append(path)
+        paths += list_image_files(path) if os.path.isdir(path) else [path]
     mean, std = model_normalization(model_name)
     pixels, images, names = read_images(paths[:max_images], size, report=warn, mean=mean, std=std)
     if not names:
