@@ -29,13 +29,13 @@ from gag_jax.explainers import (
     DEFAULTS,
     METHODS,
     PRESETS,
-    ModelFunctions,
     explain,
     explainer,
     explainer_fn,
     guided_absolute_grad,
 )
-from gag_jax.gradcam import gradcam
+from gag_jax.gradcam import gradcam, layer_gradcam
+from gag_jax.model import BoundFunction, ModelFunctions
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
 from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import min_max, reverse, to_saliency
@@ -43,7 +43,8 @@ from gag_jax.postprocess import min_max, reverse, to_saliency
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "PRESETS", "Explainer", "ModelFunctions",
+    "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "PRESETS", "BoundFunction", "Explainer",
+    "ModelFunctions", "layer_gradcam",
     "aggregations", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
     "guided_absolute_grad", "interpretations", "metrics", "min_max", "modifications", "ops", "postprocess",
     "reverse", "sanity", "to_saliency",

@@ -38,7 +38,7 @@ import functools
 import itertools
 import math
 import warnings
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gag_jax import explainers as explainers_lib
+from gag_jax.model import ModelFunctions, as_model_functions
 from gag_jax.data._common import pad_rows as pad_batch  # one padding rule (repeat the last row)
 
 AXIS = "batch"
@@ -280,14 +281,16 @@ def _is_linen_module(model) -> bool:
     return isinstance(model, nn.Module)
 
 
-def _model_functions(model, variables) -> explainers_lib.ModelFunctions:
-    """ModelFunctions with ``variables`` (traced jit arguments) bound."""
+def as_model(model, variables=None) -> ModelFunctions:
+    """The ``gj.ModelFunctions`` of what ``ShardedExplainer`` accepts: a ``ModelFunctions`` / NNX
+    module / plain callable (``variables`` None), a linen module with its ``variables``
+    (``ModelFunctions.from_module``) or ``apply(variables, images)`` with them (``from_apply``)."""
     if variables is None:
-        return explainers_lib.as_model_functions(model)
+        return as_model_functions(model)
     if _is_linen_module(model):
-        return explainers_lib.ModelFunctions.from_module(model, variables, jit=False)
+        return ModelFunctions.from_module(model, variables)
     if callable(model):
-        return explainers_lib.ModelFunctions(functools.partial(model, variables))
+        return ModelFunctions.from_apply(model, variables)
     raise ValueError(f"with variables, model must be a flax linen Module or apply(variables, images); got {type(model)}")
 
 
@@ -296,11 +299,11 @@ class ShardedExplainer:
 
     Args:
       method: one of ``gag_jax.METHODS``.
-      model: a flax linen module (with ``variables``; ``features``/``head`` and the
-        ``guided_backprop`` field are used when present), a function ``apply(variables, images)``
-        (with ``variables``), or, without ``variables``, ``images -> logits`` / ``ModelFunctions``
-        with parameters closed over (then they become compile-time constants).
-      variables: the model's variables; jit arguments, replicated over the mesh once.
+      model: a ``gj.ModelFunctions`` (its weights are jit arguments, replicated over the mesh once;
+        its input scaling is used), an NNX module, a flax linen module with ``variables``, a
+        function ``apply(variables, images)`` with ``variables``, or a plain ``images -> logits``
+        (weights it reads from outside are compile-time constants).
+      variables: the variables of a linen module / ``apply`` function (see :func:`as_model`).
       batch_size: fixed global batch size every call is padded to (a multiple of the device
         count); ``None``: the first call's batch rounded up to a multiple of the device count.
       mesh: a 1-D mesh with axis ``"batch"`` (default ``make_mesh()``: all devices).
@@ -332,16 +335,14 @@ class ShardedExplainer:
         if not jax.config.jax_threefry_partitionable:
             warnings.warn("jax_threefry_partitionable is off: the noise of a row then depends on the padded batch "
                           "size and the sharding, so padded / sharded maps differ from gj.explain's", stacklevel=2)
-        self._fn = explainers_lib.explainer(method, postprocess=postprocess, **options)
-        self._has_variables = variables is not None
-        self.variables = replicate(variables, self.mesh) if variables is not None else None
+        self._fn = explainers_lib.explainer_fn(method, postprocess=postprocess, **options)
+        self.model = replicate(as_model(model, variables), self.mesh)
         batch, repl = batch_sharding(self.mesh), replicated_sharding(self.mesh)
         self._donate = bool(donate and not postprocess)
 
-        def global_fn(variables, images, labels, key):
+        def global_fn(model, images, labels, key):
             self.traces += 1  # Python side effect: runs once per trace, never per call
-            return self._fn(_model_functions(model, variables if self._has_variables else None),
-                            images, labels, key)
+            return self._fn(model, images, labels, key)
 
         self._jitted = jax.jit(global_fn, in_shardings=(repl, batch, batch, repl), out_shardings=batch,
                                donate_argnums=(1,) if self._donate else ())
@@ -363,7 +364,7 @@ class ShardedExplainer:
         Returns:
           ``(batch_size, H, W)`` (or ``(batch_size, H, W, C)``) float32 sharded over ``"batch"``.
         """
-        return self._jitted(self.variables, images, labels, replicate(key, self.mesh))
+        return self._jitted(self.model, images, labels, replicate(key, self.mesh))
 
     def lower(self, images_shape: Sequence[int], labels_shape: Optional[Sequence[int]] = None):
         """``jax.stages.Lowered`` for global inputs of these shapes (``.compile().memory_analysis()``,
@@ -372,7 +373,7 @@ class ShardedExplainer:
         images = jax.ShapeDtypeStruct(tuple(images_shape), jnp.float32, sharding=batch)
         labels = jax.ShapeDtypeStruct(tuple(labels_shape or images_shape[:1]), jnp.int32, sharding=batch)
         key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
-        return self._jitted.lower(self.variables, images, labels, key)
+        return self._jitted.lower(self.model, images, labels, key)
 
     def shard(self, images, labels, valid=None):
         """Pad and shard host arrays: ``([images, labels], valid)`` (see ``shard_batch``)."""
@@ -438,8 +439,11 @@ class ShardedExplainer:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached(method, options, model, postprocess, mesh, batch_size):
-    return ShardedExplainer(method, model, batch_size=batch_size, mesh=mesh, postprocess=postprocess,
+def _cached(method, options, model_structure, postprocess, mesh, batch_size):
+    """A ``ShardedExplainer`` per model *structure* (apply functions, not weights); the weights are
+    set per call (``with_model``), so new weights reuse the compiled program."""
+    del model_structure  # part of the cache key only
+    return ShardedExplainer(method, lambda x: x, batch_size=batch_size, mesh=mesh, postprocess=postprocess,
                             **dict(options))
 
 
@@ -449,8 +453,8 @@ def explain_sharded(method: str, model, images, labels, key, *, mesh: Optional[M
 
     Args:
       method: one of ``gag_jax.METHODS``.
-      model: ``images -> logits`` (hashable: the compiled program is cached per model object,
-        method, options, mesh and batch size), or ``ModelFunctions``.
+      model: a ``gj.ModelFunctions`` (the compiled program is cached per method, options, mesh,
+        batch size and the model's apply functions; its weights are arguments), or ``images -> logits``.
       images: ``(b, H, W, C)`` float32, normalised; labels ``(b,)`` int; key: PRNG key.
       batch_size: fixed global batch to pad to (default: ``b`` rounded up to the device count);
         pass your dataset's batch size so its ragged last batch reuses the compiled program.
@@ -458,16 +462,13 @@ def explain_sharded(method: str, model, images, labels, key, *, mesh: Optional[M
 
     Returns:
       numpy ``(b, H, W)`` maps equal to ``gj.explain(method, model, images, labels, key=key, ...)``.
-
-    For model variables as jit arguments (no constant folding of the weights), use
-    ``ShardedExplainer(method, module, variables=variables, ...)``.
     """
     mesh = make_mesh() if mesh is None else mesh
     if batch_size is None:
         devices = mesh.devices.size
         batch_size = -(-np.shape(images)[0] * jax.process_count() // devices) * devices
     options = explainers_lib.resolve_options(method, options)
-    if isinstance(model, Mapping):
-        model = explainers_lib.as_model_functions(model)
-    sharded = _cached(method, options, model, postprocess, mesh, batch_size)
+    model = as_model_functions(model)
+    sharded = _cached(method, options, jax.tree_util.tree_structure(model), postprocess, mesh, batch_size)
+    sharded.model = replicate(model, mesh)
     return sharded(images, labels, key)

@@ -33,90 +33,26 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from gag_jax import aggregations, gradients, interpretations, modifications, ops
-from gag_jax._lifting import join_function, split_function
 from gag_jax._validation import check_images, check_labels
-from gag_jax.gradcam import gradcam
+from gag_jax.gradcam import gradcam, layer_gradcam
+from gag_jax.model import ModelFunctions, as_model_functions, resolve_scaling
 from gag_jax.perturbation_methods import occlusion, rise, xrai
 from gag_jax.pipeline import Explainer, chain, reads_key
 from gag_jax.postprocess import to_saliency
 
 
-class ModelFunctions(NamedTuple):
-    """A model as the explainers need it.
-
-    Attributes:
-      logits: ``images (B, H, W, C) -> logits (B, K)``.
-      features: ``images -> activations (B, h, w, D)`` of the last conv block (Grad-CAM).
-      head: ``activations -> logits`` (Grad-CAM).
-      guided_logits: optional hand-built copy of the model with Guided-Backprop activations, for
-        models whose activations ``gradients.guided_backprop`` cannot rewrite (SiLU, GELU, ...);
-        without it ``gb`` rewrites the ReLUs of ``logits``.
-
-    ``explain`` also accepts a plain callable (used as ``logits``) or a mapping with these keys.
-    Build it once and reuse it: jit caches are keyed on these functions.
-    """
-
-    logits: Callable[[jax.Array], jax.Array]
-    features: Callable[[jax.Array], jax.Array] | None = None
-    head: Callable[[jax.Array], jax.Array] | None = None
-    guided_logits: Callable[[jax.Array], jax.Array] | None = None
-
-    def __call__(self, images):
-        return self.logits(images)
-
-    @classmethod
-    def from_module(cls, module, variables, *, jit: bool = True) -> ModelFunctions:
-        """The functions of a Flax linen module with its variables bound.
-
-        ``logits`` is ``module.apply``; ``features``/``head`` if the module defines both methods
-        (Grad-CAM); ``guided_logits`` if it has a ``guided_backprop`` field (a copy of the module with
-        guided activations).
-
-        Args:
-          module: a ``flax.linen.Module`` mapping images ``(B, H, W, C)`` to logits ``(B, K)``.
-          variables: its variables (``{"params", ...}``), arrays or traced values.
-          jit: wrap ``apply`` in ``jax.jit`` (the variables are then jit arguments, not constants).
-
-        Returns:
-          ``ModelFunctions`` of ``functools.partial(apply, variables, ...)`` functions.
-        """
-        def bound(m, **keywords):
-            apply = jax.jit(m.apply, static_argnames="method") if jit else m.apply
-            return functools.partial(apply, variables, **keywords)
-
-        split = callable(getattr(module, "features", None)) and callable(getattr(module, "head", None))
-        guided = "guided_backprop" in getattr(module, "__dataclass_fields__", {})
-        return cls(bound(module), bound(module, method="features") if split else None,
-                   bound(module, method="head") if split else None,
-                   bound(module.clone(guided_backprop=True)) if guided else None)
-
-
-def as_model_functions(model) -> ModelFunctions:
-    """Normalise a callable, a mapping or a ``ModelFunctions`` into ``ModelFunctions``."""
-    if isinstance(model, ModelFunctions):
-        return model
-    if isinstance(model, Mapping):
-        unknown = set(model) - set(ModelFunctions._fields)
-        if unknown:
-            raise ValueError(f"unknown model function(s) {sorted(unknown)}; expected keys {ModelFunctions._fields}")
-        if "logits" not in model:
-            raise ValueError("a model mapping needs a 'logits' function")
-        return ModelFunctions(**model)
-    if callable(model):
-        return ModelFunctions(model)
-    raise ValueError(f"model_fn must be a callable images -> logits or a mapping of model functions; got {type(model)}")
-
-
 # ---------------------------------------------------------------------------------------------
 # the presets: one function per method, its signature its options, its body its composition
 
-_IMAGENET_MEAN, _IMAGENET_STD = ops.IMAGENET_MEAN, ops.IMAGENET_STD
+# ``mean=None, std=None``: the model's input scaling (``ModelFunctions.mean`` / ``.std``), read by
+# ``explain`` / ``explainer_fn`` when the method runs; explicit values override it.
+_FROM_MODEL = None
 
 
 def _guide_or(aggregation: aggregations.Aggregation, guide: bool, percentile: float,
@@ -155,7 +91,7 @@ def vargrad(n=20, noise_level=0.15, noise_range="image", interpretation="raw", c
                  interpretations.by_name(interpretation), aggregations.variance(), chunk_size=chunk_size)
 
 
-def ig(n=20, baseline="black", rule="riemann_right", mean=_IMAGENET_MEAN, std=_IMAGENET_STD, interpretation="raw",
+def ig(n=20, baseline="black", rule="riemann_right", mean=_FROM_MODEL, std=_FROM_MODEL, interpretation="raw",
        guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
     """Integrated Gradients on the straight path from ``baseline`` (black in pixel space), n steps."""
     return chain(modifications.straight_path(n, baseline, rule, mean, std), gradients.logit_gradient(),
@@ -163,7 +99,7 @@ def ig(n=20, baseline="black", rule="riemann_right", mean=_IMAGENET_MEAN, std=_I
                  _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
 
 
-def guided_ig(n=20, baseline="black", fraction=0.25, max_dist=0.02, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+def guided_ig(n=20, baseline="black", fraction=0.25, max_dist=0.02, mean=_FROM_MODEL, std=_FROM_MODEL,
               interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
     """Guided Integrated Gradients (Kapishnikov et al. 2021): the adaptive path, n steps."""
     return chain(modifications.guided_ig_path(n, baseline, fraction, max_dist, mean, std), gradients.logit_gradient(),
@@ -192,12 +128,17 @@ def gag(n=20, noise_level=0.15, noise_range="image", percentile=0.85, guide_axes
                  interpretations.absolute(), aggregations.guide(percentile, guide_axes), chunk_size=chunk_size)
 
 
-def gradcam_attribution(model, images, labels, key=None) -> jax.Array:
-    """Grad-CAM on the model's ``features``/``head`` split: ``(B, H, W, 1)`` (see ``gag_jax.gradcam``)."""
+def gradcam_attribution(model, images, labels, key=None, layer=None) -> jax.Array:
+    """Grad-CAM ``(B, H, W, 1)`` (see ``gag_jax.gradcam``): on the output of the submodule ``layer``
+    (its path in a linen or NNX model, e.g. ``"layer4"``, ``"conv2"``) or, without ``layer``, on the
+    model's ``features``/``head`` split."""
+    if layer is not None:
+        return layer_gradcam(model, images, labels, layer)
     features, head = getattr(model, "features", None), getattr(model, "head", None)
     if features is None or head is None:
-        raise ValueError("method 'gradcam' needs the model split into 'features' and 'head' functions "
-                         "(pass models.model_functions(module, variables) or a gj.ModelFunctions)")
+        raise ValueError("method 'gradcam' needs a layer: pass layer='<submodule path>' for a Flax linen or NNX "
+                         "model (gj.ModelFunctions.from_module / from_nnx), or a model split into 'features' and "
+                         "'head' functions (models.model_functions(module, variables))")
     return gradcam(features, head, images, labels)
 
 
@@ -295,6 +236,37 @@ def _split(options: tuple) -> tuple[dict[str, Any], str]:
     return method_options, reduce
 
 
+def _needs_pixel_space(function: Callable, method_options: Mapping[str, Any]) -> bool:
+    """Whether the method puts values in pixel space, so that it needs the model's input scaling:
+    a ``"black"`` baseline (IG, Guided IG, occlusion, RISE) or XRAI's segmentation of the pixels."""
+    return function is xrai or method_options.get("baseline") == "black"
+
+
+def _with_scaling(function: Callable, name: str, method_options: dict, model: ModelFunctions,
+                  channels: int | None) -> dict:
+    """``method_options`` with ``mean``/``std`` filled from the model where the method takes them and
+    they are not given (explicit values win); ValueError when the method needs them and none is known."""
+    if "mean" not in method_options:
+        return method_options
+    what = f"method {name!r}" + (f" (baseline {method_options['baseline']!r})" if "baseline" in method_options else "")
+    mean, std = resolve_scaling(model, method_options.get("mean"), method_options.get("std"),
+                                needed=_needs_pixel_space(function, method_options), what=what, channels=channels)
+    return {**method_options, "mean": mean, "std": std}
+
+
+_PLACEHOLDER_SCALING = {"mean": (0.0,), "std": (1.0,)}
+
+
+def _check_values(function: Callable, method_options: dict) -> None:
+    """Let the seam factories check the option values now, on the host (a scaling still to be read
+    from the model is checked when it is)."""
+    if is_attribution_function(function):
+        return
+    if "mean" in method_options and method_options["mean"] is None:
+        method_options = {**method_options, **_PLACEHOLDER_SCALING}
+    function(**method_options)
+
+
 def _attributions(fn: Callable, method_options: dict, model: ModelFunctions, images, labels, key) -> jax.Array:
     if is_attribution_function(fn):
         return fn(model, images, labels, key, **method_options)
@@ -308,10 +280,12 @@ def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
     Args:
       method: a name in ``PRESETS`` or a preset / attribution function.
       postprocess: True returns ``(B, H, W)`` maps in [0, 1]; False the raw ``(B, H, W, C)``.
-      **options: method options (see ``DEFAULTS``).
+      **options: method options (see ``DEFAULTS``); ``mean``/``std`` default to the model's scaling.
 
     Returns:
-      A plain closure ``fn(model, images (B,H,W,C), labels (B,), key) -> maps`` (not an ``Explainer``).
+      A plain closure ``fn(model, images (B,H,W,C), labels (B,), key) -> maps`` (not an ``Explainer``);
+      ``model`` a ``gj.ModelFunctions`` (a pytree: pass it as an ordinary jit argument, its weights
+      are traced) or a plain callable (then mark it static).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -322,18 +296,25 @@ def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
       (2, 8, 8)
     """
     function = _method_function(method)
+    name = _method_name(method)
     method_options, reduce = _split(resolve_options(method, options))
-    if not is_attribution_function(function):
-        function(**method_options)  # the seam factories check the values now
+    _check_values(function, method_options)
 
     def fn(model, images, labels, key):
-        raw = _attributions(function, method_options, as_model_functions(model), images, labels, key)
+        model = as_model_functions(model)
+        resolved = _with_scaling(function, name, method_options, model, images.shape[-1])
+        raw = _attributions(function, resolved, model, images, labels, key)
         return to_saliency(raw, reduce) if postprocess else raw
 
     return fn
 
 
-explainer = explainer_fn  # the name of SPEC section 8's first version
+def explainer(method, *, postprocess: bool = True, **options) -> Callable:
+    """Deprecated alias of :func:`explainer_fn` (SPEC section 8's first name); warns."""
+    import warnings
+
+    warnings.warn("gj.explainer is deprecated; use gj.explainer_fn", DeprecationWarning, stacklevel=2)
+    return explainer_fn(method, postprocess=postprocess, **options)
 
 
 def needs_key(method, options: Mapping[str, Any] = (), images_shape=(1, 8, 8, 3), key_shape=(2,)) -> bool:
@@ -346,6 +327,8 @@ def needs_key(method, options: Mapping[str, Any] = (), images_shape=(1, 8, 8, 3)
     if is_attribution_function(function):
         return list(inspect.signature(function).parameters.values())[3].default is inspect.Parameter.empty
     method_options, _ = _split(resolve_options(method, dict(options)))
+    if "mean" in method_options and method_options["mean"] is None:
+        method_options = {**method_options, **_PLACEHOLDER_SCALING}
     return _preset_reads_key(function, tuple(sorted(method_options.items())), tuple(images_shape), tuple(key_shape))
 
 
@@ -358,28 +341,18 @@ def _preset_reads_key(function, method_options: tuple, images_shape: tuple, key_
 # explain: the one entry point
 
 
-def _lift_parameters(model: ModelFunctions) -> tuple[tuple, tuple]:
-    """Static parts and array arguments of the model functions (see ``gag_jax._lifting``)."""
-    parts = [split_function(fn) for fn in model]
-    return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
-
-
-def _rebuild(statics: tuple, dynamics: tuple) -> ModelFunctions:
-    return ModelFunctions(*(join_function(s, a) for s, a in zip(statics, dynamics)))
-
-
-def _explain(images, labels, key, model_args, *, function, options, model_statics, postprocess):
+def _explain(images, labels, key, model, *, function, options, postprocess):
     method_options, reduce = _split(options)
-    model = _rebuild(model_statics, model_args)
     raw = _attributions(function, method_options, model, images, labels, key)
     return to_saliency(raw, reduce) if postprocess else raw
 
 
-_explain_jit = jax.jit(_explain, static_argnames=("function", "options", "model_statics", "postprocess"))
+# the model is an ordinary argument (a pytree): its weights are traced, its apply functions static
+_explain_jit = jax.jit(_explain, static_argnames=("function", "options", "postprocess"))
 
 
 def _num_classes(model: ModelFunctions, images) -> int:
-    shape = jax.eval_shape(model.logits, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape
+    shape = jax.eval_shape(model, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape
     if len(shape) != 2 or shape[0] != images.shape[0]:
         raise ValueError(f"model_fn must map images {tuple(images.shape)} to logits (B, K); got shape {shape}")
     return shape[1]
@@ -393,8 +366,12 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
       method: a name in ``PRESETS``: ``"vg"``, ``"sg"``, ``"vargrad"``, ``"ig"``, ``"guided_ig"``,
         ``"blur_ig"``, ``"gb"``, ``"gradcam"``, ``"ag"`` (AbsoluteGrad, GAG-0), ``"gag"`` (Guided
         AbsoluteGrad) ...; or a preset / attribution function of your own (see the module docstring).
-      model_fn: ``images -> logits (B, K)``, or a ``ModelFunctions``/mapping (needed by ``gradcam``;
-        ``gb`` uses its ``guided_logits`` if given). Parameters are closed over.
+      model_fn: a ``gj.ModelFunctions`` (``from_module`` / ``from_nnx`` / ``from_apply``: its weights
+        are arguments of the compiled program, so changed weights give new maps; it carries the
+        input scaling that ``ig``/``guided_ig``/occlusion/RISE/XRAI need for pixel-space black), an
+        NNX module (taken as ``from_nnx(module)`` at every call), or a plain callable
+        ``images -> logits (B, K)`` / mapping of functions: compiled once per function object, so
+        weights it reads from outside are those of its first call (pass them as a ModelFunctions).
       images: ``(B, H, W, C)`` float, normalised as the model expects.
       labels: ``(B,)`` int target classes.
       key: PRNG key; required by the methods that draw random numbers (sg, vargrad, ag, gag; vg/gb
@@ -406,46 +383,46 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
       **options: the method's options, e.g. ``n``, ``noise_level``, ``noise_range``, ``percentile``,
         ``guide_axes``, ``interpretation`` ("raw", "positive", "negative", "absolute", "square"),
         ``guide`` (variance guide, Table 3 "G"), ``baseline``, ``rule``, ``max_sigma``,
-        ``fraction``, ``max_dist``, ``chunk_size``; and ``reduce``. See ``DEFAULTS[method]``.
+        ``fraction``, ``max_dist``, ``chunk_size``, ``layer`` (Grad-CAM), ``mean``/``std`` (override
+        the model's input scaling); and ``reduce``. See ``DEFAULTS[method]``.
 
     Returns:
       ``(B, H, W)`` maps (or ``(B, H, W, C)`` with ``postprocess=False``).
 
     Raises:
       ValueError: unknown method or option, an option value out of range, bad shapes/dtypes, NaN
-        input, labels out of range, missing key or model functions.
+        input, labels out of range, missing key or model functions, a method that needs pixel-space
+        black on a model whose input scaling is unknown.
 
-    The computation is jit-compiled once per (shapes, method, options, model functions); repeated
-    calls reuse it.
+    The computation is jit-compiled once per (shapes, method, options, apply functions); repeated
+    calls reuse it, with whatever weights the ModelFunctions holds.
     """
     function = _method_function(method)
-    options = resolve_options(method, options)
-    options_dict = dict(options)
-    method_options, _ = _split(options)
+    name = _method_name(method)
+    method_options, reduce = _split(resolve_options(method, options))
     attribution = is_attribution_function(function)
-    if not attribution:
-        function(**method_options)  # the seam factories check the values now, on the host
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
+    model = as_model_functions(model_fn)
+    method_options = _with_scaling(function, name, method_options, model,
+                                   images.shape[-1] if images.ndim == 4 else None)
+    _check_values(function, method_options)  # the seam factories check the values now, on the host
     if key is None:
         shape = images.shape if images.ndim == 4 else (1, 8, 8, 3)
         if needs_key(function, method_options, shape):
-            raise ValueError(f"method {_method_name(method)!r} draws random numbers: "
-                             "pass key=jax.random.PRNGKey(...)")
+            raise ValueError(f"method {name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
         key = jax.random.PRNGKey(0)
     if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
         raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
                          f"{images.shape[0] if images.ndim else 0} images")
-    model = as_model_functions(model_fn)
     if validate:
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))
     if attribution and not getattr(function, "jittable", True):  # host code: run eagerly
         raw = _attributions(function, method_options, model, images, labels, key)
-        return to_saliency(raw, options_dict["reduce"]) if postprocess else raw
-    model_statics, model_args = _lift_parameters(model)
-    return _explain_jit(images, labels, key, model_args, function=function, options=options,
-                        model_statics=model_statics, postprocess=postprocess)
+        return to_saliency(raw, reduce) if postprocess else raw
+    options = tuple(sorted({**method_options, "reduce": reduce}.items()))
+    return _explain_jit(images, labels, key, model, function=function, options=options, postprocess=postprocess)
 
 
 def guided_absolute_grad(model_fn, images, labels, key, *, n: int = 20, noise_level: float = 0.15,

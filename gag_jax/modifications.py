@@ -177,14 +177,21 @@ def gaussian_noise(num_samples: int = 20, noise_level: float = 0.15, noise_range
 # straight-line paths (Integrated Gradients)
 
 
-def make_baseline(images: jax.Array, baseline, mean=ops.IMAGENET_MEAN, std=ops.IMAGENET_STD) -> jax.Array:
+def _check_black_scaling(baseline, mean, std) -> None:
+    if isinstance(baseline, str) and baseline == "black" and (mean is None or std is None):
+        raise ValueError("baseline 'black' is zero in pixel space and needs the model's input scaling: pass "
+                         "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
+
+
+def make_baseline(images: jax.Array, baseline, mean=None, std=None) -> jax.Array:
     """Baseline images ``(B, H, W, C)`` in normalised space.
 
-    ``baseline``: ``"black"`` (zero in pixel space, i.e. ``-mean / std``), ``"zero"`` (zero in
+    ``baseline``: ``"black"`` (zero in pixel space, i.e. ``-mean / std``: needs ``mean``/``std``), ``"zero"`` (zero in
     normalised space), ``"min"`` / ``"max"`` (each image's own minimum / maximum value everywhere,
     XRAI's two baselines), or a float (constant in normalised space).
     """
     check_baseline(baseline)
+    _check_black_scaling(baseline, mean, std)
     if isinstance(baseline, str):
         if baseline == "black":
             return jnp.broadcast_to(ops.from_pixels(jnp.zeros((3,), jnp.float32), mean, std), images.shape)
@@ -224,18 +231,21 @@ def straight_path(
     num_samples: int = 20,
     baseline="black",
     rule: str = "riemann_right",
-    mean=ops.IMAGENET_MEAN,
-    std=ops.IMAGENET_STD,
+    mean=None,
+    std=None,
 ) -> Modification:
     """Integrated Gradients path ``b + alpha_i (x - b)`` with signal ``w_i (x - b) grad``.
 
     Summed over i this is the Riemann/trapezoid approximation of IG, so the attributions sum
     to about ``f(x) - f(b)`` (completeness). ``rule`` picks ``alpha_i, w_i`` (see ``path_alphas``).
 
+    ``mean``/``std``: the model's input scaling (pixels in [0, 1]), needed by ``baseline="black"``.
+
     Raises:
-      ValueError: ``n`` not a positive int, unknown ``rule`` or ``baseline``.
+      ValueError: ``n`` not a positive int, unknown ``rule`` or ``baseline``, black without scaling.
     """
     check_baseline(baseline)
+    _check_black_scaling(baseline, mean, std)
     alphas, weights = path_alphas(num_samples, rule)
 
     def prepare(images, key):
@@ -413,8 +423,8 @@ def guided_ig_path(
     baseline="black",
     fraction: float = 0.25,
     max_dist: float = 0.02,
-    mean=ops.IMAGENET_MEAN,
-    std=ops.IMAGENET_STD,
+    mean=None,
+    std=None,
 ) -> Modification:
     """Guided IG adaptive path (Kapishnikov et al. 2021), as PAIR-code/saliency ``guided_ig.py``.
 
@@ -437,12 +447,14 @@ def guided_ig_path(
       baseline: see ``make_baseline``.
       fraction: share of features moved per inner iteration, in (0, 1].
       max_dist: largest deviation from the straight path, in alpha, in [0, 1] (0 is IG).
+      mean, std: the model's input scaling (pixels in [0, 1]), needed by ``baseline="black"``.
 
     Raises:
-      ValueError: an option outside its range (named, with the valid values).
+      ValueError: an option outside its range (named, with the valid values), black without scaling.
     """
     _check_num_samples(num_samples)
     check_baseline(baseline)
+    _check_black_scaling(baseline, mean, std)
     check_number(fraction, "fraction", low=0.0, high=1.0, low_open=True)
     check_number(max_dist, "max_dist", low=0.0, high=1.0)
     max_iterations = guided_ig_max_iterations(fraction)

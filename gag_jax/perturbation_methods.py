@@ -39,15 +39,21 @@ XRAI_MIN_PIXEL_DIFF = 50
 # shared pieces
 
 
-def perturbation_baseline(images: jax.Array, baseline: str = "black", mean=ops.IMAGENET_MEAN,
-                          std=ops.IMAGENET_STD, blur_sigma: float = 16.0, blur_kernel: int = 33) -> jax.Array:
+def perturbation_baseline(images: jax.Array, baseline: str = "black", mean=None,
+                          std=None, blur_sigma: float = 16.0, blur_kernel: int = 33) -> jax.Array:
     """What a removed pixel becomes, as the metrics define it: ``(B, H, W, C)`` in normalised space.
 
     ``"black"``: zero in pixel space (de-normalised with ``mean``/``std``); ``"blur"``: the image
     Gaussian-blurred in pixel space (``blur_sigma``, ``blur_kernel``, reflect padding, as the
-    insertion metric); ``"mean"``: each image's per-channel mean colour.
+    insertion metric); ``"mean"``: each image's per-channel mean colour. Only ``"black"`` needs
+    ``mean``/``std`` (blur and mean commute with the per-channel scaling: identity when None).
     """
     check_choice(baseline, "baseline", BASELINES)
+    if baseline == "black" and (mean is None or std is None):
+        raise ValueError("baseline 'black' is zero in pixel space and needs the model's input scaling: pass "
+                         "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
+    if mean is None or std is None:
+        mean, std = (0.0,), (1.0,)
     images = images.astype(jnp.float32)
     if baseline == "black":
         pixels = jnp.zeros((1, 1, 1, images.shape[-1]), jnp.float32)
@@ -119,7 +125,7 @@ def window_starts(size: int, window: int, stride: int) -> np.ndarray:
 
 def occlusion(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array | None = None, *,
               window=32, stride=16, baseline: str = "black", output: str = "logit", chunk_size: int | None = 16,
-              mean=ops.IMAGENET_MEAN, std=ops.IMAGENET_STD) -> jax.Array:
+              mean=None, std=None) -> jax.Array:
     """Occlusion (Zeiler & Fergus 2014): the drop of the target score when a window is removed.
 
     A ``window`` slides over the image with ``stride``; for each position k the window (all
@@ -225,7 +231,7 @@ def rise_masks(key: jax.Array, indices: jax.Array, size: tuple[int, int], cells:
 
 def rise(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array, *, n: int = 4000,
          cells: int = 7, p_keep: float = 0.5, baseline: str = "mean", chunk_size: int | None = 32,
-         mean=ops.IMAGENET_MEAN, std=ops.IMAGENET_STD) -> jax.Array:
+         mean=None, std=None) -> jax.Array:
     """RISE (Petsiuk et al. 2018): ``saliency = sum_i p_i * M_i / (n * p_keep)``.
 
     ``M_i`` are random smooth masks (see ``rise_masks``), ``p_i`` the softmax probability of the
@@ -391,8 +397,8 @@ def _options_dict(options) -> dict:
 def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None = None, *, base: str = "ig",
          base_options=None, baselines=("min", "max"), scales=XRAI_SCALES, sigma: float = XRAI_SIGMA,
          min_size: int = XRAI_MIN_SIZE, segment_size: int | None = XRAI_SEGMENT_SIZE, dilation: int = XRAI_DILATION,
-         min_pixel_diff: int = XRAI_MIN_PIXEL_DIFF, area_threshold: float = 1.0, mean=ops.IMAGENET_MEAN,
-         std=ops.IMAGENET_STD) -> jax.Array:
+         min_pixel_diff: int = XRAI_MIN_PIXEL_DIFF, area_threshold: float = 1.0, mean=None,
+         std=None) -> jax.Array:
     """XRAI (Kapishnikov et al. 2019): segments ranked by the attribution gain of a base method.
 
     1. Base attribution ``(B, H, W, C)`` from ``gj.explain(base, ..., postprocess=False,
@@ -414,7 +420,8 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
       baselines: IG baselines averaged when ``base`` is a path method without its own ``baseline``.
       scales, sigma, min_size, segment_size, dilation: segmentation (see ``xrai_segments``).
       min_pixel_diff, area_threshold: ranking (see ``xrai_regions``).
-      mean, std: the model's normalisation.
+      mean, std: the model's input scaling (segments are found on the pixels); ``gj.explain`` reads
+        them from a ``gj.ModelFunctions``.
 
     Returns:
       ``(B, H, W, 1)`` float32 XRAI maps (region gains).
@@ -436,6 +443,9 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
     if base in ("occlusion", "rise", "xrai"):
         raise ValueError(f"xrai's base must be a gradient method, not {base!r}")
     _require_skimage()
+    if mean is None or std is None:
+        raise ValueError("xrai segments the image in pixel space and needs the model's input scaling: pass "
+                         "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
     options = _options_dict(base_options)
     if base in ("ig", "guided_ig") and "baseline" not in options:
         attributions = [explain(base, model_fn, images, labels, key=key, postprocess=False, baseline=b, **options)

@@ -40,8 +40,6 @@ Choices (each an option, documented where it is taken):
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -327,23 +325,65 @@ def similarities(original, randomised, *, hog_orientations: int = 9, hog_pixels_
 # ----------------------------------------------------------------------------------------------
 
 
-class _ModelBuilder:
-    """Model functions of ``module`` for any variables; jitted once, so every step reuses the compilations."""
+class _NnxAsLinen:
+    """An NNX model seen through the linen interface the test uses: ``apply(variables, x)`` and
+    ``init(key, x)``, with ``variables = {"params": {...}, "batch_stats": {...}}`` as pure dicts
+    (top-level names = the module's attributes; everything that is not an ``nnx.Param`` goes to
+    ``"batch_stats"`` and keeps its trained value). ``init`` returns the parameters of ``fresh``,
+    a freshly constructed instance of the same class (its own initialisers: Adebayo et al.'s
+    re-initialisation)."""
 
-    def __init__(self, module):
-        fields = {f.name for f in dataclasses.fields(module)}
-        self.apply = jax.jit(module.apply, static_argnames="method")
-        self.split = callable(getattr(module, "features", None)) and callable(getattr(module, "head", None))
-        self.guided = (jax.jit(module.clone(guided_backprop=True).apply, static_argnames="method")
-                       if "guided_backprop" in fields else None)
+    def __init__(self, trained, fresh):
+        from flax import nnx
 
-    def __call__(self, variables) -> ModelFunctions:
-        part = functools.partial
-        return ModelFunctions(
-            logits=part(self.apply, variables),
-            features=part(self.apply, variables, method="features") if self.split else None,
-            head=part(self.apply, variables, method="head") if self.split else None,
-            guided_logits=part(self.guided, variables) if self.guided is not None else None)
+        for name, value in (("module", trained), ("fresh", fresh)):
+            if not isinstance(value, nnx.Module):
+                raise ValueError(f"for an NNX model, {name} must be an nnx.Module (the fresh one: a newly "
+                                 f"constructed instance of the same class); got {type(value)}")
+        copy = nnx.merge(*nnx.split(trained))
+        copy.eval()
+        self.graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
+        self._params, self._rest = params, rest
+        self.variables = {"params": params.to_pure_dict(), "batch_stats": rest.to_pure_dict()}
+        fresh_copy = nnx.merge(*nnx.split(fresh))
+        fresh_copy.eval()
+        graphdef, fresh_params, _ = nnx.split(fresh_copy, nnx.Param, ...)
+        if graphdef != self.graphdef:
+            raise ValueError("the fresh NNX module does not have the structure of the trained one: build it "
+                             "with the same class and arguments")
+        self._fresh = fresh_params.to_pure_dict()
+
+    def apply(self, variables, x):
+        from flax import nnx
+
+        params = jax.tree_util.tree_map(lambda a: a, self._params)
+        nnx.replace_by_pure_dict(params, variables["params"])
+        rest = jax.tree_util.tree_map(lambda a: a, self._rest)
+        nnx.replace_by_pure_dict(rest, variables["batch_stats"])
+        return nnx.merge(self.graphdef, params, rest)(x)
+
+    def init(self, key, x):
+        del key, x
+        return {"params": self._fresh}
+
+    def __hash__(self):
+        return id(self)
+
+
+def _linen_view(module, variables):
+    """``(module, variables)`` for the test: linen as given; NNX through :class:`_NnxAsLinen`."""
+    from flax import nnx
+
+    if isinstance(module, nnx.Module):
+        adapter = _NnxAsLinen(module, variables)
+        return adapter, adapter.variables
+    return module, variables
+
+
+def _model_of(module, variables) -> ModelFunctions:
+    if isinstance(module, _NnxAsLinen):
+        return ModelFunctions.from_apply(module.apply, variables)
+    return ModelFunctions.from_module(module, variables)
 
 
 def _attributions(method, model: ModelFunctions, images, labels, key, options: dict, batch_size: int) -> np.ndarray:
@@ -397,8 +437,10 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
     Args:
       method: a name in ``gj.METHODS`` (explained with ``gj.explain(..., postprocess=False)``) or a
         callable ``method(model: gj.ModelFunctions, images, labels, key) -> (B, H, W[, C])`` raw maps.
-      module: the Flax linen module (e.g. from ``models.load``).
-      variables: its trained variables.
+      module: the Flax linen module (e.g. from ``models.load``), or a trained Flax NNX module.
+      variables: the linen module's trained variables; for an NNX module, a freshly constructed
+        instance of the same class (``MyCNN(rngs=nnx.Rngs(1))``): its parameters, drawn by the
+        model's own initialisers, are the re-initialisation (the trained module is not changed).
       images: ``(B, H, W, C)`` normalised images.
       labels: ``(B,)`` int target classes (kept at every step).
       key: PRNG key; split into the method's key (the same at every step) and the re-initialisation key.
@@ -454,6 +496,7 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
 
     explain_key, init_key = jax.random.split(key)
+    module, variables = _linen_view(module, variables)
     shape = (1,) + tuple(images.shape[1:])
     spec = (layer_blocks(module, variables, shape, by=by) if blocks_spec is None
             else _check_blocks(blocks_spec, set(variables.get("params", {}))))
@@ -462,10 +505,8 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
     missing = [s for s in wanted if s not in labels_all]
     if missing:
         raise ValueError(f"unknown step(s) {missing}; the blocks are {labels_all}")
-    build = _ModelBuilder(module)
-
-    def explain_with(v):
-        return _attributions(method, build(v), images, labels, explain_key, options, batch_size)
+    def explain_with(v):  # same apply functions at every step: one compilation, the weights traced
+        return _attributions(method, _model_of(module, v), images, labels, explain_key, options, batch_size)
 
     original = explain_with(variables)
     name = method if isinstance(method, str) else getattr(method, "__name__", "method")

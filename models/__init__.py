@@ -178,13 +178,24 @@ def load(
     return module, jax.tree_util.tree_map(jnp.asarray, variables)
 
 
-def model_functions(module: Any, variables: dict) -> ModelFunctions:
-    """Pure, jitted functions of images with the model's variables bound.
+def _registered_name(module: Any) -> str | None:
+    for name, (mod_name, cls_attr, _) in _REGISTRY.items():
+        ctor = getattr(importlib.import_module(mod_name), cls_attr)  # a class or a functools.partial of one
+        cls, fixed = getattr(ctor, "func", ctor), getattr(ctor, "keywords", {})
+        if type(module) is cls and all(getattr(module, k, None) == v for k, v in fixed.items()):
+            return name
+    return None
+
+
+def model_functions(module: Any, variables: dict, *, mean=None, std=None) -> ModelFunctions:
+    """The model as a ``gj.ModelFunctions``: its variables as pytree leaves, its input scaling carried.
 
     Args:
       module: a model from this package (fields ``guided_backprop``; methods ``features``, ``head``),
         or any Flax linen module (``features``/``head``/``guided_logits`` then where it has them).
       variables: its ``{"params", "batch_stats"}``.
+      mean, std: its input scaling (pixels in [0, 1]); None: :func:`input_normalization` of the
+        registered model the module is (e.g. Lite0's ``(x - 127) / 128``), unknown for other modules.
 
     Returns:
       ``gj.ModelFunctions(logits=f, features=g, head=h, guided_logits=k)`` where
@@ -193,7 +204,11 @@ def model_functions(module: Any, variables: dict) -> ModelFunctions:
       (same values, guided gradients). ``f(x) == h(g(x))``; logits float32. Variables are passed as
       jit arguments (not closed-over constants baked into the program).
     """
-    return ModelFunctions.from_module(module, variables)
+    if mean is None and std is None:
+        name = _registered_name(module)
+        if name is not None:
+            mean, std = _INPUT_SCALING[name]
+    return ModelFunctions.from_module(module, variables, mean=mean, std=std)
 
 
 def imagenet_classes() -> list[str]:

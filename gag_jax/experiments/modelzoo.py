@@ -55,7 +55,8 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
       dtype: compute dtype (None: float32).
 
     Returns:
-      ``(model_functions, info)`` where info has ``name``, ``checkpoint``, ``num_classes``.
+      ``(model_functions, info)`` where info has ``name``, ``checkpoint``, ``num_classes``; the
+      ``ModelFunctions`` carries the model's input scaling (:func:`model_normalization`).
 
     Raises:
       ValueError: unknown name or missing checkpoint; FileNotFoundError: no such checkpoint;
@@ -70,14 +71,16 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
         if checkpoint is None:
             raise ValueError("model 'tiny' needs --checkpoint (evaluate --case synthetic trains one for you)")
         module, variables = load_tiny(checkpoint)
-        return gj.ModelFunctions.from_module(module, variables), {
+        mean, std = model_normalization(TINY)
+        return gj.ModelFunctions.from_module(module, variables, mean=mean, std=std), {
             "name": name, "checkpoint": os.fspath(checkpoint), "num_classes": module.num_classes}
     import jax.numpy as jnp
 
+    from models import input_normalization as models_input_normalization
     from models import load, model_functions
 
     module, variables = load(name, checkpoint, num_classes=num_classes, dtype=dtype or jnp.float32)
-    return model_functions(module, variables), {
+    return model_functions(module, variables, **models_input_normalization(name)), {
         "name": name, "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
         "num_classes": int(module.num_classes)}
 

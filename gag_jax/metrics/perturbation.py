@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax._lifting import jit_lifting_model
+from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 
@@ -21,7 +21,7 @@ def trapezoid_auc(curves: jax.Array, fractions: Sequence[float]) -> jax.Array:
     return jnp.sum(dx * (curves[..., 1:] + curves[..., :-1]) * 0.5, axis=-1)
 
 
-@jit_lifting_model(("model_fn", "fractions", "batch_size", "blur_kernel", "blur_sigma"))
+@jit_with_model(("model_fn", "fractions", "batch_size", "blur_kernel", "blur_sigma"))
 def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, batch_size,
                              blur_kernel, blur_sigma):
     B, H, W, _ = images.shape

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax._lifting import jit_lifting_model
+from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import ModelFn
 
 _BASELINES = ("black", "blur", "mean")
 
@@ -35,7 +35,7 @@ def rcap_percentiles(lower_bound: float = 50, interval: float = 10) -> tuple[flo
     return tuple(100.0 - k * iv for k in range(1, j + 1))
 
 
-@jit_lifting_model(("model_fn", "percentiles", "baseline", "mean", "std", "batch_size", "blur_kernel",
+@jit_with_model(("model_fn", "percentiles", "baseline", "mean", "std", "batch_size", "blur_kernel",
                     "blur_sigma"))
 def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mean, std, batch_size,
                blur_kernel, blur_sigma):
@@ -91,8 +91,8 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
 
 
 def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50,
-         interval: float = 10, baseline: str = "black", mean: Sequence[float] = IMAGENET_MEAN,
-         std: Sequence[float] = IMAGENET_STD, batch_size: int | str | None = "auto",
+         interval: float = 10, baseline: str = "black", mean: Sequence[float] | None = None,
+         std: Sequence[float] | None = None, batch_size: int | str | None = "auto",
          blur_kernel: int = 33, blur_sigma: float = 16.0) -> dict:
     """ReCover And Predict (eq. 5/6): per-image RCAP, batched and jit-compiled.
 
@@ -113,9 +113,8 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     (memory for one chunk of copies; see :func:`gag_jax.metrics.default_batch_size`), or as one
     batch with ``batch_size=None``. The
     jitted computation is cached per (shapes, dtypes, ``model_fn``, options): calling again with
-    the same shapes and the same ``model_fn`` does not re-trace. Arrays bound by
-    ``functools.partial(apply, variables)`` (as ``models.model_functions`` does) are passed to the
-    compiled program as arguments, so new weights for the same ``apply`` do not re-trace either.
+    the same shapes and the same ``model_fn`` does not re-trace. The weights of a ``gj.ModelFunctions`` are arguments of
+    the compiled program, so new weights for the same model do not re-trace either.
 
     Degenerate maps: a constant map (every pixel equals every percentile) recovers the whole image
     at every ``k`` and gets ``ratio_k = 1``, i.e. ``RCAP = softmax(model(original))[label]``. The
@@ -124,14 +123,17 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     maps therefore score high: filter them out upstream if that matters.
 
     Args:
-      model_fn: ``images (b, H, W, C) -> logits (b, K)``; hashable (a function, a
-        ``functools.partial``, a jitted function).
+      model_fn: a ``gj.ModelFunctions`` (its weights are traced arguments; its input scaling is
+        used unless ``mean``/``std`` are given), its ``.logits``, or a plain hashable callable
+        ``images (b, H, W, C) -> logits (b, K)`` (compiled once per function object).
       images: ``(B, H, W, C)`` float, normalised with ``mean`` / ``std``.
       labels: ``(B,)`` int target classes.
       saliency: ``(B, H, W)`` float, non-negative, any scale.
       lower_bound, interval: percentile partition (paper: 50 and 10 -> p = 90, 80, 70, 60, 50).
       baseline: ``"black"`` (paper), ``"blur"`` or ``"mean"``.
-      mean, std: the normalisation of ``images`` (1 or C entries each).
+      mean, std: the normalisation of ``images`` (1 or C entries each); None: the model's. The
+        ``"black"`` baseline needs one or the other (ValueError otherwise); ``"blur"`` and
+        ``"mean"`` commute with the scaling and do without.
       batch_size: max recovered copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
         (2 on CPU, measured); ``None`` = all at once.
       blur_kernel, blur_sigma: Gaussian of the ``"blur"`` baseline.
@@ -151,6 +153,9 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     percentiles = rcap_percentiles(lower_bound, interval)
     V.check_choice(baseline, "baseline", _BASELINES)
     channels = np.shape(images)[-1]
+    model_fn = as_model_functions(model_fn)
+    mean, std = resolve_scaling(model_fn, mean, std, needed=baseline == "black",
+                                what=f"RCAP (baseline {baseline!r})", channels=channels)
     mean_t = V.as_channel_tuple("mean", mean, channels)
     std_t = V.as_channel_tuple("std", std, channels)
     batch_size = C.resolve_batch_size(batch_size)

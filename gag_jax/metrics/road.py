@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax._lifting import jit_lifting_model
+from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import IMAGENET_STD, ModelFn
 from gag_jax.metrics.perturbation import trapezoid_auc
@@ -148,7 +148,7 @@ def removal_ranks(saliency: jax.Array) -> jax.Array:
     return ranks.at[jnp.arange(b)[:, None], order].set(jnp.arange(n, dtype=jnp.int32)[None, :])
 
 
-@jit_lifting_model(("model_fn", "counts", "lerf", "scale", "batch_size", "tol", "maxiter"))
+@jit_with_model(("model_fn", "counts", "lerf", "scale", "batch_size", "tol", "maxiter"))
 def _road_core(images, labels, saliency, key, *, model_fn, counts, lerf, scale, batch_size, tol, maxiter):
     B, H, W, _ = images.shape
     n = H * W
@@ -178,7 +178,7 @@ def _road_core(images, labels, saliency, key, *, model_fn, counts, lerf, scale, 
 
 def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[float] = ROAD_FRACTIONS,
          order: str = "morf", key: jax.Array | None = None, noise: float = 0.01,
-         std: Sequence[float] = IMAGENET_STD, batch_size: int | str | None = "auto", tol: float = 1e-6,
+         std: Sequence[float] | None = None, batch_size: int | str | None = "auto", tol: float = 1e-6,
          maxiter: int | None = None) -> dict:
     """ROAD curve and AUC per image: the target probability as more and more pixels are removed
     (most relevant first, ``"morf"``, or least relevant first, ``"lerf"``) and imputed.
@@ -207,7 +207,8 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
       key: PRNG key of the imputation noise (None: ``PRNGKey(0)``); image ``b`` at fraction ``t``
         draws from ``fold_in(fold_in(key, b), t)``.
       noise: noise standard deviation in ``[0, 1]`` pixel units (authors: 0.01; 0: none).
-      std: per-channel standard deviation of the normalisation of ``images``.
+      std: per-channel standard deviation of the normalisation of ``images``; None: the model's
+        (``gj.ModelFunctions.std``); with ``noise > 0`` one or the other is needed (ValueError).
       batch_size: max imputed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`;
         None = all at once.
       tol, maxiter: conjugate-gradient stopping rule (see :func:`noisy_linear_impute`).
@@ -225,6 +226,10 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
     if not (float(noise) >= 0):
         raise ValueError(f"noise must be >= 0; got {noise!r}")
     _, h, w, ch = np.shape(images)
+    model_fn = as_model_functions(model_fn)
+    if std is None:
+        _, std = resolve_scaling(model_fn, needed=float(noise) > 0, what="ROAD's imputation noise (pixel units)",
+                                 channels=ch)
     std_t = V.as_channel_tuple("std", std, ch)
     batch_size = C.resolve_batch_size(batch_size)
     maxiter = 4 * (h + w) if maxiter is None else maxiter

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gag_jax.metrics._common import IMAGENET_MEAN, IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.complexity import complexity, sparseness
 from gag_jax.metrics.perturbation import deletion_insertion
 from gag_jax.metrics.rcap import rcap
@@ -72,8 +72,8 @@ def check_metrics(metrics: Sequence[str] | str | None, has_masks: bool) -> tuple
 
 
 def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Sequence[str] | str | None = None,
-          batch_size: int | str | None = "auto", mean: Sequence[float] = IMAGENET_MEAN,
-          std: Sequence[float] = IMAGENET_STD, options: Mapping[str, Mapping] | None = None) -> dict[str, np.ndarray]:
+          batch_size: int | str | None = "auto", mean: Sequence[float] | None = None,
+          std: Sequence[float] | None = None, options: Mapping[str, Mapping] | None = None) -> dict[str, np.ndarray]:
     """Per-image values of the chosen metrics for one batch of maps.
 
     Each model metric is one batched, jitted call (:func:`rcap`, one :func:`deletion_insertion`
@@ -91,7 +91,8 @@ def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Seque
         metrics (:func:`default_metrics`).
       batch_size: max perturbed copies per model call of the model metrics (``"auto"``: see
         :func:`default_batch_size`); None: all at once.
-      mean, std: the normalisation of ``images`` (RCAP's baseline, ROAD's noise scale).
+      mean, std: the normalisation of ``images`` (RCAP's baseline, ROAD's noise scale); None: the
+        model's input scaling (``gj.ModelFunctions.mean`` / ``.std``).
       options: keyword options per metric function, keyed by :data:`OPTION_GROUPS`, e.g.
         ``{"rcap": {"lower_bound": 50, "interval": 10, "baseline": "black"},
         "road": {"fractions": (0.1, 0.5, 0.9), "key": key}, "mae": {"sqrt": True}}``; they take

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from gag_jax import _validation as V
-from gag_jax._lifting import jit_lifting_model
+from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 
@@ -120,7 +120,7 @@ def pointing_game(saliency, masks, *, tolerance: float = 15):
     return _map_metric(_pointing_game_core, saliency, masks, float(tolerance))
 
 
-@jit_lifting_model(("model_fn", "batch_size"))
+@jit_with_model(("model_fn", "batch_size"))
 def _target_probs_core(images, labels, *, model_fn, batch_size):
     images = images.astype(jnp.float32)
     return C.target_probs_of_items(model_fn, lambda bi: images[bi], (jnp.arange(images.shape[0]),),
