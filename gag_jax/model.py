@@ -230,8 +230,9 @@ class ModelFunctions:
       mean, std: the model's input scaling (per-channel tuples, pixels in [0, 1]) or None (unknown).
 
     ``ModelFunctions(logits, features=None, head=None, guided_logits=None, mean=None, std=None)``
-    wraps plain callables of images: their weights (if they read any from outside) are constants
-    of every compiled program, which is cached per function object. Use :meth:`from_module`,
+    wraps a plain callable of images: its weights (if it reads any from outside) are constants of
+    every compiled program, which is cached per function object, so a function that reads global
+    weights keeps those of its first call. Use :meth:`from_module`,
     :meth:`from_nnx` or :meth:`from_apply` when weights change between calls.
 
     Calling the object calls ``logits``.
