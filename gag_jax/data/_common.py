@@ -115,6 +115,38 @@ def _open(path: str, kind: str) -> Image.Image:
     return img
 
 
+def image_hw_of(path: str, kind: str = "image") -> tuple[int, int]:
+    """``(H, W)`` of an image file, from its header (the pixels are not decoded).
+
+    Args:
+      path: image or mask file.
+      kind: what the file is, for the message (``"image"``, ``"mask"``).
+
+    Raises:
+      BadImageError: naming ``path`` when it does not exist or its header cannot be read.
+    """
+    try:
+        with Image.open(path) as img:
+            return int(img.height), int(img.width)
+    except FileNotFoundError:
+        raise BadImageError(path, f"{kind} file does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImageError(path, f"{kind} cannot be decoded ({type(err).__name__}: {err})") from None
+
+
+def aspect_matches(image_hw: tuple[int, int], mask_hw: tuple[int, int]) -> bool:
+    """Whether a mask of ``mask_hw = (H, W)`` is its image (``image_hw``) at another resolution:
+    the image scaled to the mask's height (or width) has the mask's width (height) up to one
+    pixel of rounding. Such a mask can be resized onto the image; another aspect ratio cannot.
+
+    Examples:
+      >>> [aspect_matches((480, 640), mask) for mask in ((240, 320), (241, 320), (240, 240))]
+      [True, True, False]
+    """
+    (ih, iw), (mh, mw) = image_hw, mask_hw
+    return abs(mw - iw * mh / ih) <= 1 + 1e-9 or abs(mh - ih * mw / iw) <= 1 + 1e-9
+
+
 def read_image(path: str, size, resize_mode: str = "squash", *, exif_transpose: bool = False) -> np.ndarray:
     """Decode an image file with Pillow, convert to RGB and resize.
 
@@ -169,6 +201,11 @@ def prepare_pixels(photos, size, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize
 
 def read_mask(path: str, size, resize_mode: str = "squash", *, kind: str = "binary", class_id: int = 0) -> np.ndarray:
     """Decode a segmentation PNG into a binary mask, resized with nearest-neighbour.
+
+    The mask is resized to ``size`` with the same geometry as its image (``resize_mode``), so a
+    mask stored at another resolution than its image (same aspect ratio) lands on the same pixels:
+    that resizing is intended. A mask of another aspect ratio would not; the folder case refuses it
+    when listing (``layouts.list_folder``), before anything is read.
 
     Args:
       path: mask file.

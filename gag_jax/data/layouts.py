@@ -46,9 +46,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 
-from gag_jax.data._common import DatasetLayoutError, SkippedFile, list_image_files
+from gag_jax.data._common import (
+    BadImageError,
+    DatasetLayoutError,
+    SkippedFile,
+    aspect_matches,
+    image_hw_of,
+    list_image_files,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,11 @@ class Listing:
       num_classes: size of the label space (None when unknown).
       class_names: names of the classes, index = label (may be empty).
       skipped: files left out, with the reason.
+      label_origins: ``(label, where)`` for the first example of each label, in the order they
+        were given: ``"<labels file>:<line>"`` or ``"<data_dir>/<class folder>/"`` (a folder case;
+        empty for the public datasets). :func:`check_model_classes` names these.
+      imagenet_named: class folders whose label was found by their ImageNet class name (in
+        ``models/imagenet_classes.txt``): valid only for a model with exactly 1000 outputs.
     """
 
     case: str
@@ -95,6 +108,8 @@ class Listing:
     num_classes: int | None
     class_names: tuple[str, ...]
     skipped: tuple[SkippedFile, ...] = ()
+    label_origins: tuple[tuple[int, str], ...] = ()
+    imagenet_named: tuple[str, ...] = ()
 
 
 def _layout_error(problem: str, directory: str, layout: str) -> DatasetLayoutError:
@@ -404,25 +419,43 @@ def list_places365(data_dir, split: str = "validation") -> Listing:
 FOLDER_LAYOUT = """\
   <data_dir>/                           any folder of images, in one of three forms:
     labels.txt                          (a) lines "<file><TAB><class index>[<TAB><class name>]",
-    photo_001.jpg                           <file> relative to data_dir
+    photo_001.jpg                           <file> relative to data_dir, each file once, index >= 0
     ...
   or
-    <class>/photo_001.jpg               (b) one subfolder per class: named by its class index
-                                            ("281"), by an ImageNet wnid ("n02123045"; label =
-                                            index among the model's 1000 classes), or by any name
-                                            (label = rank among the sorted subfolders)
+    <class>/photo_001.jpg               (b) one subfolder per class, named by its class index
+                                            ("281"), by an ImageNet wnid ("n02123045"), or by a
+                                            class name of models/imagenet_classes.txt ("tabby",
+                                            "Egyptian_cat"; any case, "_" = " "; for 1000-class
+                                            models) or of --case-option class_names=FILE (one name
+                                            per line, line k = class k)
   or
     photo_001.jpg                       (c) images alone: unlabelled (evaluate --target predicted)
   and optionally
     masks/photo_001.png                 a binary mask per image, same path and stem (grey > 127 =
-                                        object); then Dice and MAE are computed too
+                                        object), the image's aspect ratio (any resolution: it is
+                                        resized); then Dice and MAE are computed too
 """
 _FOLDER_SPLITS = {"all": "all"}
+_IMAGENET_NAMES = "models/imagenet_classes.txt"
+_CLASS_NAMES_HINT = "--case-option class_names=FILE (one class name per line, line k = class k)"
 
 
-def _parse_labels_file(path: str) -> list[tuple[str, int, str | None]]:
-    """``(file, class index, class name or None)`` per line of a ``labels.txt``."""
+def _some(items: Sequence[str], limit: int = 8) -> str:
+    """``"a, b, c"``, cut after ``limit`` items with ``"... (N in all)"``."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... ({len(items)} in all)"
+
+
+def _parse_labels_file(path: str) -> list[tuple[str, int, str | None, int]]:
+    """``(file, class index, class name or None, line number)`` per line of a ``labels.txt``.
+
+    Raises:
+      DatasetLayoutError: ``"<path>:<line>: ..."`` for a line that is not ``<file> <index>
+        [<name>]``, a negative class index, or a file listed a second time (the message names the
+        line of its first listing too).
+    """
     entries = []
+    first_line: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             text = line.rstrip("\n\r")
@@ -430,16 +463,27 @@ def _parse_labels_file(path: str) -> list[tuple[str, int, str | None]]:
                 continue
             parts = text.split("\t") if "\t" in text else text.split(None, 2)
             parts = [p.strip() for p in parts]
-            if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
+            if len(parts) < 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
                 raise DatasetLayoutError(
                     f"{path}:{line_no}: expected '<file><TAB><class index>[<TAB><class name>]', got {text!r}")
-            entries.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 and parts[2] else None))
+            file, label = parts[0], int(parts[1])
+            if label < 0:
+                raise DatasetLayoutError(
+                    f"{path}:{line_no}: class index {label} of {file} is negative; class indices are 0 or more "
+                    f"(leave an image without a label out of {os.path.basename(path)})")
+            key = os.path.normpath(file)
+            if key in first_line:
+                raise DatasetLayoutError(
+                    f"{path}:{line_no}: {file} is listed again (first at line {first_line[key]}); list each image "
+                    "once, with one class index")
+            first_line[key] = line_no
+            entries.append((file, label, parts[2] if len(parts) > 2 and parts[2] else None, line_no))
     return entries
 
 
 def _find_mask(mask_dir: str, name: str) -> str | None:
     """The mask of example ``name`` (a path relative to data_dir): same relative stem, any image
-    extension, or the same stem directly in ``mask_dir``."""
+    extension, or the same stem directly in ``mask_dir``. None when there is none."""
     stem = os.path.splitext(name)[0]
     candidates = [stem, os.path.basename(stem)]
     for candidate in candidates:
@@ -450,26 +494,104 @@ def _find_mask(mask_dir: str, name: str) -> str | None:
     return None
 
 
-def _subfolder_labels(names: Sequence[str], synsets) -> tuple[dict[str, int], tuple[str, ...], int]:
-    """Labels of class subfolders: integers as such, ImageNet wnids by the classifier's class order,
-    anything else by rank among the sorted names. Returns ``(labels, class names, num_classes)``."""
-    if all(n.isdigit() for n in names):
-        labels = {n: int(n) for n in names}
-        return labels, (), max(labels.values()) + 1
-    if all(len(n) == 9 and n[0] == "n" and n[1:].isdigit() for n in names):
+def _is_wnid(name: str) -> bool:
+    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
+
+
+def _name_key(name: str) -> str:
+    """How class names are compared: case-insensitive, ``_`` = space, runs of spaces as one."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def _class_name_list(class_names) -> tuple[list[str], str]:
+    """``(names, where they come from)``: index = class. ``class_names`` is a file (one name per
+    line, blank lines ignored), a sequence of names, or None: the 1000 ImageNet class names."""
+    if class_names is None:
+        import models
+
+        return models.imagenet_classes(), _IMAGENET_NAMES
+    if isinstance(class_names, (str, os.PathLike)):
+        path = os.path.abspath(os.path.expanduser(os.fspath(class_names)))
+        if not os.path.isfile(path):
+            raise DatasetLayoutError(f"class_names file not found: {path} (one class name per line, line k = class k)")
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()], path
+    return [str(n) for n in class_names], "class_names"
+
+
+def _subfolder_labels(root: str, names: Sequence[str], synsets, class_names
+                      ) -> tuple[dict[str, int], tuple[str, ...], int, tuple[str, ...]]:
+    """Labels of the class subfolders ``names`` of ``root``, each resolved on its own.
+
+    A folder named by digits is that class index; by an ImageNet wnid, the wnid's index in the
+    classifier's class order (``synsets``, default the 1000 sorted ImageNet-1k wnids); by anything
+    else, the index of the class of that name in ``class_names`` (default the 1000 ImageNet names
+    of ``models/imagenet_classes.txt``), compared case-insensitively with ``_`` = space.
+
+    Returns:
+      ``(labels, class names, num_classes, imagenet_named)``: folder -> class index; the names of
+      the label space (index = label; empty for index-named folders); its size; the folders
+      resolved by ImageNet class name (``class_names`` None), which hold only for a 1000-class model.
+
+    Raises:
+      DatasetLayoutError: one line naming every folder whose name is no class name and every one
+        that matches several classes (with their indices).
+      ValueError: wnid folders that are not among the classifier's wnids.
+    """
+    labels = {n: int(n) for n in names if n.isdigit()}
+    wnids = [n for n in names if _is_wnid(n)]
+    words = [n for n in names if not n.isdigit() and not _is_wnid(n)]
+    space: tuple[str, ...] = ()
+    if wnids:
         classes = _imagenet1k_wnids(synsets)
         index = {w: i for i, w in enumerate(classes)}
-        unknown = [n for n in names if n not in index]
+        unknown = [n for n in wnids if n not in index]
         if unknown:
             raise ValueError(f"class folders {unknown[:5]} are not among the classifier's {len(classes)} wnids; "
                              "pass synsets= (the model's wnid list)")
-        return {n: index[n] for n in names}, tuple(classes), len(classes)
-    return {n: i for i, n in enumerate(names)}, tuple(names), len(names)
+        labels.update({n: index[n] for n in wnids})
+        space = tuple(classes)
+    if words:
+        known, where = _class_name_list(class_names)
+        by_key: dict[str, list[int]] = {}
+        for i, name in enumerate(known):
+            by_key.setdefault(_name_key(name), []).append(i)
+        unknown = [w for w in words if _name_key(w) not in by_key]
+        ambiguous = [w for w in words if len(by_key.get(_name_key(w), ())) > 1]
+        if unknown or ambiguous:
+            problems = []
+            if unknown:
+                problems.append(f"class folder(s) {_some([w + '/' for w in unknown])} name no class of {where}")
+            for w in ambiguous:
+                candidates = ", ".join(f"{i} {known[i]!r}" for i in by_key[_name_key(w)])
+                problems.append(f"class folder {w}/ matches several classes of {where} ({candidates}): "
+                                "name it by its class index")
+            hint = ("a class folder is named by a class index ('281'), an ImageNet wnid ('n02123045') or a class "
+                    "name (any case, '_' = ' ')")
+            if class_names is None:
+                hint += f"; for a model whose classes are not ImageNet's, give their names: {_CLASS_NAMES_HINT}"
+            raise DatasetLayoutError(f"{root}: {'; '.join(problems)}; {hint}")
+        labels.update({w: by_key[_name_key(w)][0] for w in words})
+        space = tuple(known)
+    num_classes = max(len(space), max(labels.values()) + 1)
+    return labels, space, num_classes, tuple(words) if class_names is None else ()
 
 
 def list_folder(data_dir, split: str = "all", *, labels: str = "labels.txt", masks: str = "masks",
-                synsets=None) -> Listing:
+                synsets=None, class_names=None) -> Listing:
     """List a folder of images, labelled by a ``labels.txt``, by class subfolders, or not at all.
+
+    Class subfolders are resolved each on its own: digits = the class index, an ImageNet wnid =
+    its index among ``synsets``, any other name = the index of that class name (case-insensitive,
+    ``_`` = space) in ``class_names``, by default the 1000 ImageNet names of
+    ``models/imagenet_classes.txt``; such ImageNet-named folders hold for a 1000-class model only
+    (:func:`check_model_classes` refuses another model). A name that matches no class, or
+    several (``cardigan``: the dog and the sweater), stops the listing naming it.
+
+    A mask may have another resolution than its image (it is resized with the image, nearest
+    neighbour) but not another aspect ratio (up to one pixel of rounding): that is refused,
+    naming the mask, since it cannot outline the image. A mask that cannot be decoded leaves its
+    image out (named in ``skipped``); the other images go on.
 
     Args:
       data_dir: the folder (layouts in :data:`FOLDER_LAYOUT`).
@@ -478,10 +600,18 @@ def list_folder(data_dir, split: str = "all", *, labels: str = "labels.txt", mas
       masks: name of the optional mask folder inside ``data_dir``.
       synsets: for wnid-named class subfolders: the classifier's wnid order (file or sequence;
         default the 1000 sorted ImageNet-1k wnids).
+      class_names: for class subfolders named by words: the classifier's class names, index =
+        class (a file with one name per line, or a sequence of str); None: ImageNet's 1000.
 
     Returns:
       a :class:`Listing` sorted by name; labels ``-1`` for an unlabelled folder; with a mask
-      folder, ``has_masks=True`` and images without a mask are skipped (named).
+      folder, ``has_masks=True`` and images without a (decodable) mask are skipped (named);
+      ``label_origins`` name the labels file line or class folder of each class.
+
+    Raises:
+      DatasetLayoutError: a missing folder; a bad ``labels.txt`` line (malformed, negative class
+        index, file listed twice: ``"<labels.txt>:<line>: ..."``); class folders whose names are no
+        class (or several); a mask whose aspect ratio is not its image's. Each one line naming it.
     """
     _split_key(split, _FOLDER_SPLITS, "folder")
     root = _require_dir(data_dir, FOLDER_LAYOUT)
@@ -490,37 +620,87 @@ def list_folder(data_dir, split: str = "all", *, labels: str = "labels.txt", mas
     labels_file = os.path.join(root, labels)
     entries: list[tuple[str, int]] = []
     skipped: list[SkippedFile] = []
-    class_names: tuple[str, ...] = ()
+    names_out: tuple[str, ...] = ()
     num_classes: int | None = None
+    origins: dict[int, str] = {}
+    imagenet_named: tuple[str, ...] = ()
     if os.path.isfile(labels_file):
         named: dict[int, str] = {}
-        for file, label, name in _parse_labels_file(labels_file):
+        for file, label, name, line_no in _parse_labels_file(labels_file):
             path = os.path.join(root, file)
             if not os.path.isfile(path):
                 skipped.append(SkippedFile(file, path, f"listed in {labels} but not found"))
                 continue
             entries.append((file, label))
+            origins.setdefault(label, f"{labels_file}:{line_no}")
             if name is not None:
                 named.setdefault(label, name)
-        known = [label for _, label in entries if label >= 0]
+        known = [label for _, label in entries]
         num_classes = max(known) + 1 if known else None
         if named and num_classes:
-            class_names = tuple(named.get(i, str(i)) for i in range(num_classes))
+            names_out = tuple(named.get(i, str(i)) for i in range(num_classes))
     else:
         subdirs = sorted(d for d in os.listdir(root) if d != masks and os.path.isdir(os.path.join(root, d))
                          and list_image_files(os.path.join(root, d)))
         if subdirs:
-            label_of, class_names, num_classes = _subfolder_labels(subdirs, synsets)
+            label_of, names_out, num_classes, imagenet_named = _subfolder_labels(root, subdirs, synsets, class_names)
             for d in subdirs:
+                origins.setdefault(label_of[d], os.path.join(root, d) + os.sep)
                 entries += [(f"{d}/{os.path.basename(p)}", label_of[d]) for p in list_image_files(os.path.join(root, d))]
         else:
             entries = [(os.path.basename(p), -1) for p in list_image_files(root)]
-    records = []
+    records, mismatched = [], []
     for name, label in sorted(entries):
         path = os.path.join(root, name)
         mask_path = _find_mask(mask_dir, name) if has_masks else None
-        if has_masks and mask_path is None:
-            skipped.append(SkippedFile(name, path, f"no mask for it in {mask_dir}"))
-            continue
+        if has_masks:
+            if mask_path is None:
+                skipped.append(SkippedFile(name, path, f"no mask for it in {mask_dir}"))
+                continue
+            try:
+                image_hw, mask_hw = image_hw_of(path, "image"), image_hw_of(mask_path, "mask")
+            except BadImageError as err:
+                skipped.append(SkippedFile(name, err.path, err.reason))
+                continue
+            if not aspect_matches(image_hw, mask_hw):
+                mismatched.append((mask_path, mask_hw, path, image_hw))
+                continue
         records.append(Record(name, path, label, mask_path, "binary"))
-    return Listing("folder", "all", root, tuple(records), has_masks, num_classes, class_names, tuple(skipped))
+    if mismatched:
+        mask_path, (mh, mw), path, (ih, iw) = mismatched[0]
+        more = f"; {len(mismatched) - 1} more mask(s) like it" if len(mismatched) > 1 else ""
+        raise DatasetLayoutError(
+            f"mask {mask_path} is {mw}x{mh} px (width x height) but its image {path} is {iw}x{ih} px: another aspect "
+            f"ratio ({mw / mh:.3f} vs {iw / ih:.3f}), so it cannot be laid onto the image; give each mask its "
+            f"image's aspect ratio (another resolution is resized){more}")
+    return Listing("folder", "all", root, tuple(records), has_masks, num_classes, names_out, tuple(skipped),
+                   tuple(origins.items()), imagenet_named)
+
+
+def check_model_classes(listing: Listing, model_classes: int) -> None:
+    """Check that a listing's labels are classes of a model with ``model_classes`` outputs.
+
+    Only what :func:`list_folder` records is checked (``label_origins``, ``imagenet_named``);
+    the public datasets' listings pass.
+
+    Args:
+      listing: a :class:`Listing`.
+      model_classes: ``K``, the classifier's number of outputs (logits ``(B, K)``).
+
+    Raises:
+      DatasetLayoutError: one line: for ``K != 1000``, the class folders named by ImageNet class
+        names; else the first ``labels.txt`` line (``"<file>:<line>"``) or class folder whose class
+        index is ``K`` or more.
+    """
+    if listing.imagenet_named and model_classes != 1000:
+        raise DatasetLayoutError(
+            f"{listing.root}: class folder(s) {_some([f + '/' for f in listing.imagenet_named])} are named by "
+            f"ImageNet class names ({_IMAGENET_NAMES}), but the model has {model_classes} outputs, not ImageNet's "
+            f"1000: name the folders by class index (0..{model_classes - 1}) or give the model's class names: "
+            f"{_CLASS_NAMES_HINT}")
+    beyond = [(label, where) for label, where in listing.label_origins if label >= model_classes]
+    if beyond:
+        label, where = beyond[0]
+        more = f"; {len(beyond) - 1} more class(es) beyond it" if len(beyond) > 1 else ""
+        raise DatasetLayoutError(f"{where}: class {label} is beyond the model's {model_classes} outputs "
+                                 f"(classes 0..{model_classes - 1}){more}")

@@ -58,7 +58,7 @@ _CASE_OPTIONS = {
     "isic": {"labels": "diagnosis"},
     "places365": {},
     "synthetic": {"num_images": 64, "seed": 0, "num_classes": len(SHAPES)},
-    "folder": {"labels": "labels.txt", "masks": "masks", "synsets": None},
+    "folder": {"labels": "labels.txt", "masks": "masks", "synsets": None, "class_names": None},
 }
 _LISTERS = {"imagenet_s": layouts.list_imagenet_s, "isic": layouts.list_isic, "places365": layouts.list_places365,
             "folder": layouts.list_folder}
@@ -95,6 +95,8 @@ class Batches:
       has_labels: whether any example has a known label (False: an unlabelled folder, ISIC
         Task 1 images without a classification CSV).
       resize_mode: how images were brought to ``image_size``.
+      listing: the :class:`~gag_jax.data.layouts.Listing` the examples came from (None for
+        synthetic data).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Batches:
         prefetch: bool = True,
         has_labels: bool = True,
         resize_mode: str = "squash",
+        listing: layouts.Listing | None = None,
     ):
         self._fetch = fetch
         self.num_examples = num_examples
@@ -135,6 +138,21 @@ class Batches:
         self.prefetch = prefetch
         self.has_labels = has_labels
         self.resize_mode = resize_mode
+        self.listing = listing
+
+    def check_model_classes(self, num_classes: int) -> None:
+        """Check the labels against a model with ``num_classes`` outputs before anything is computed.
+
+        Args:
+          num_classes: ``K``, the classifier's outputs (logits ``(B, K)``).
+
+        Raises:
+          DatasetLayoutError: one line naming the ``labels.txt`` line (``file:line``) or class
+            folder of a class ``>= K``, or folders named by ImageNet class names when ``K != 1000``
+            (:func:`gag_jax.data.layouts.check_model_classes`; a folder case only, others pass).
+        """
+        if self.listing is not None:
+            layouts.check_model_classes(self.listing, num_classes)
 
     def __len__(self) -> int:
         """Number of batches (the last one padded)."""
@@ -336,7 +354,9 @@ def load_case(
         (``"class"`` | ``"foreground"``); ISIC: ``labels`` (``"diagnosis"`` | ``"melanoma"`` |
         ``"malignant"``); synthetic: ``num_images`` (64), ``seed`` (0), ``num_classes`` (5);
         folder: ``labels`` (labels file name, ``"labels.txt"``), ``masks`` (mask folder name,
-        ``"masks"``), ``synsets`` (wnid order for wnid-named class subfolders).
+        ``"masks"``), ``synsets`` (wnid order for wnid-named class subfolders), ``class_names``
+        (class names, index = class, for class subfolders named by words: a file with one name
+        per line or a sequence; default the 1000 ImageNet names, see ``layouts.list_folder``).
 
     Returns:
       a :class:`Batches` (iterable, ``len()`` = number of batches, ``iter_from(k)`` to resume).
@@ -345,7 +365,8 @@ def load_case(
       ValueError: unknown case (the message lists the cases), split or option value.
       TypeError: an option the case does not take.
       DatasetLayoutError: missing directory or unexpected layout (names the directory, shows the
-        layout expected there).
+        layout expected there); a folder's bad ``labels.txt`` line, unknown class folder name or
+        mask of another aspect ratio than its image (one line naming it).
       BadImageError: ``on_error="raise"`` and a file cannot be decoded.
 
     Examples:
@@ -405,7 +426,7 @@ def load_case(
     return Batches(
         fetch=fetch, num_examples=num, has_masks=listing.has_masks, source=listing.root,
         num_classes=listing.num_classes, class_names=listing.class_names, skipped=skipped, backend=backend,
-        has_labels=any(r.label >= 0 for r in listing.records), resize_mode=resize_mode, **common,
+        has_labels=any(r.label >= 0 for r in listing.records), resize_mode=resize_mode, listing=listing, **common,
     )
 
 

@@ -706,7 +706,9 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
 
     Raises:
       OptionError: an option that cannot work (nothing computed yet).
-      DatasetLayoutError: the data directory does not have the case's layout.
+      DatasetLayoutError: the data directory does not have the case's layout; a folder's
+        ``labels.txt`` line, class folder or mask that cannot work (one line naming it, e.g. a
+        class the model does not have: ``Batches.check_model_classes``). ``out_dir`` is not made.
       RunMismatchError: ``out_dir`` holds a run with other options.
       KeyboardInterrupt: Ctrl-C (every finished batch is kept; run again to resume).
     """
@@ -745,12 +747,12 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
     except (ValueError, TypeError) as err:
         raise OptionError(str(err)) from None
 
-    os.makedirs(out_dir, exist_ok=True)
-    if model_name == modelzoo.TINY:
+    if model_name == modelzoo.TINY:  # (out_dir is made after the checks: a refused run leaves no empty folder)
         checkpoint = checkpoint or os.path.join(out_dir, "tiny_model.msgpack")
     net, info, training = modelzoo.load_or_train(model_name, checkpoint, num_classes=num_classes,
                                                  train_classes=batches.num_classes, image_size=image_size, seed=seed,
                                                  steps=train_steps, report=report)
+    batches.check_model_classes(info["num_classes"])  # a folder: names the labels.txt line / class folder
     if batches.num_classes is not None and info["num_classes"] < batches.num_classes:
         raise OptionError(f"the model has {info['num_classes']} classes but the {case} labels have "
                           f"{batches.num_classes}: give a checkpoint with {batches.num_classes} classes or other "
@@ -759,6 +761,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
         modelzoo.check_input_size(net, image_size, name=model_name, option="--image-size")
     except ValueError as err:
         raise OptionError(str(err)) from None
+    os.makedirs(out_dir, exist_ok=True)
     if target == "auto":
         target = "label" if batches.has_labels else "predicted"
         if not batches.has_labels:
