@@ -236,7 +236,7 @@ def bench_gag(make_module, variables, device, *, batch: int, size: int, n: int, 
     labels = rng.integers(0, 10, size=batch)
     (gimages, glabels), _ = sharded.shard(images, labels)
     key = gd.replicate(jax.random.PRNGKey(seed), mesh)
-    seconds = median_seconds(lambda: compiled(sharded.variables, gimages, glabels, key), repeats)
+    seconds = median_seconds(lambda: compiled(sharded.model, gimages, glabels, key), repeats)
     if flops_per_grad is None:
         flops_per_grad = gradient_flops(make_module(jnp.float32), variables, size)
     model_flops = flops_per_grad * n * batch
@@ -298,7 +298,8 @@ def bench_metrics(make_module, variables, torch_model, device, *, batch: int, si
     labels_np = rng.integers(0, 10, size=batch)
     saliency_np = rng.random((batch, size, size), dtype=np.float32)
     with jax.default_device(device):
-        logits = functools.partial(jax.jit(module.apply), jax.device_put(variables, device))
+        logits = gj.ModelFunctions.from_module(module, jax.device_put(variables, device), mean=gj.IMAGENET_MEAN,
+                                               std=gj.IMAGENET_STD)
         images, labels, saliency = (jax.device_put(a, device) for a in (images_np, labels_np, saliency_np))
 
         def rcap():

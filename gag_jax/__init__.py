@@ -15,6 +15,7 @@ The four seams live in ``gj.modifications``, ``gj.gradients``, ``gj.interpretati
 """
 from gag_jax import (
     aggregations,
+    backend,
     data,
     distributed,
     gradients,
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "PRESETS", "BoundFunction", "Explainer",
     "ModelFunctions", "layer_gradcam",
-    "aggregations", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
+    "aggregations", "backend", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
     "guided_absolute_grad", "interpretations", "metrics", "min_max", "modifications", "ops", "postprocess",
     "reverse", "sanity", "to_saliency",
 ]

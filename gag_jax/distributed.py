@@ -347,6 +347,11 @@ class ShardedExplainer:
         self._jitted = jax.jit(global_fn, in_shardings=(repl, batch, batch, repl), out_shardings=batch,
                                donate_argnums=(1,) if self._donate else ())
 
+    @property
+    def variables(self):
+        """The model's weights, replicated over the mesh."""
+        return self.model.variables
+
     def _check_batch_size(self, batch_size: int) -> None:
         devices = self.mesh.devices.size
         if batch_size < 1 or batch_size % devices or batch_size % jax.process_count():

@@ -38,10 +38,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gag_jax import aggregations, gradients, interpretations, modifications, ops
+from gag_jax import aggregations, backend, gradients, interpretations, modifications
 from gag_jax._validation import check_images, check_labels
 from gag_jax.gradcam import gradcam, layer_gradcam
-from gag_jax.model import ModelFunctions, as_model_functions, resolve_scaling
+from gag_jax.model import ModelFunctions, as_model_functions, resolve_scaling, warn_if_closed_over
 from gag_jax.perturbation_methods import occlusion, rise, xrai
 from gag_jax.pipeline import Explainer, chain, reads_key
 from gag_jax.postprocess import to_saliency
@@ -267,11 +267,12 @@ def _check_values(function: Callable, method_options: dict) -> None:
     function(**method_options)
 
 
-def _attributions(fn: Callable, method_options: dict, model: ModelFunctions, images, labels, key) -> jax.Array:
+def _attributions(fn: Callable, method_options: dict, model: ModelFunctions, images, labels, key,
+                  platform: str | None = None) -> jax.Array:
     if is_attribution_function(fn):
         return fn(model, images, labels, key, **method_options)
     # the ModelFunctions itself: callable as its logits; gb's gradient seam uses its guided_logits if any
-    return fn(**method_options)(model, images, labels, key)
+    return fn(**method_options)(model, images, labels, key, platform=platform)
 
 
 def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
@@ -341,14 +342,14 @@ def _preset_reads_key(function, method_options: tuple, images_shape: tuple, key_
 # explain: the one entry point
 
 
-def _explain(images, labels, key, model, *, function, options, postprocess):
+def _explain(images, labels, key, model, *, function, options, postprocess, platform):
     method_options, reduce = _split(options)
-    raw = _attributions(function, method_options, model, images, labels, key)
+    raw = _attributions(function, method_options, model, images, labels, key, platform)
     return to_saliency(raw, reduce) if postprocess else raw
 
 
 # the model is an ordinary argument (a pytree): its weights are traced, its apply functions static
-_explain_jit = jax.jit(_explain, static_argnames=("function", "options", "postprocess"))
+_explain_jit = jax.jit(_explain, static_argnames=("function", "options", "postprocess", "platform"))
 
 
 def _num_classes(model: ModelFunctions, images) -> int:
@@ -418,11 +419,13 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
     if validate:
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))
+        warn_if_closed_over(model, images)
     if attribution and not getattr(function, "jittable", True):  # host code: run eagerly
         raw = _attributions(function, method_options, model, images, labels, key)
         return to_saliency(raw, reduce) if postprocess else raw
     options = tuple(sorted({**method_options, "reduce": reduce}.items()))
-    return _explain_jit(images, labels, key, model, function=function, options=options, postprocess=postprocess)
+    return _explain_jit(images, labels, key, model, function=function, options=options, postprocess=postprocess,
+                        platform=backend.platform_of(images))
 
 
 def guided_absolute_grad(model_fn, images, labels, key, *, n: int = 20, noise_level: float = 0.15,

@@ -37,7 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["BoundFunction", "ModelFunctions", "as_model_functions", "jit_with_model", "resolve_scaling"]
+__all__ = ["BoundFunction", "ModelFunctions", "as_model_functions", "jit_with_model", "resolve_scaling",
+           "warn_if_closed_over"]
 
 _PARTS = ("logits", "features", "head", "guided_logits")
 
@@ -522,6 +523,43 @@ def resolve_scaling(model: ModelFunctions, mean=None, std=None, *, needed: bool,
     return mean, std
 
 
+CLOSED_OVER_WARN_BYTES = 1024
+"""A plain model function closing over more array bytes than this gets a warning (once)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _closed_over_bytes(fn: Callable, shape: tuple, dtype: str) -> int:
+    try:
+        closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(shape, np.dtype(dtype)))
+    except Exception:  # noqa: BLE001 - the caller's own call reports a broken function
+        return 0
+    return int(sum(getattr(c, "nbytes", 0) for c in closed.consts))
+
+
+def warn_if_closed_over(model: ModelFunctions, images) -> None:
+    """Warn when a plain model function closes over arrays (traced once per function and input shape).
+
+    Such arrays become constants of every compiled program, which is cached per function object:
+    when they change (a training step, a loaded checkpoint), the maps would not. The warning names
+    the fix: pass the weights as leaves of a ``ModelFunctions``.
+    """
+    plain = model._statics.logits
+    if not isinstance(plain, _Plain) or getattr(images, "ndim", 0) != 4:
+        return
+    try:
+        size = _closed_over_bytes(plain.fn, tuple(images.shape), str(images.dtype))
+    except TypeError:  # an unhashable callable: nothing is cached for it either
+        return
+    if size > CLOSED_OVER_WARN_BYTES:  # Python's warning filters show it once per call site
+        import warnings
+
+        warnings.warn(
+            f"the model function {getattr(plain.fn, '__name__', plain.fn)!r} closes over {size:,} bytes of arrays "
+            "(its weights?): they are constants of the compiled program, which is cached per function object, so "
+            "if they change the maps will not. Pass the weights as arguments: gj.ModelFunctions.from_apply(apply, "
+            "variables), .from_module(module, variables) or .from_nnx(module)", UserWarning, stacklevel=3)
+
+
 def jit_with_model(static_argnames: Sequence[str]):
     """``jax.jit`` for a core that takes the model as the keyword ``model_fn``: the model becomes a
     ``ModelFunctions`` and is passed as an ordinary (pytree) argument, so its weights are traced
@@ -534,7 +572,10 @@ def jit_with_model(static_argnames: Sequence[str]):
 
         @functools.wraps(core)
         def call(*args, model_fn, **kwargs):
-            return jitted(*args, model_fn=as_model_functions(model_fn), **kwargs)
+            model = as_model_functions(model_fn)
+            if args:
+                warn_if_closed_over(model, args[0])
+            return jitted(*args, model_fn=model, **kwargs)
 
         return call
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gag_jax import aggregations as aggregations_lib
+from gag_jax import backend
 from gag_jax import gradients as gradients_lib
 from gag_jax import interpretations as interpretations_lib
 from gag_jax import modifications as modifications_lib
@@ -38,9 +39,10 @@ class Explainer:
     aggregation: aggregations_lib.Aggregation
     chunk_size: int | None = None
 
-    def __call__(self, model_fn, images, labels, key):
-        """Attributions ``(B, H, W, C)`` float32 for ``images (B, H, W, C)`` and ``labels (B,)``."""
-        return run(self, model_fn, images, labels, key)
+    def __call__(self, model_fn, images, labels, key, *, platform: str | None = None):
+        """Attributions ``(B, H, W, C)`` float32 for ``images (B, H, W, C)`` and ``labels (B,)``
+        (``platform``: see :func:`run`)."""
+        return run(self, model_fn, images, labels, key, platform=platform)
 
 
 def chain(
@@ -94,30 +96,21 @@ def reads_key(modification: modifications_lib.Modification, images_shape: tuple[
     return key_var in jaxpr.outvars or any(key_var in eqn.invars for eqn in jaxpr.eqns)
 
 
-# Images per model call that ran fastest on CPU (2-core host, 224 px, batch 4, n = 20: chunk_size 1
-# gave 1.5x (EfficientNet-Lite0) and 1.25x (ResNet-50) the explanations/s of all 20 samples at once;
-# see benchmarks/RESULTS.md). Larger calls only add memory traffic there.
-CPU_IMAGES_PER_CALL = 4
+CPU_IMAGES_PER_CALL = backend.CPU_IMAGES_PER_CALL  # re-exported; the policy lives in gag_jax.backend
 
 
-def default_chunk_size(n: int, batch: int, backend: str | None = None) -> int:
-    """Samples per vmapped chunk when ``chunk_size`` is None.
+def default_chunk_size(n: int, batch: int, backend_name: str | None = None) -> int:
+    """Samples per vmapped chunk when ``chunk_size`` is None: :func:`gag_jax.backend.sample_chunk`."""
+    return backend.sample_chunk(n, batch, backend_name)
 
-    Args:
-      n: samples; batch: images per batch; backend: JAX platform (None: ``jax.default_backend()``).
 
-    Returns:
-      ``n`` (all at once) on accelerators; on CPU the largest divisor of n with
-      ``chunk * batch <= CPU_IMAGES_PER_CALL`` (at least 1), so no sample is padded.
+def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array, *,
+        platform: str | None = None) -> jax.Array:
+    """Run an explainer (see ``Explainer``); returns ``(B, H, W, C)`` float32 attributions.
+
+    ``platform`` (``"cpu"``, ``"gpu"`` ...; None: the default backend) picks ``chunk_size=None``'s
+    samples per call (:func:`gag_jax.backend.sample_chunk`); ``gj.explain`` passes where the images live.
     """
-    if (backend or jax.default_backend()) != "cpu":
-        return n
-    cap = max(1, CPU_IMAGES_PER_CALL // max(int(batch), 1))
-    return max(d for d in range(1, min(cap, n) + 1) if n % d == 0)
-
-
-def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
-    """Run an explainer (see ``Explainer``); returns ``(B, H, W, C)`` float32 attributions."""
     modification, gradient = explainer.modification, explainer.gradient
     interpret, aggregation, chunk_size = explainer.interpretation, explainer.aggregation, explainer.chunk_size
     images = images.astype(jnp.float32)
@@ -141,7 +134,7 @@ def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax
         (_, agg_state, _), _ = jax.lax.scan(body, (state, agg_state, jnp.int32(0)), None, length=n)
         return aggregation.finalize(agg_state)
 
-    chunk = default_chunk_size(n, images.shape[0]) if chunk_size is None else min(chunk_size, n)
+    chunk = backend.sample_chunk(n, images.shape[0], platform) if chunk_size is None else min(chunk_size, n)
     num_chunks = math.ceil(n / chunk)
 
     def signal_of(i):

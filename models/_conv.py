@@ -17,14 +17,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gag_jax import backend as backend_policy
+
 __all__ = [
     "DepthwiseConv", "DEPTHWISE_IMPLS", "resolve_depthwise_impl", "depthwise_conv", "pointwise_conv", "fold_batch_norm",
     "conv_bn", "conv2d",
 ]
 
 DEPTHWISE_IMPLS = ("auto", "grouped", "slices")
-# Backend -> implementation that measured fastest there (``"auto"`` resolves through this).
-_FASTEST = {"cpu": "slices"}
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
@@ -34,7 +34,8 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
 
     Args:
       impl: ``"auto"``, ``"grouped"`` or ``"slices"``.
-      backend: JAX platform name (``"cpu"``, ``"gpu"``, ``"tpu"``); ``None`` = ``jax.default_backend()``.
+      backend: JAX platform name (``"cpu"``, ``"gpu"``, ``"tpu"``); ``None`` = the default backend
+        (the policy and its measurements: :mod:`gag_jax.backend`).
 
     Returns:
       ``"slices"`` on CPU for ``"auto"``, ``"grouped"`` elsewhere; other values unchanged.
@@ -46,7 +47,7 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
         raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    return _FASTEST.get(backend or jax.default_backend(), "grouped")
+    return backend_policy.depthwise_impl(backend)
 
 
 def _explicit_padding(padding: Padding, in_hw: Tuple[int, int], kernel: Tuple[int, int], strides) -> tuple:

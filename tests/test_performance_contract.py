@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import gag_jax as gj
 from gag_jax import distributed as gd
 from toy_models import tiny_conv_net
 
@@ -42,7 +43,8 @@ def test_explain_sharded_reuses_its_compiled_program(toy):
     key = jax.random.PRNGKey(1)
     for b in (3, 2, 1):
         gd.explain_sharded("ag", model_fn, images[:b], np.zeros(b, int), key, batch_size=4, n=2)
-    sharded = gd._cached("ag", gd.explainers_lib.resolve_options("ag", {"n": 2}), model_fn, True, gd.make_mesh(), 4)
+    structure = jax.tree_util.tree_structure(gj.ModelFunctions(model_fn))
+    sharded = gd._cached("ag", gd.explainers_lib.resolve_options("ag", {"n": 2}), structure, True, gd.make_mesh(), 4)
     assert sharded.traces == 1
 
 
@@ -112,8 +114,8 @@ def test_benchmarks_and_notebooks_are_not_installed():
 
 
 def test_bound_weights_enter_explain_and_metrics_as_arguments():
-    """``partial(apply, variables)`` must not be baked into the programs as constants."""
-    import functools
+    """A ``ModelFunctions.from_apply(apply, variables)`` is never baked into the programs as constants;
+    a plain function that closes over its weights is, and the user is warned."""
     import warnings
 
     import jax.numpy as jnp
@@ -132,7 +134,7 @@ def test_bound_weights_enter_explain_and_metrics_as_arguments():
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model_fn = functools.partial(apply, weights)
+            model_fn = gj.ModelFunctions.from_apply(apply, weights, mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD)
             maps = gj.explain("gag", model_fn, images, labels, key=jax.random.PRNGKey(0), n=2)
             gj.metrics.rcap(model_fn, images, labels, maps)
             gj.metrics.deletion_insertion(model_fn, images, labels, maps)
@@ -141,6 +143,7 @@ def test_bound_weights_enter_explain_and_metrics_as_arguments():
             warnings.simplefilter("always")
             gj.explain("gag", lambda x: apply(weights, x), images, labels, key=jax.random.PRNGKey(0), n=2)
         assert [w for w in caught if "constants were captured" in str(w.message)]
+        assert [w for w in caught if "closes over 12,288 bytes of arrays" in str(w.message)]
     finally:
         jax.config.update("jax_captured_constants_warn_bytes", old)
 

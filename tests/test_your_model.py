@@ -272,3 +272,32 @@ def test_nnx_model_scored_and_sanity_checked():
     assert result["spearman_abs"].shape == (2, 2)
     # randomising every layer changes the maps
     assert result["spearman_abs"][-1].mean() < 0.9
+
+
+def test_plain_function_closing_over_its_weights_is_named_not_silent():
+    weights = jax.random.normal(jax.random.PRNGKey(3), (16, 16, 3))
+    pixels = jax.random.uniform(jax.random.PRNGKey(4), (1, 16, 16, 3))
+
+    def reads_global_weights(x):  # the weights are a constant of the compiled program
+        s = jnp.sum(x * weights, axis=(1, 2, 3))
+        return jnp.stack([s, -s], axis=-1)
+
+    with pytest.warns(UserWarning, match="closes over 3,072 bytes.*from_apply"):
+        gj.explain("vg", reads_global_weights, pixels, jnp.zeros(1, jnp.int32))
+    model = gj.ModelFunctions.from_apply(lambda w, x: jnp.stack([jnp.sum(x * w, axis=(1, 2, 3)),
+                                                                 -jnp.sum(x * w, axis=(1, 2, 3))], -1), weights)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the weights as leaves: nothing to warn about
+        gj.explain("vg", model, pixels, jnp.zeros(1, jnp.int32))
+
+
+def test_backend_policy_reads_where_the_inputs_live():
+    on_cpu = jax.device_put(jnp.ones((1, 4, 4, 3)), jax.devices("cpu")[0])
+    assert gj.backend.platform_of(on_cpu) == "cpu"
+    assert gj.backend.sample_chunk(20, 4, "cpu") == 1 and gj.backend.sample_chunk(20, 4, "gpu") == 20
+    from gag_jax.metrics._common import resolve_batch_size
+
+    assert resolve_batch_size("auto", on_cpu) == gj.backend.CPU_METRIC_COPIES
+    assert gj.backend.depthwise_impl("cpu") == "slices" and gj.backend.depthwise_impl("gpu") == "grouped"

@@ -144,7 +144,7 @@ def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform(), "jax": jax.__version__,
            "jaxlib": getattr(jax.lib, "__version__", None) or _module_version("jaxlib"),
            "flax": flax.__version__, "numpy": np.__version__, "gag_jax": gj.__version__,
-           "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+           "device": str(jax.devices()[0].device_kind), "backend": gj.backend.platform_of(),
            "cpu_count": os.cpu_count()}
     try:
         import subprocess

@@ -332,6 +332,6 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     with open(run["files"]["markdown"], encoding="utf-8") as f:
         table = f.read().strip()
     run["markdown_with_command"] = (
-        f"{table}\n\n{len(names)} image(s) at {size} px, {minutes:.0f} min on {jax.default_backend()} "
+        f"{table}\n\n{len(names)} image(s) at {size} px, {minutes:.0f} min on {gj.backend.platform_of()} "
         f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}:\n\n```bash\n{shlex.join(command)}\n```\n")
     return run

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops
+from gag_jax import backend, ops
 from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by gag_jax.metrics)
 
 ModelFn = Callable[[jax.Array], jax.Array]
@@ -83,33 +83,23 @@ def gaussian_blur(images: jax.Array, kernel_size: int, sigma: float) -> jax.Arra
 # chunked model evaluation of perturbed copies
 # ----------------------------------------------------------------------------------------------
 
-CPU_BATCH_SIZE = 2
-"""Perturbed copies per model call on CPU (``batch_size="auto"``), chosen by measurement.
+CPU_BATCH_SIZE = backend.CPU_METRIC_COPIES
+"""Perturbed copies per model call on CPU (``batch_size="auto"``); see :mod:`gag_jax.backend`."""
 
-EfficientNet-Lite0 (the shipped weights) at 224 x 224 on 4 ImageNet validation photos, RCAP
-(20 copies) + DAUC / IAUC (80 copies), this project's 2-core CPU under load, 2026-11-27
-(``benchmarks/metric_batch.py``; table in ``benchmarks/RESULTS.md``, "Metric model batch"): best
-warm time 2.52 s at 1 copy per call, 2.48 s at 2, 2.86 s at 4, 3.08 s at 8, 3.29 s at 16 and
-5.12 s with all 100 copies in one call; compile 13 s at 1-4 against 19-21 s at 8 and more. On CPU
-a small chunk keeps a convolution's activations in cache and the copies are the loop, not the
-batch; 2 was the fastest and bounds memory to two copies.
-"""
-
-ACCELERATOR_BATCH_SIZE = 64
-"""Perturbed copies per model call on a GPU / TPU (``batch_size="auto"``). Not measured (no GPU in
-the measuring session): a batch large enough to keep an accelerator busy with memory bounded by 64
-copies."""
+ACCELERATOR_BATCH_SIZE = backend.ACCELERATOR_METRIC_COPIES
+"""Perturbed copies per model call on a GPU / TPU (``batch_size="auto"``); see :mod:`gag_jax.backend`."""
 
 
-def default_batch_size() -> int:
-    """``batch_size="auto"``: :data:`CPU_BATCH_SIZE` on the CPU backend, else :data:`ACCELERATOR_BATCH_SIZE`."""
-    return CPU_BATCH_SIZE if jax.default_backend() == "cpu" else ACCELERATOR_BATCH_SIZE
+def default_batch_size(platform: str | None = None) -> int:
+    """``batch_size="auto"`` on ``platform`` (None: the default backend): :func:`gag_jax.backend.metric_copies_per_call`."""
+    return backend.metric_copies_per_call(platform)
 
 
-def resolve_batch_size(batch_size) -> int | None:
-    """``"auto"`` -> :func:`default_batch_size`; ``None`` (all copies in one call) or a positive int as given."""
+def resolve_batch_size(batch_size, images=None) -> int | None:
+    """``"auto"`` -> :func:`default_batch_size` where ``images`` live; ``None`` (all copies in one
+    call) or a positive int as given."""
     if isinstance(batch_size, str) and batch_size == "auto":
-        return default_batch_size()
+        return default_batch_size(backend.platform_of(images))
     return V.check_batch_size(batch_size)
 
 

@@ -98,7 +98,7 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
     V.check_images_labels_saliency(images, labels, saliency)
     fr = DEFAULT_FRACTIONS if fractions is None else V.check_fractions(fractions)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
-    batch_size = C.resolve_batch_size(batch_size)
+    batch_size = C.resolve_batch_size(batch_size, images)
     out, flags, bad_label = _deletion_insertion_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,
         fractions=fr, batch_size=batch_size, blur_kernel=blur_kernel, blur_sigma=blur_sigma)

@@ -158,7 +158,7 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
                                 what=f"RCAP (baseline {baseline!r})", channels=channels)
     mean_t = V.as_channel_tuple("mean", mean, channels)
     std_t = V.as_channel_tuple("std", std, channels)
-    batch_size = C.resolve_batch_size(batch_size)
+    batch_size = C.resolve_batch_size(batch_size, images)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
     out, flags, bad_label = _rcap_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,

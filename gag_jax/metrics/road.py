@@ -231,7 +231,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
         _, std = resolve_scaling(model_fn, needed=float(noise) > 0, what="ROAD's imputation noise (pixel units)",
                                  channels=ch)
     std_t = V.as_channel_tuple("std", std, ch)
-    batch_size = C.resolve_batch_size(batch_size)
+    batch_size = C.resolve_batch_size(batch_size, images)
     maxiter = 4 * (h + w) if maxiter is None else maxiter
     V.check_positive_int(maxiter, "maxiter")
     key = jax.random.PRNGKey(0) if key is None else key

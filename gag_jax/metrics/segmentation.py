@@ -140,7 +140,7 @@ def target_probs(model_fn: ModelFn, images, labels, *, batch_size: int | str | N
     """
     V.check_images_labels_saliency(images, labels)
     probs, bad = _target_probs_core(jnp.asarray(images), jnp.asarray(labels), model_fn=model_fn,
-                                    batch_size=C.resolve_batch_size(batch_size))
+                                    batch_size=C.resolve_batch_size(batch_size, images))
     V.raise_if(bad, V.LABEL_RANGE_MESSAGE)
     return probs
 
