@@ -10,9 +10,11 @@ Sub-commands::
     gag-jax bench     the performance benchmarks (benchmarks/run.py)
     gag-jax sanity    model-randomisation sanity check (Adebayo et al. 2018) -> CSV + figures
 
-Bad arguments (an unknown case, method or model, a missing directory or file) print one line on
-stderr and exit with status 2; an interrupted ``evaluate`` exits with 130 and resumes when run
-again; ``--debug`` shows full tracebacks instead.
+Bad arguments and bad inputs (an unknown case, method or model, a missing directory or file, an
+``--out`` that is a file, no readable image, labels that do not fit the images) print one line on
+stderr and exit with status 2, and a refused run leaves no empty output folder behind; an
+interrupted ``evaluate`` exits with 130 and resumes when run again; ``--debug`` shows full
+tracebacks instead.
 """
 from __future__ import annotations
 
@@ -137,6 +139,55 @@ def _default_cache_dir() -> str:
     return os.path.join(base, "gag-jax", "xla")
 
 
+def _method_names() -> tuple[str, ...]:
+    """Every method the commands take: the paper's ``gj.METHODS`` and the perturbation methods of
+    ``gj.PRESETS`` (occlusion, rise, xrai)."""
+    import gag_jax as gj
+
+    return tuple(gj.PRESETS)
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    names = _method_names()
+    unknown = [m for m in methods if m not in names]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(names)}")
+
+
+OUT_DIR_COMMANDS = ("demo", "explain", "evaluate", "tables", "sanity")
+"""The commands whose ``--out`` is a folder."""
+
+
+def _check_out_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path} is a file, not a folder: pass a folder (it is created if missing)")
+
+
+def _check_readme(readme: str | None, section: str) -> None:
+    """``--update-readme``: the file and its section markers, checked before anything is computed."""
+    if not readme:
+        return
+    from gag_jax.experiments import readme as readme_sections
+
+    try:
+        readme_sections.check_section(readme, section)
+    except FileNotFoundError:
+        raise UsageError(f"--update-readme {readme}: no such file") from None
+    except ValueError as err:
+        raise UsageError(f"--update-readme {err}") from None
+
+
+def _remove_empty_tree(path: str) -> None:
+    """Remove ``path`` and its sub-folders if they hold no file at all (what a refused run left)."""
+    if not os.path.isdir(path):
+        return
+    for root, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):  # deepest first
+        try:
+            os.rmdir(root)  # only succeeds on an empty folder
+        except OSError:
+            continue
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -158,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="DIR", help="persistent XLA compilation cache, so a second run skips most "
                            "compilation ('none' to disable; default $GAG_JAX_COMPILE_CACHE or %(default)s)")
 
-    methods_help = "comma-separated; gj.METHODS: vg, sg, vargrad, ig, guided_ig, blur_ig, gb, gradcam, ag, gag"
+    methods_help = ("comma-separated; the paper's vg, sg, vargrad, ig, guided_ig, blur_ig, gb, gradcam, ag, gag "
+                    "and the perturbation methods occlusion, rise, xrai")
 
     # demo ---------------------------------------------------------------------------
     p = sub.add_parser("demo", help="explain real photos with the real EfficientNet-Lite0, every method",
@@ -167,8 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "write a Figure-1-style grid, per-image overlays, an RCAP partition figure, the "
                        "Figure 4 propositions and a Markdown + CSV table of RCAP, DAUC and IAUC.")
     p.add_argument("--out", default="gag_demo", help="output directory (default %(default)s)")
-    p.add_argument("--methods", type=_comma_list, default=None, help=f"methods to run (default all; {methods_help})")
-    p.add_argument("--n", type=_positive_int, default=20, help="modifications per method (paper: 20; default %(default)s)")
+    p.add_argument("--methods", type=_comma_list, default=None,
+                   help=f"methods to run (default the paper's ten; {methods_help})")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="modifications per method (default: 20, the paper's, for its methods; occlusion, rise and "
+                   "xrai keep their own defaults unless --n is given)")
     p.add_argument("--size", type=_positive_int, default=160,
                    help="input side in pixels (default %(default)s: Lite0 classifies the photos well there and it "
                    "costs half of 224)")
@@ -191,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="image files or folders -> overlay PNGs and .npy maps",
                        description="Explain image files (or every image directly inside a folder). Writes "
                        "<image>_<method>.npy (float32 map in [0, 1]) and <image>_<method>.png (image | overlay | "
-                       "heat map) per image and method, plus explain.csv (label, class, probability). An image "
-                       "that cannot be decoded is reported in one line and skipped; the others are explained.")
+                       "heat map) per image and method, plus explain.csv (one row per image and method: label, "
+                       "class, probability). An image that cannot be decoded is reported in one line and skipped; "
+                       "the others are explained. An image much smaller than --size is upscaled, with a notice.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and / or folders")
     p.add_argument("--method", type=_comma_list, default=["gag"], help=f"method(s) (default gag; {methods_help})")
     p.add_argument("--model", default="efficientnet_lite0",
@@ -210,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per explainer call (default %(default)s)")
     p.add_argument("--chunk-size", type=_positive_int, default=None, help="modifications per vmapped chunk")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (a second run into it adds its rows to "
+                   "explain.csv; a row of the same image and method is replaced)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     common(p)
 
     # evaluate -----------------------------------------------------------------------
@@ -320,24 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(args) -> int:
     """``gag-jax demo``."""
     import gag_jax as gj
-    from gag_jax.experiments.demo import run_demo, update_readme
+    from gag_jax.experiments.demo import DEMO_N, BadInputError, run_demo, update_readme
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
     methods = args.methods or list(gj.METHODS)
-    unknown = [m for m in methods if m not in gj.METHODS]
-    if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
+    _check_methods(methods)
     if args.images:
         _check_paths(args.images)
-    _say(f"gag-jax demo: EfficientNet-Lite0 (real ImageNet weights), {len(methods)} method(s), n = {args.n}, "
-         f"{args.size}x{args.size}")
-    if args.update_readme and not os.path.isfile(args.update_readme):
-        raise UsageError(f"--update-readme {args.update_readme}: no such file")
+    _check_readme(args.update_readme, "demo-table")
+    _say(f"gag-jax demo: EfficientNet-Lite0 (real ImageNet weights), {len(methods)} method(s), "
+         f"n = {args.n or DEMO_N}, {args.size}x{args.size}")
     try:
         result = run_demo(args.out, methods=methods, n=args.n, size=args.size, images=args.images, seed=args.seed,
                           batch_size=args.batch_size, metric_batch_size=args.metric_batch_size,
                           chunk_size=args.chunk_size, report=_say, warn=_warn, progress=not args.no_progress)
-    except InputTooSmallError as err:
+    except (InputTooSmallError, BadInputError) as err:
         raise UsageError(str(err)) from None
     _say("")
     with open(result.files["table_md"], encoding="utf-8") as f:
@@ -373,29 +428,27 @@ def _parse_labels(text: str) -> list[int] | None:
 
 def cmd_explain(args) -> int:
     """``gag-jax explain``."""
-    import gag_jax as gj
-    from gag_jax.experiments.demo import run_explain
+    from gag_jax.experiments.demo import BadInputError, run_explain
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
-    unknown = [m for m in args.method if m not in gj.METHODS]
-    if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
+    _check_methods(args.method)
     _check_model(args.model, args.checkpoint)
     _check_paths(args.paths)
+    labels = _parse_labels(args.labels)
     try:
         result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
-                             checkpoint=args.checkpoint, labels=_parse_labels(args.labels), size=args.size, n=args.n,
+                             checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n,
                              seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             resize_mode=args.resize, report=_warn)
-    except InputTooSmallError as err:
+                             resize_mode=args.resize, report=_warn, notice=_warn, progress=not args.no_progress)
+    except (InputTooSmallError, BadInputError) as err:
         raise UsageError(str(err)) from None
     if not result["images"]:
-        _warn("no readable image to explain")
-        return EXIT_FAILURE
+        raise UsageError("no readable image to explain (each unreadable file is named above); nothing written")
     skipped = len(result["skipped"])
     _say(f"explained {len(result['images'])} image(s) with {', '.join(args.method)}"
          + (f"; skipped {skipped} unreadable file(s) (named above)" if skipped else ""))
-    _say(f"wrote {len(result['written'])} files to {args.out} (<image>_<method>.npy / .png, explain.csv)")
+    _say(f"wrote {len(result['written'])} files to {args.out} (<image>_<method>.npy / .png; explain.csv: "
+         f"{result['rows']} row(s), one per image and method)")
     return 0
 
 
@@ -469,8 +522,7 @@ def cmd_tables(args) -> int:
     """``gag-jax tables``: one table from several finished evaluate runs (``tables.combine_runs``)."""
     from gag_jax.experiments import readme, tables
 
-    if args.update_readme and not os.path.isfile(args.update_readme):
-        raise UsageError(f"--update-readme {args.update_readme}: no such file")
+    _check_readme(args.update_readme, args.section)
     try:
         written = tables.combine_runs(args.runs, args.table, args.out)
         if args.update_readme:
@@ -497,9 +549,8 @@ def cmd_port(args) -> int:
         raise UsageError(f"--out must end with .msgpack, got {args.out}")
     try:
         module, variables = load(args.model, args.checkpoint, num_classes=args.num_classes)
-    except porter.CheckpointMismatchError as err:
-        _warn(f"port: {err}")
-        return EXIT_FAILURE
+    except porter.CheckpointMismatchError as err:  # a checkpoint of another architecture: a bad input
+        raise UsageError(" ".join(str(err).split())) from None
     except ImportError as err:
         _warn(f"port: {' '.join(str(err).split())}")
         return EXIT_FAILURE
@@ -576,13 +627,10 @@ def cmd_sanity(args) -> int:
     from gag_jax.experiments.sanity_figures import sanity_check
 
     methods = args.methods or list(gj.METHODS)
-    unknown = [m for m in methods if m not in gj.METHODS]
-    if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(gj.METHODS)}")
+    _check_methods(methods)
     _check_model(args.model, args.checkpoint, check_model_name)
     _check_paths(args.images)
-    if args.update_readme and not os.path.isfile(args.update_readme):
-        raise UsageError(f"--update-readme {args.update_readme}: no such file")
+    _check_readme(args.update_readme, "sanity-table")
     test_options = {"by": args.by, "batch_size": args.batch_size, **({"steps": args.steps} if args.steps else {})}
     try:
         run = sanity_check(args.model, args.images, args.out, checkpoint=args.checkpoint, methods=methods,
@@ -592,8 +640,7 @@ def cmd_sanity(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     if run is None:
-        _warn("no readable image")
-        return EXIT_FAILURE
+        raise UsageError("no readable image among --images (each unreadable file is named above); nothing written")
     _say("")
     with open(run["files"]["markdown"], encoding="utf-8") as f:
         _say(f.read().rstrip())
@@ -636,15 +683,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_compile_cache(args.compile_cache)
     debug = getattr(args, "debug", False)
     prefix = f"{PROG} {args.command}"
+    out = getattr(args, "out", None) if args.command in OUT_DIR_COMMANDS else None
+    new_out = bool(out) and not os.path.exists(out)  # a refused run removes it again if it stays empty
     try:
         args.argv = argv
+        if out:
+            _check_out_dir(out)
         return COMMANDS[args.command](args)
     except UsageError as err:
+        if new_out:
+            _remove_empty_tree(out)
         if debug:
             raise
         print(f"{prefix}: error: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
+        if new_out:
+            _remove_empty_tree(out)
         if debug:
             raise
         text = " ".join(str(err).split())  # one line

@@ -155,7 +155,8 @@ def test_explain_skips_an_undecodable_image_and_names_it(tmp_path, capsys):
             assert (tmp_path / "out" / f"{stem}_{method}.png").is_file()
     assert not any("broken" in f for f in os.listdir(tmp_path / "out"))
     rows = read_table_csv(str(tmp_path / "out" / "explain.csv"))
-    assert [r["image"] for r in rows] == ["a.png", "b.jpg"]
+    assert [(r["image"], r["method"]) for r in rows] == [("a.png", "vg"), ("a.png", "gradcam"), ("b.jpg", "vg"),
+                                                         ("b.jpg", "gradcam")]
     assert "skipped 1 unreadable file" in out
 
 
@@ -186,7 +187,7 @@ def test_explain_writes_nothing_when_no_input_can_be_read(tmp_path, capsys):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     rc, _, err = _main(["explain", tmp_path / "broken.jpg", "--size", "32", "--out", tmp_path / "out",
                         "--compile-cache", "none"], capsys)
-    assert rc == 1 and "broken.jpg" in err and "no readable image" in err
+    assert rc == 2 and "broken.jpg" in err and "no readable image" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
@@ -319,9 +320,10 @@ def test_tables_update_readme_writes_summary_and_tables_between_the_markers(eval
     kept, seen = manifest["plan"]["images_kept"], manifest["plan"]["images_seen"]
     assert f"{kept} of {seen} images kept" in text and "gag-jax evaluate --case synthetic" in text
     assert (tmp_path / "t" / "table1.md").read_text().strip() in text
-    rc, _, err = _main(["tables", evaluated, "--out", tmp_path / "t", "--update-readme", readme, "--section", "x"],
+    rc, _, err = _main(["tables", evaluated, "--out", tmp_path / "t2", "--update-readme", readme, "--section", "x"],
                        capsys)
     assert rc == 2 and "lacks the markers <!-- x:start -->" in err
+    assert not (tmp_path / "t2").exists()  # refused before any table is written
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -375,7 +377,8 @@ def test_port_converts_the_shipped_lite0_torch_checkpoint(tmp_path, capsys):
         np.testing.assert_array_equal(ported[k], shipped[k])
     # a checkpoint of another architecture is refused with the first mismatching key
     rc, _, err = _main(["port", pth, "--model", "efficientnet_b0", "--out", tmp_path / "b0.msgpack"], capsys)
-    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b0.msgpack").exists()
 
 
 def test_bench_delegates_to_benchmarks_run(monkeypatch, capsys):

@@ -178,7 +178,7 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
         q = np.percentile(saliency, p)
         keep = saliency >= q
         axes[k + 1].imshow(np.where(keep[..., None], pixels, 0).astype(np.uint8))
-        label = f"p={p:g}"
+        label = f"p$_k$ = {p:g} (percentile)"
         if ratios is not None and probs is not None:
             label += f"\nratio {ratios[k]:.2f}  prob {probs[k]:.2f}"
         axes[k + 1].set_title(label, fontsize=7)
@@ -206,29 +206,72 @@ def rcap_partitions(path: str, pixels: np.ndarray, saliency: np.ndarray, *, lowe
     return path
 
 
+# one colour per plain method (tab10 has exactly the ten of Table 2 parts 1-2); its reversed "R" row
+# keeps the colour with a dashed line and hollow markers; any other row gets a colour of its own
+_METHOD_COLOURS = {"gradcam": "tab:gray", "gag": "tab:red", "ag": "tab:orange", "vargrad": "tab:olive",
+                   "sg": "tab:blue", "ig": "tab:green", "gb": "tab:purple", "guided_ig": "tab:cyan",
+                   "blur_ig": "tab:brown", "vg": "tab:pink"}
+_EXTRA_COLOURS = ("#000000", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
+                  "#17becf", "#393b79", "#8c6d31", "#843c39")
+_EXTRA_LINESTYLES = ("-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+
+
+def method_styles(names: Sequence[str]) -> dict[str, dict]:
+    """A distinct line style per row name: ``{name: {"color", "linestyle", "marker", "markerfacecolor"}}``.
+
+    The ten plain methods of Table 2 have fixed colours; a reversed row ``<m>_r`` takes the colour of
+    ``<m>`` with a dashed line and hollow markers; any other row (GAG-p, variants, perturbation
+    methods) takes the next unused colour of a second palette, then dash-dot / dotted lines. No two
+    names share (colour, line style).
+    """
+    styles: dict[str, dict] = {}
+    used: set = set()
+    extra = 0
+    for i, name in enumerate(names):
+        marker = _MARKERS[i % len(_MARKERS)]
+        base = name[:-2] if name.endswith("_r") else name
+        if base in _METHOD_COLOURS:
+            colour, linestyle = _METHOD_COLOURS[base], ("--" if name.endswith("_r") else "-")
+        else:
+            colour = linestyle = None
+        while colour is None or (colour, str(linestyle)) in used:
+            colour = _EXTRA_COLOURS[extra % len(_EXTRA_COLOURS)]
+            linestyle = _EXTRA_LINESTYLES[(extra // len(_EXTRA_COLOURS)) % len(_EXTRA_LINESTYLES)]
+            extra += 1
+            if extra > len(_EXTRA_COLOURS) * len(_EXTRA_LINESTYLES):  # beyond 36 extra rows: cycle the markers
+                break
+        used.add((colour, str(linestyle)))
+        styles[name] = {"color": colour, "linestyle": linestyle, "marker": marker,
+                        "markerfacecolor": "none" if name.endswith("_r") else colour}
+    return styles
+
+
 def rcap_curves(path: str, results: Mapping[str, Mapping], labels: Mapping[str, str] | None = None,
                 lower_bound: float = 50, interval: float = 10) -> str:
-    """Mean ``ratio_k`` and ``prob_k`` per k for each method (from ``runner.collect`` results)."""
+    """Mean ``ratio_k`` and ``prob_k`` per k for each method (from ``runner.collect`` results); every
+    method has its own colour / line style (:func:`method_styles`)."""
     plt = _plt()
     from gag_jax.metrics import rcap_percentiles
 
     levels = rcap_percentiles(lower_bound, interval)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for name, res in results.items():
-        if "rcap_ratios" not in res:
-            continue
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    plotted = [name for name, res in results.items() if "rcap_ratios" in res]
+    styles = method_styles(plotted)
+    for name in plotted:
+        res = results[name]
         lab = (labels or {}).get(name, name)
-        axes[0].plot(levels, res["rcap_ratios"], "o-", label=lab, ms=3)
-        axes[1].plot(levels, res["rcap_probs"], "o-", label=lab, ms=3)
+        axes[0].plot(levels, res["rcap_ratios"], label=lab, ms=3.5, lw=1.2, **styles[name])
+        axes[1].plot(levels, res["rcap_probs"], label=lab, ms=3.5, lw=1.2, **styles[name])
     for ax, t in zip(axes, ("ratio$_k$ = sum(M[M >= q$_k$]) / sum(M)", "prob$_k$ = softmax(f(I$_k$))$_c$")):
         ax.set_xlabel("percentile p$_k$")
         ax.set_title(t, fontsize=9)
         ax.invert_xaxis()
         ax.set_ylim(0, 1.02)
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=6, handlelength=3, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the data
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -18,6 +18,23 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
+def check_section(readme: str, name: str) -> None:
+    """Check, before anything is computed, that :func:`replace_section` can write section ``name`` of
+    ``readme``.
+
+    Raises:
+      FileNotFoundError: no such file; ValueError: the markers are missing or out of order.
+    """
+    if not os.path.isfile(readme):
+        raise FileNotFoundError(f"{readme}: no such file")
+    start_marker, end_marker = markers(name)
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} lacks the markers {start_marker} ... {end_marker}")
+
+
 def replace_section(readme: str, name: str, markdown: str) -> str:
     """Replace the text between the markers of section ``name`` in the file ``readme``.
 

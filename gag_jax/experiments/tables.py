@@ -7,7 +7,10 @@ paper's order, metrics ``L_lc-dce``, ``MAE`` (cases with masks), ``RCAP``, ``DAU
 
 * Table 1 and 2 cells are dataset means (6 decimals, as the paper). In Markdown the best value
   of each column is bold: over all rows in Table 1, over the gradient methods (part 2, i.e.
-  without Grad-CAM and the reversed rows) in Table 2, as in the paper.
+  without Grad-CAM and the reversed rows) in Table 2, as in the paper; but only when it rests on
+  at least two images and, where the results carry standard errors, leads the runner-up by more
+  than the standard error of their difference (``sqrt(sem_best**2 + sem_second**2)``): no column
+  has a bold cell otherwise (:func:`best_value`).
 * Table 3 cells: for each variant (+, -, A, G, GA) and metric, ``value(variant) / value(original)``
   per base method (SG, IG, Guided IG, BlurIG, GB), averaged over the bases (2 decimals). Bold
   marks an improvement (> 1 for RCAP / IAUC, < 1 for the others). The per-base ratios are
@@ -83,11 +86,33 @@ def table3_values(specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str
     return rows, details
 
 
-def _best(values: Sequence[float], metric: str) -> float | None:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    if not finite:
+def _finite(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def best_value(cells: Sequence[Mapping], metric: str) -> float | None:
+    """The value to print in bold among ``cells`` (one ``{metric: mean, metric + "_sem": sem, "n": images}``
+    per ranked row), or None when no row stands out.
+
+    None when fewer than two rows have a value, when the best rests on fewer than two images, or
+    when the results carry standard errors and the best leads the runner-up by no more than the
+    standard error of their difference, ``sqrt(sem_best**2 + sem_second**2)`` (a difference within
+    the noise of the image sample is not a winner).
+    """
+    ranked = [c for c in cells if _finite(c.get(metric))]
+    if len(ranked) < 2:
         return None
-    return max(finite) if HIGHER_IS_BETTER[metric] else min(finite)
+    ranked.sort(key=lambda c: c[metric], reverse=HIGHER_IS_BETTER[metric])
+    best, second = ranked[0], ranked[1]
+    n = best.get("n")
+    if n is not None and _finite(float(n)) and float(n) < 2:
+        return None
+    if best[metric] == second[metric]:
+        return None
+    sems = [c.get(f"{metric}_sem") for c in (best, second)]
+    if all(_finite(v) for v in sems) and abs(best[metric] - second[metric]) <= math.hypot(*sems):
+        return None
+    return best[metric]
 
 
 def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str, Mapping]],
@@ -127,8 +152,7 @@ def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[st
             lines.append("| " + " | ".join(out) + " |")
         return "\n".join(lines) + "\n"
     ranked = [s for s in specs if (table == 1 or s.part == 2)]
-    best = {col: _best([results[col[0]].get(s.name, {}).get(col[1], float("nan")) for s in ranked], col[1])
-            for col in columns}
+    best = {col: best_value([results[col[0]].get(s.name, {}) for s in ranked], col[1]) for col in columns}
     previous_part = None
     for spec in specs:
         if table == 2 and previous_part is not None and spec.part != previous_part:
