@@ -1,4 +1,4 @@
-"""The accelerator check: every SPEC section 7 number in one command, inside a time budget.
+"""The accelerator check: every performance target in one command, inside a time budget.
 
 Run from a source checkout on a machine with one GPU (see ``benchmarks/GPU_CHECK.md``)::
 
@@ -44,13 +44,13 @@ STEM = "gpu_check"
 DEFAULT_BUDGET_S = 320.0
 TESTS_TIMEOUT_S = 120.0
 
-# Sizes of the real check (SPEC section 7) and of the CPU smoke run.
+# Sizes of the real check (the performance targets) and of the CPU smoke run.
 FULL = dict(model="resnet50", size=224, batches=(64, 128), dtypes=("bfloat16", "float32"), n=20,
             memory_ns=(20, 200), metrics_batch=32, repeats=3)
 SMOKE = dict(model="tiny", size=32, batches=(2,), dtypes=("bfloat16", "float32"), n=4,
              memory_ns=(4, 40), metrics_batch=2, repeats=1)
 
-# SPEC section 7 targets (for ResNet-50 at 224² on one H100; judged only on a GPU).
+# The performance targets (for ResNet-50 at 224² on one H100; judged only on a GPU).
 TARGET_EXPL_S = {"bfloat16": 800.0}
 TARGET_RATIO = {"bfloat16": 6.0, "float32": 2.0}
 TARGET_METRICS_RATIO = 20.0

@@ -28,8 +28,10 @@ from gag_jax import (
 )
 from gag_jax.explainers import (
     DEFAULTS,
+    METHOD_RECORDS,
     METHODS,
     PRESETS,
+    Method,
     explain,
     explainer,
     explainer_fn,
@@ -44,7 +46,7 @@ from gag_jax.postprocess import min_max, reverse, to_saliency
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "PRESETS", "BoundFunction", "Explainer",
+    "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHOD_RECORDS", "METHODS", "Method", "PRESETS", "BoundFunction", "Explainer",
     "ModelFunctions", "layer_gradcam",
     "aggregations", "backend", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
     "guided_absolute_grad", "interpretations", "metrics", "min_max", "modifications", "ops", "postprocess",

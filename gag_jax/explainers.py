@@ -1,9 +1,10 @@
-"""Every method as one function, the ``PRESETS`` table, and the one entry point ``explain``.
+"""Every method as one record, the ``PRESETS`` table, and the one entry point ``explain``.
 
-A method is one of two kinds of function:
+A method is a :class:`Method` record: its function and what the package needs to know about it,
+said explicitly (nothing is guessed from the function):
 
-* a **preset**: its signature holds the method's options and their defaults, its body is its
-  composition of the four seams (like ``optax``'s ``alias.py``)::
+* ``kind="composition"``: the function is a **preset**: its signature holds the method's options
+  and their defaults, its body is its composition of the four seams (like ``optax``'s ``alias.py``)::
 
       def gag(n=20, noise_level=0.15, noise_range="image", percentile=0.85, guide_axes="channel",
               chunk_size=None):
@@ -11,27 +12,27 @@ A method is one of two kinds of function:
                        interpretations.absolute(), aggregations.guide(percentile, guide_axes),
                        chunk_size=chunk_size)
 
-* an **attribution function**, for a method that is not a composition (Grad-CAM; occlusion, RISE,
-  XRAI in ``gag_jax.perturbation_methods``):
+  It is random when its modification is (``Modification.random``: Gaussian noise is).
+* ``kind="attribution"``: an **attribution function**, for a method that is not a composition
+  (Grad-CAM; occlusion, RISE, XRAI in ``gag_jax.perturbation_methods``):
   ``fn(model, images (B, H, W, C), labels (B,), key, *, option=default, ...) -> (B, H, W, C')``,
-  ``model`` a ``ModelFunctions`` (callable as its logits). A key parameter without a default means
-  the method needs a key. A function that cannot be traced by ``jax.jit`` (host code) sets
-  ``fn.jittable = False``; ``explain`` then calls it eagerly. ``fn.reduce`` sets the method's default
-  channel reduction (``"sum"`` for signed one-channel maps; otherwise ``"abs_sum"``).
+  ``model`` a ``ModelFunctions``; the record says whether it is ``random`` (needs a key) and
+  whether it is ``jittable`` (XRAI segments on the host and is called eagerly).
 
-Everything else is derived from these functions: ``DEFAULTS`` (the option names and defaults, from
-``inspect.signature``, plus ``reduce``), whether a method needs a key (an attribution function's
-``key`` has no default; a preset's modification reads its key) and the valid option names. Values
-are checked once, by the seam factories (``modifications.gaussian_noise`` checks ``n`` and
-``noise_level``, ``aggregations.guide`` the percentile ...), when the preset is called.
+Every record also holds its default channel ``reduce`` (``"sum"`` for signed one-channel maps,
+otherwise ``"abs_sum"``) and whether it always ``needs_scaling`` (the model's input scaling: XRAI
+segments pixels; a ``"black"`` baseline needs it too). ``DEFAULTS`` (option names and defaults) is
+read from the functions' signatures, the one place the options are written. Values are checked
+once, by the seam factories (``modifications.gaussian_noise`` checks ``n`` and ``noise_level``,
+``aggregations.guide`` the percentile ...), when the preset is called.
 
-To add a method, write one such function: ``gj.explain(my_method, model_fn, images, labels, ...)``
-takes the function itself as well as a name in ``PRESETS``.
+To add a method, pass ``gj.Method("mine", my_function, kind=..., random=...)`` (or a composed
+``Explainer``) to ``gj.explain`` as the method.
 """
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,11 +40,13 @@ import jax
 import jax.numpy as jnp
 
 from gag_jax import aggregations, backend, gradients, interpretations, modifications
+from gag_jax import perturbation_methods
+from gag_jax._signature import looks_like_attribution_function, option_defaults
 from gag_jax._validation import check_images, check_labels
 from gag_jax.gradcam import gradcam, layer_gradcam
 from gag_jax.model import ModelFunctions, as_model_functions, resolve_scaling, warn_if_closed_over
-from gag_jax.perturbation_methods import occlusion, rise, xrai
-from gag_jax.pipeline import Explainer, chain, reads_key
+from gag_jax.perturbation_methods import occlusion, rise
+from gag_jax.pipeline import Explainer, chain
 from gag_jax.postprocess import to_saliency
 
 
@@ -61,16 +64,16 @@ def _guide_or(aggregation: aggregations.Aggregation, guide: bool, percentile: fl
     return aggregations.guide(percentile, guide_axes) if guide else aggregation
 
 
-def vg(interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", n=20, noise_level=0.15,
-       noise_range="image", chunk_size=None) -> Explainer:
+def vg(n=20, noise_level=0.15, noise_range="image", interpretation="raw", guide=False, percentile=0.85,
+       guide_axes="channel", chunk_size=None) -> Explainer:
     """Vanilla Gradient; with ``guide=True``, n noisy gradients for the variance guide (Table 3 "G")."""
     modification = modifications.gaussian_noise(n, noise_level, noise_range) if guide else modifications.identity()
     return chain(modification, gradients.logit_gradient(), interpretations.by_name(interpretation),
                  _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
 
 
-def gb(interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", n=20, noise_level=0.15,
-       noise_range="image", chunk_size=None) -> Explainer:
+def gb(n=20, noise_level=0.15, noise_range="image", interpretation="raw", guide=False, percentile=0.85,
+       guide_axes="channel", chunk_size=None) -> Explainer:
     """Guided Backprop: Vanilla Gradient through guided ReLUs (``gradients.guided_logit_gradient``)."""
     modification = modifications.gaussian_noise(n, noise_level, noise_range) if guide else modifications.identity()
     return chain(modification, gradients.guided_logit_gradient(), interpretations.by_name(interpretation),
@@ -142,62 +145,150 @@ def gradcam_attribution(model, images, labels, key=None, layer=None) -> jax.Arra
     return gradcam(features, head, images, labels)
 
 
-_PAPER = {"vg": vg, "sg": sg, "vargrad": vargrad, "ig": ig, "guided_ig": guided_ig, "blur_ig": blur_ig, "gb": gb,
-          "gradcam": gradcam_attribution, "ag": ag, "gag": gag}
-_BEYOND_THE_PAPER: dict[str, Callable] = {"occlusion": occlusion, "rise": rise, "xrai": xrai}
+def xrai(model, images, labels, key=None, *, base="ig", base_options=None, baselines=("min", "max"),
+         scales=perturbation_methods.XRAI_SCALES, sigma=perturbation_methods.XRAI_SIGMA,
+         min_size=perturbation_methods.XRAI_MIN_SIZE, segment_size=perturbation_methods.XRAI_SEGMENT_SIZE,
+         dilation=perturbation_methods.XRAI_DILATION, min_pixel_diff=perturbation_methods.XRAI_MIN_PIXEL_DIFF,
+         area_threshold=1.0, mean=_FROM_MODEL, std=_FROM_MODEL) -> jax.Array:
+    """XRAI (see :func:`gag_jax.perturbation_methods.xrai`) on the attribution of the gradient method
+    ``base`` with ``base_options``; a path method (``"ig"``, ``"guided_ig"``) without its own
+    ``baseline`` is averaged over ``baselines`` (the reference: IG from the image's minimum and maximum)."""
+    options = dict(base_options) if isinstance(base_options, Mapping) else dict(base_options or ())
+    if base not in PRESETS or METHOD_RECORDS[base].kind != "composition":
+        raise ValueError(f"xrai's base must be a gradient method (a composition in gj.PRESETS), not {base!r}")
+    path = base in ("ig", "guided_ig") and "baseline" not in options
+    functions = [explainer_fn(base, postprocess=False, **options, **({"baseline": b} if path else {}))
+                 for b in (baselines if path else (None,))]
 
-PRESETS: dict[str, Callable] = {**_PAPER, **_BEYOND_THE_PAPER}
+    def base_attribution(model, images, labels, key):
+        return jnp.mean(jnp.stack([jax.jit(fn)(model, images, labels, key) for fn in functions]), axis=0)
+
+    return perturbation_methods.xrai(model, images, labels, key, base=base_attribution, scales=scales, sigma=sigma,
+                                     min_size=min_size, segment_size=segment_size, dilation=dilation,
+                                     min_pixel_diff=min_pixel_diff, area_threshold=area_threshold, mean=mean, std=std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What the package knows about one method, said explicitly.
+
+    Attributes:
+      name: the method's name (a key of ``PRESETS`` for the built-in ones).
+      function: ``kind="composition"``: a preset ``function(**options) -> Explainer``;
+        ``kind="attribution"``: ``function(model, images, labels, key, **options) -> (B, H, W, C')``.
+      kind: ``"composition"`` or ``"attribution"``.
+      random: attribution functions: whether they draw random numbers (then ``explain`` needs a
+        key). Compositions: None, their modification says (``Modification.random``).
+      reduce: default channel reduction of ``explain`` (``"abs_sum"`` or ``"sum"``).
+      jittable: False for host code (called eagerly, outside ``jax.jit``).
+      needs_scaling: always needs the model's input scaling (a ``"black"`` baseline always does).
+    """
+
+    name: str
+    function: Callable
+    kind: str = "composition"
+    random: bool | None = None
+    reduce: str = "abs_sum"
+    jittable: bool = True
+    needs_scaling: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("composition", "attribution"):
+            raise ValueError(f"Method.kind must be 'composition' or 'attribution'; got {self.kind!r}")
+        if self.kind == "attribution" and self.random is None:
+            raise ValueError(f"method {self.name!r}: an attribution function must say whether it is random")
+        if self.reduce not in ("abs_sum", "sum"):
+            raise ValueError(f"Method.reduce must be 'abs_sum' or 'sum'; got {self.reduce!r}")
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Option names and defaults (from the function's signature) plus ``reduce``."""
+        skip = 4 if self.kind == "attribution" else 0
+        return {**option_defaults(self.function, skip=skip, name=self.name), "reduce": self.reduce}
+
+    def is_random(self, method_options: Mapping[str, Any]) -> bool:
+        """Whether the method with these options draws random numbers (so that it needs a key)."""
+        if self.kind == "attribution":
+            return bool(self.random)
+        return bool(self.function(**_with_placeholder_scaling(method_options)).modification.random)
+
+
+_RECORDS = (
+    Method("vg", vg), Method("sg", sg), Method("vargrad", vargrad), Method("ig", ig), Method("guided_ig", guided_ig),
+    Method("blur_ig", blur_ig), Method("gb", gb), Method("gradcam", gradcam_attribution, "attribution", random=False),
+    Method("ag", ag), Method("gag", gag),
+    # beyond the paper: signed one-channel maps (scaled as they are); XRAI segments on the host
+    Method("occlusion", occlusion, "attribution", random=False, reduce="sum"),
+    Method("rise", rise, "attribution", random=True, reduce="sum"),
+    Method("xrai", xrai, "attribution", random=False, reduce="sum", jittable=False, needs_scaling=True),
+)
+
+METHOD_RECORDS: dict[str, Method] = {m.name: m for m in _RECORDS}
+"""Method name -> its :class:`Method` record."""
+
+PRESETS: dict[str, Callable] = {m.name: m.function for m in _RECORDS}
 """Method name -> preset (returns an ``Explainer``) or attribution function; see the module docstring."""
 
-METHODS: tuple[str, ...] = tuple(_PAPER)
+METHODS: tuple[str, ...] = tuple(m.name for m in _RECORDS[:10])
 """The methods of the paper's Table 2, in its order."""
 
-# options every method takes on top of its own: how ``explain`` reduces the channels
-_COMMON_OPTIONS = {"reduce": "abs_sum"}
+
+@dataclasses.dataclass(frozen=True)
+class _Composed:
+    """A composed ``Explainer`` as a preset without options (hashable: same explainer, same record)."""
+
+    explainer: Explainer
+
+    def __call__(self) -> Explainer:
+        return self.explainer
 
 
-def _method_function(method) -> Callable:
-    if isinstance(method, str):
-        if method not in PRESETS:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRESETS)}")
-        return PRESETS[method]
-    if callable(method):
+def _explainer_method(explainer: Explainer) -> Method:
+    return Method("explainer", _Composed(explainer))
+
+
+def as_method(method) -> Method:
+    """The :class:`Method` record of a name in ``PRESETS``, a ``Method``, or a composed ``Explainer``.
+
+    A bare function is still accepted for this release (a ``DeprecationWarning`` asks for a
+    ``gj.Method``): an attribution function when its first parameter has no default (random unless
+    its ``key`` has a default), else a preset.
+
+    Raises:
+      ValueError: an unknown name or something that is not a method.
+    """
+    if isinstance(method, Method):
         return method
-    raise ValueError(f"method must be a name in gj.PRESETS or a preset / attribution function; got {method!r}")
-
-
-def _method_name(method) -> str:
-    return method if isinstance(method, str) else getattr(method, "__name__", repr(method))
-
-
-def is_attribution_function(fn: Callable) -> bool:
-    """True for an attribution function ``fn(model, images, labels, key, *, ...)``, False for a preset."""
-    first = next(iter(inspect.signature(fn).parameters.values()), None)
-    return first is not None and first.default is inspect.Parameter.empty and first.kind in (
-        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if isinstance(method, str):
+        if method not in METHOD_RECORDS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHOD_RECORDS)}")
+        return METHOD_RECORDS[method]
+    if isinstance(method, Explainer):
+        return _explainer_method(method)
+    for record in _RECORDS:  # a built-in function passed as itself
+        if method is record.function:
+            return record
+    if callable(method):
+        name = getattr(method, "__name__", repr(method))
+        warnings.warn(f"pass your method as gj.Method({name!r}, fn, kind='composition' | 'attribution', random=...) "
+                      "(a bare function is recognised by its signature for this release only)",
+                      DeprecationWarning, stacklevel=3)
+        attribution, random = looks_like_attribution_function(method)
+        return Method(name, method, "attribution" if attribution else "composition",
+                      random=random if attribution else None)
+    raise ValueError(f"method must be a name in gj.PRESETS, a gj.Method or a composed gj.Explainer; got {method!r}")
 
 
 def method_defaults(method) -> dict[str, Any]:
-    """Options of ``method`` (a name or a function) and their defaults, read from its signature.
-
-    Includes ``reduce`` (the channel reduction of ``explain``). For an attribution function the
-    options are its parameters after ``(model, images, labels, key)``.
+    """Options of ``method`` (a name, a ``Method`` or a function) and their defaults, ``reduce`` included.
 
     Raises:
       ValueError: unknown method, or an option without a default.
     """
-    fn = _method_function(method)
-    parameters = list(inspect.signature(fn).parameters.values())
-    if is_attribution_function(fn):
-        parameters = parameters[4:]
-    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty]
-    if missing:
-        raise ValueError(f"method {_method_name(method)!r}: every option needs a default; {missing} have none")
-    return {**{p.name: p.default for p in parameters}, **_COMMON_OPTIONS,
-            "reduce": getattr(fn, "reduce", _COMMON_OPTIONS["reduce"])}
+    return as_method(method).defaults
 
 
-DEFAULTS: dict[str, dict[str, Any]] = {name: method_defaults(name) for name in PRESETS}
+DEFAULTS: dict[str, dict[str, Any]] = {m.name: m.defaults for m in _RECORDS}
 """Method name -> its options and their defaults (derived from ``PRESETS``)."""
 
 
@@ -222,10 +313,11 @@ def resolve_options(method, options: Mapping[str, Any]) -> tuple[tuple[str, Any]
     Raises:
       ValueError: unknown method, or an unknown option (named, with the valid ones listed).
     """
-    defaults = method_defaults(method)
+    record = as_method(method)
+    defaults = record.defaults
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {_method_name(method)!r}; "
+        raise ValueError(f"unknown option(s) {unknown} for method {record.name!r}; "
                          f"valid options: {', '.join(sorted(defaults))}")
     return tuple(sorted({**defaults, **{k: _hashable(v) for k, v in options.items()}}.items()))
 
@@ -236,50 +328,50 @@ def _split(options: tuple) -> tuple[dict[str, Any], str]:
     return method_options, reduce
 
 
-def _needs_pixel_space(function: Callable, method_options: Mapping[str, Any]) -> bool:
-    """Whether the method puts values in pixel space, so that it needs the model's input scaling:
-    a ``"black"`` baseline (IG, Guided IG, occlusion, RISE) or XRAI's segmentation of the pixels."""
-    return function is xrai or method_options.get("baseline") == "black"
-
-
-def _with_scaling(function: Callable, name: str, method_options: dict, model: ModelFunctions,
-                  channels: int | None) -> dict:
+def _with_scaling(record: Method, method_options: dict, model: ModelFunctions, channels: int | None) -> dict:
     """``method_options`` with ``mean``/``std`` filled from the model where the method takes them and
-    they are not given (explicit values win); ValueError when the method needs them and none is known."""
+    they are not given (explicit values win); ValueError when the method needs them and none is known:
+    a ``"black"`` baseline (IG, Guided IG, occlusion, RISE) or a method that always does (XRAI)."""
     if "mean" not in method_options:
         return method_options
-    what = f"method {name!r}" + (f" (baseline {method_options['baseline']!r})" if "baseline" in method_options else "")
+    baseline = method_options.get("baseline")
+    what = f"method {record.name!r}" + (f" (baseline {baseline!r})" if baseline is not None else "")
+    needed = record.needs_scaling or baseline == "black"
     mean, std = resolve_scaling(model, method_options.get("mean"), method_options.get("std"),
-                                needed=_needs_pixel_space(function, method_options), what=what, channels=channels)
+                                needed=needed, what=what, channels=channels)
     return {**method_options, "mean": mean, "std": std}
 
 
 _PLACEHOLDER_SCALING = {"mean": (0.0,), "std": (1.0,)}
 
 
-def _check_values(function: Callable, method_options: dict) -> None:
+def _with_placeholder_scaling(method_options: Mapping[str, Any]) -> dict:
+    """A scaling to build a preset with before the model's is known (only its structure is used)."""
+    if "mean" in method_options and method_options["mean"] is None:
+        return {**method_options, **_PLACEHOLDER_SCALING}
+    return dict(method_options)
+
+
+def _check_values(record: Method, method_options: dict) -> None:
     """Let the seam factories check the option values now, on the host (a scaling still to be read
     from the model is checked when it is)."""
-    if is_attribution_function(function):
-        return
-    if "mean" in method_options and method_options["mean"] is None:
-        method_options = {**method_options, **_PLACEHOLDER_SCALING}
-    function(**method_options)
+    if record.kind == "composition":
+        record.function(**_with_placeholder_scaling(method_options))
 
 
-def _attributions(fn: Callable, method_options: dict, model: ModelFunctions, images, labels, key,
+def _attributions(record: Method, method_options: dict, model: ModelFunctions, images, labels, key,
                   platform: str | None = None) -> jax.Array:
-    if is_attribution_function(fn):
-        return fn(model, images, labels, key, **method_options)
+    if record.kind == "attribution":
+        return record.function(model, images, labels, key, **method_options)
     # the ModelFunctions itself: callable as its logits; gb's gradient seam uses its guided_logits if any
-    return fn(**method_options)(model, images, labels, key, platform=platform)
+    return record.function(**method_options)(model, images, labels, key, platform=platform)
 
 
 def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
     """A pure, un-jitted explain function, for use inside your own ``jax.jit``/``vmap``/sharding.
 
     Args:
-      method: a name in ``PRESETS`` or a preset / attribution function.
+      method: a name in ``PRESETS``, a ``gj.Method`` or a composed ``Explainer``.
       postprocess: True returns ``(B, H, W)`` maps in [0, 1]; False the raw ``(B, H, W, C)``.
       **options: method options (see ``DEFAULTS``); ``mean``/``std`` default to the model's scaling.
 
@@ -296,60 +388,48 @@ def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
       ...                               jax.random.PRNGKey(0)).shape
       (2, 8, 8)
     """
-    function = _method_function(method)
-    name = _method_name(method)
-    method_options, reduce = _split(resolve_options(method, options))
-    _check_values(function, method_options)
+    record = as_method(method)
+    method_options, reduce = _split(resolve_options(record, options))
+    _check_values(record, method_options)
 
     def fn(model, images, labels, key):
         model = as_model_functions(model)
-        resolved = _with_scaling(function, name, method_options, model, images.shape[-1])
-        raw = _attributions(function, resolved, model, images, labels, key)
+        resolved = _with_scaling(record, method_options, model, images.shape[-1])
+        raw = _attributions(record, resolved, model, images, labels, key)
         return to_saliency(raw, reduce) if postprocess else raw
 
     return fn
 
 
 def explainer(method, *, postprocess: bool = True, **options) -> Callable:
-    """Deprecated alias of :func:`explainer_fn` (SPEC section 8's first name); warns."""
-    import warnings
-
+    """Deprecated alias of :func:`explainer_fn` (the first release's name); warns."""
     warnings.warn("gj.explainer is deprecated; use gj.explainer_fn", DeprecationWarning, stacklevel=2)
     return explainer_fn(method, postprocess=postprocess, **options)
 
 
-def needs_key(method, options: Mapping[str, Any] = (), images_shape=(1, 8, 8, 3), key_shape=(2,)) -> bool:
+def needs_key(method, options: Mapping[str, Any] = ()) -> bool:
     """Whether ``method`` with ``options`` draws random numbers, so that ``explain`` needs a key.
 
-    An attribution function needs one when its ``key`` parameter has no default; a preset when its
-    modification reads the key (e.g. Gaussian noise; a guide-free ``vg`` does not).
+    Read from its record: an attribution function says so; a composition is random when its
+    modification is (Gaussian noise; a guide-free ``vg`` is not).
     """
-    function = _method_function(method)
-    if is_attribution_function(function):
-        return list(inspect.signature(function).parameters.values())[3].default is inspect.Parameter.empty
-    method_options, _ = _split(resolve_options(method, dict(options)))
-    if "mean" in method_options and method_options["mean"] is None:
-        method_options = {**method_options, **_PLACEHOLDER_SCALING}
-    return _preset_reads_key(function, tuple(sorted(method_options.items())), tuple(images_shape), tuple(key_shape))
-
-
-@functools.lru_cache(maxsize=256)
-def _preset_reads_key(function, method_options: tuple, images_shape: tuple, key_shape: tuple) -> bool:
-    return reads_key(function(**dict(method_options)).modification, images_shape, key_shape)
+    record = as_method(method)
+    method_options, _ = _split(resolve_options(record, dict(options)))
+    return record.is_random(method_options)
 
 
 # ---------------------------------------------------------------------------------------------
 # explain: the one entry point
 
 
-def _explain(images, labels, key, model, *, function, options, postprocess, platform):
+def _explain(images, labels, key, model, *, record, options, postprocess, platform):
     method_options, reduce = _split(options)
-    raw = _attributions(function, method_options, model, images, labels, key, platform)
+    raw = _attributions(record, method_options, model, images, labels, key, platform)
     return to_saliency(raw, reduce) if postprocess else raw
 
 
 # the model is an ordinary argument (a pytree): its weights are traced, its apply functions static
-_explain_jit = jax.jit(_explain, static_argnames=("function", "options", "postprocess", "platform"))
+_explain_jit = jax.jit(_explain, static_argnames=("record", "options", "postprocess", "platform"))
 
 
 def _num_classes(model: ModelFunctions, images) -> int:
@@ -398,20 +478,16 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
     The computation is jit-compiled once per (shapes, method, options, apply functions); repeated
     calls reuse it, with whatever weights the ModelFunctions holds.
     """
-    function = _method_function(method)
-    name = _method_name(method)
-    method_options, reduce = _split(resolve_options(method, options))
-    attribution = is_attribution_function(function)
+    record = as_method(method)
+    method_options, reduce = _split(resolve_options(record, options))
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
     model = as_model_functions(model_fn)
-    method_options = _with_scaling(function, name, method_options, model,
-                                   images.shape[-1] if images.ndim == 4 else None)
-    _check_values(function, method_options)  # the seam factories check the values now, on the host
+    method_options = _with_scaling(record, method_options, model, images.shape[-1] if images.ndim == 4 else None)
+    _check_values(record, method_options)  # the seam factories check the values now, on the host
     if key is None:
-        shape = images.shape if images.ndim == 4 else (1, 8, 8, 3)
-        if needs_key(function, method_options, shape):
-            raise ValueError(f"method {name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
+        if record.is_random(method_options):
+            raise ValueError(f"method {record.name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
         key = jax.random.PRNGKey(0)
     if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
         raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
@@ -420,11 +496,11 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))
         warn_if_closed_over(model, images)
-    if attribution and not getattr(function, "jittable", True):  # host code: run eagerly
-        raw = _attributions(function, method_options, model, images, labels, key)
+    if not record.jittable:  # host code: run eagerly
+        raw = _attributions(record, method_options, model, images, labels, key)
         return to_saliency(raw, reduce) if postprocess else raw
     options = tuple(sorted({**method_options, "reduce": reduce}.items()))
-    return _explain_jit(images, labels, key, model, function=function, options=options, postprocess=postprocess,
+    return _explain_jit(images, labels, key, model, record=record, options=options, postprocess=postprocess,
                         platform=backend.platform_of(images))
 
 

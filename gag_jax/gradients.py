@@ -150,11 +150,6 @@ def _uniform_constant(value) -> float | None:
     return float(first) if np.all(array == first) else None
 
 
-def _function_name(closed) -> str:
-    info = getattr(closed.jaxpr, "debug_info", None)
-    return getattr(info, "func_name", None) or "<unknown>"
-
-
 def _sub_jaxprs(params) -> list:
     return list(jex_core.jaxprs_in_params(params))
 

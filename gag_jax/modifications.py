@@ -44,12 +44,14 @@ class Modification(NamedTuple):
         adaptive paths.
       step: adaptive paths only: ``(state, i, grad_fn) -> (state, signal (B,H,W,C))`` where
         ``grad_fn(inputs) -> grads``.
+      random: whether ``prepare`` draws random numbers from its key (then ``gj.explain`` needs one).
     """
 
     num_samples: int
     prepare: Callable[[jax.Array, jax.Array], Any]
     sample: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]] | None = None
     step: Callable | None = None
+    random: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +172,7 @@ def gaussian_noise(num_samples: int = 20, noise_level: float = 0.15, noise_range
             noise = jax.random.normal(jax.random.fold_in(key, i), images.shape, jnp.float32)
         return images + sigma * noise, jnp.ones((), jnp.float32)
 
-    return Modification(num_samples, prepare, sample)
+    return Modification(num_samples, prepare, sample, random=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ attribution is any ``gj.explain`` method (default Integrated Gradients).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -386,25 +386,16 @@ def xrai_regions(attribution: np.ndarray, masks: np.ndarray, *, min_pixel_diff: 
     return out.reshape(height, width), regions
 
 
-def _options_dict(options) -> dict:
-    if options is None:
-        return {}
-    if isinstance(options, Mapping):
-        return dict(options)
-    return dict(options)  # a tuple of (name, value) pairs, the hashable form
-
-
-def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None = None, *, base: str = "ig",
-         base_options=None, baselines=("min", "max"), scales=XRAI_SCALES, sigma: float = XRAI_SIGMA,
+def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None = None, *, base: Callable,
+         scales=XRAI_SCALES, sigma: float = XRAI_SIGMA,
          min_size: int = XRAI_MIN_SIZE, segment_size: int | None = XRAI_SEGMENT_SIZE, dilation: int = XRAI_DILATION,
          min_pixel_diff: int = XRAI_MIN_PIXEL_DIFF, area_threshold: float = 1.0, mean=None,
          std=None) -> jax.Array:
     """XRAI (Kapishnikov et al. 2019): segments ranked by the attribution gain of a base method.
 
-    1. Base attribution ``(B, H, W, C)`` from ``gj.explain(base, ..., postprocess=False,
-       **base_options)``; for the path methods (``"ig"``, ``"guided_ig"``) without a
-       ``baseline`` in ``base_options`` it is the mean over ``baselines`` (the reference: IG from
-       the image's minimum and from its maximum). Channels are reduced by their maximum.
+    1. Base attribution ``(B, H, W, C)`` = ``base(model_fn, images, labels, key)`` (``gj.explain("xrai",
+       ..., base="ig")`` builds it from a gradient method: IG from the image's minimum and from its
+       maximum, averaged, as the reference). Channels are reduced by their maximum.
     2. Segments: ``xrai_segments`` of each image in pixel space (de-normalised with ``mean``/``std``).
     3. ``xrai_regions``: greedy ranking by gain density; the map holds each region's gain.
 
@@ -415,9 +406,8 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
       images: ``(B, H, W, C)`` normalised images.
       labels: ``(B,)`` int targets.
       key: PRNG key for a stochastic base method.
-      base: any ``gj.explain`` gradient method ("ig").
-      base_options: mapping (or ``(name, value)`` pairs) of options for ``base``.
-      baselines: IG baselines averaged when ``base`` is a path method without its own ``baseline``.
+      base: the base attribution function ``base(model_fn, images, labels, key) -> (B, H, W, C)``,
+        e.g. ``gj.explainer_fn("ig", postprocess=False)``.
       scales, sigma, min_size, segment_size, dilation: segmentation (see ``xrai_segments``).
       min_pixel_diff, area_threshold: ranking (see ``xrai_regions``).
       mean, std: the model's input scaling (segments are found on the pixels); ``gj.explain`` reads
@@ -426,8 +416,6 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
     Returns:
       ``(B, H, W, 1)`` float32 XRAI maps (region gains).
     """
-    from gag_jax.explainers import explain  # the dispatch imports this module
-
     _check_images(images)
     check_positive_int(min_size, "min_size")
     check_number(sigma, "sigma", low=0.0)
@@ -440,20 +428,14 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
         check_positive_int(segment_size, "segment_size")
     if not scales:
         raise ValueError("scales must list at least one Felzenszwalb scale")
-    if base in ("occlusion", "rise", "xrai"):
-        raise ValueError(f"xrai's base must be a gradient method, not {base!r}")
+    if not callable(base):
+        raise ValueError(f"xrai's base must be an attribution function base(model, images, labels, key); got {base!r} "
+                         "(gj.explain('xrai', ..., base='ig') takes a method name)")
     _require_skimage()
     if mean is None or std is None:
         raise ValueError("xrai segments the image in pixel space and needs the model's input scaling: pass "
                          "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
-    options = _options_dict(base_options)
-    if base in ("ig", "guided_ig") and "baseline" not in options:
-        attributions = [explain(base, model_fn, images, labels, key=key, postprocess=False, baseline=b, **options)
-                        for b in baselines]
-        attribution = jnp.mean(jnp.stack(attributions), axis=0)
-    else:
-        attribution = explain(base, model_fn, images, labels, key=key, postprocess=False, **options)
-    attribution = np.asarray(attribution, np.float64).max(axis=-1)  # (B, H, W)
+    attribution = np.asarray(base(model_fn, images, labels, key), np.float64).max(axis=-1)  # (B, H, W)
     pixels = np.asarray(ops.to_pixels(jnp.asarray(images, jnp.float32), mean, std))
     maps = []
     for image, attr in zip(pixels, attribution):
@@ -462,8 +444,3 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
         maps.append(xrai_regions(attr, masks, min_pixel_diff=min_pixel_diff, area_threshold=area_threshold)[0])
     return jnp.asarray(np.stack(maps), jnp.float32)[..., None]
 
-
-# how gj.explain treats these attribution functions: signed one-channel maps are min-max scaled as
-# they are (no absolute value); XRAI segments on the host, so it runs outside jax.jit
-occlusion.reduce = rise.reduce = xrai.reduce = "sum"
-xrai.jittable = False

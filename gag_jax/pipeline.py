@@ -83,19 +83,6 @@ def chain(
     return Explainer(modification, gradient, interpretation, aggregation, chunk_size)
 
 
-def reads_key(modification: modifications_lib.Modification, images_shape: tuple[int, ...] = (1, 8, 8, 3),
-              key_shape: tuple[int, ...] = (2,)) -> bool:
-    """Whether ``modification`` draws random numbers: its ``prepare`` reads the PRNG key.
-
-    Decided from the jaxpr of ``prepare(images, key)`` for the given shapes (nothing is computed).
-    """
-    images = jax.ShapeDtypeStruct(images_shape, jnp.float32)
-    key = jax.ShapeDtypeStruct(key_shape, jnp.uint32)
-    jaxpr = jax.make_jaxpr(modification.prepare)(images, key).jaxpr
-    key_var = jaxpr.invars[-1]
-    return key_var in jaxpr.outvars or any(key_var in eqn.invars for eqn in jaxpr.eqns)
-
-
 CPU_IMAGES_PER_CALL = backend.CPU_IMAGES_PER_CALL  # re-exported; the policy lives in gag_jax.backend
 
 

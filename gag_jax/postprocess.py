@@ -36,14 +36,15 @@ def min_max(maps: jax.Array) -> jax.Array:
 
     (Not ``gj.data.normalize``, which standardises pixels for the model.)
 
-    A constant map becomes all zeros (never NaN).
+    A constant map becomes all zeros (never NaN). The result is clipped to [0, 1]: XLA may rewrite
+    ``(m - low) / span`` as ``m / span - low / span``, whose rounding can leave -1e-8 (seen on RISE).
     """
     maps = maps.astype(jnp.float32)
     axes = tuple(range(1, maps.ndim))
     low = maps.min(axis=axes, keepdims=True)
     span = maps.max(axis=axes, keepdims=True) - low
     safe = jnp.where(span > 0, span, 1.0)
-    return jnp.where(span > 0, (maps - low) / safe, 0.0)
+    return jnp.where(span > 0, jnp.clip((maps - low) / safe, 0.0, 1.0), 0.0)
 
 
 def to_saliency(attributions: jax.Array, reduce: str = "abs_sum") -> jax.Array:

@@ -197,7 +197,6 @@ class RunConfig:
       seed: PRNG seed of the explanations (and of the synthetic data / tiny model).
       metrics: metric names.
       method_overrides: options applied to every method that takes them (e.g. ``n``).
-      metric_options: ``lower_bound``, ``interval``, ``baseline`` of RCAP.
       split: dataset split (None: the case's default).
       case_options: loader options of the case (``load_case(**case_options)``).
       target: the class each map explains: ``"label"`` (the ground truth; unlabelled images are
@@ -220,7 +219,6 @@ class RunConfig:
     seed: int = 0
     metrics: tuple[str, ...] = ("rcap", "dauc", "iauc")
     method_overrides: dict = dataclasses.field(default_factory=dict)
-    metric_options: dict = dataclasses.field(default_factory=dict)
     split: str | None = None
     case_options: dict = dataclasses.field(default_factory=dict)
     target: str = "label"
@@ -245,6 +243,8 @@ def _check_resume(manifest: Mapping, config: RunConfig) -> None:
     old = manifest.get("config", {})
     new = config.result_keys()
     for key in sorted(set(old) | set(new)):
+        if key not in new and not old.get(key):  # a retired option that was empty (metric_options)
+            continue
         if key in ("method_overrides",):
             a, b = old.get(key) or {}, new.get(key) or {}
             a = {k: v for k, v in a.items() if k != "chunk_size"}
@@ -344,11 +344,10 @@ def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, ke
 
 
 def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
-                mean, std, metric_batch_size: int | None, metric_options: Mapping) -> dict[str, np.ndarray]:
-    """Per-image metric values and curves of one batch (``gj.metrics.score``; ``metric_options``
-    are RCAP's ``lower_bound`` / ``interval`` / ``baseline``), as numpy."""
-    return gj.metrics.score(model.logits, images, labels, maps, masks, metrics=metrics, batch_size=metric_batch_size,
-                            mean=mean, std=std, options={"rcap": dict(metric_options)})
+                mean, std, metric_batch_size: int | None) -> dict[str, np.ndarray]:
+    """Per-image metric values and curves of one batch (``gj.metrics.score``), as numpy."""
+    return gj.metrics.score(model, images, labels, maps, masks, metrics=metrics, batch_size=metric_batch_size,
+                            mean=mean, std=std)
 
 
 def batch_key(seed: int, spec: MethodSpec, batch: int) -> jax.Array:
@@ -451,7 +450,6 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
     needs_masks = any(m in MASK_METRICS for m in config.metrics)
     overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
-    metric_options = dict(config.metric_options)
     total = plan.num_kept * len(specs)
     done = {(s.name, k) for s in specs for k in range(len(plan)) if _is_record(record_path(out_dir, s.name, k))}
     initial = sum(len(plan.batch_rows(k)) for _, k in done)
@@ -472,7 +470,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
             start = time.perf_counter()
             maps = explain_batch(spec, model, images, labels, batch_key(config.seed, spec, k), overrides)
             values = score_batch(model, images, labels, maps, masks, config.metrics, mean=batches.mean,
-                                 std=batches.std, metric_batch_size=metric_batch_size, metric_options=metric_options)
+                                 std=batches.std, metric_batch_size=metric_batch_size)
             _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
                           labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
                           source_rows=rows,
@@ -771,7 +769,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
         checkpoint_sha256=file_digest(checkpoint), image_size=image_size, batch_size=batch_size, limit=limit,
         confidence=confidence, seed=seed, metrics=metric_names,
         method_overrides={k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None},
-        metric_options={}, split=split, case_options=dict(case_options or {}), target=target,
+        split=split, case_options=dict(case_options or {}), target=target,
         resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std)
     report(f"evaluate: case {case} ({batches.num_examples} images, {image_size}x{image_size}), model {model_name}, "
            f"{len(specs)} method(s), metrics {', '.join(metric_names)} -> {out_dir}")

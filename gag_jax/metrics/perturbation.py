@@ -1,4 +1,4 @@
-"""Deletion / Insertion AUC (RISE-style, as the paper computed them; SPEC section 3)."""
+"""Deletion / Insertion AUC (RISE-style, as the paper computed them)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
