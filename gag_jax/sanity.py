@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gag_jax.explainers import DEFAULTS, METHODS, ModelFunctions, explain
+from gag_jax.explainers import DEFAULTS, PRESETS, ModelFunctions, explain
 
 __all__ = ["METRICS", "layer_blocks", "model_randomisation", "passes", "randomised_variables", "similarities"]
 
@@ -435,7 +435,7 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
     """Cascading (or independent) model-parameter randomisation test of a saliency method.
 
     Args:
-      method: a name in ``gj.METHODS`` (explained with ``gj.explain(..., postprocess=False)``) or a
+      method: a name in ``gj.PRESETS`` (explained with ``gj.explain(..., postprocess=False)``) or a
         callable ``method(model: gj.ModelFunctions, images, labels, key) -> (B, H, W[, C])`` raw maps.
       module: the Flax linen module (e.g. from ``models.load``), or a trained Flax NNX module.
       variables: the linen module's trained variables; for an NNX module, a freshly constructed
@@ -478,8 +478,8 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for a callable method; "
                              f"test options: {', '.join(_SANITY_OPTIONS)}")
-    elif method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)} or a callable")
+    elif method not in PRESETS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRESETS)} or a callable")
     else:
         unknown = sorted(set(options) - set(DEFAULTS[method]))
         if unknown:

@@ -56,3 +56,12 @@ def test_preset_shape_range_jit_and_batch_independence(setup, name):
     if record.kind == "composition" or record.random:
         assert gj.explainers.needs_key(name, OPTIONS[name]) == (name not in ("vg", "gb", "ig", "guided_ig", "blur_ig")
                                                                  and name != "gradcam")
+
+
+def test_every_preset_is_a_row_for_evaluate_and_a_method_for_sanity():
+    from gag_jax.experiments.specs import parse_methods
+
+    rows = parse_methods("occlusion,rise,xrai,rise_r")
+    assert [r.method for r in rows] == ["occlusion", "rise", "xrai", "rise"] and rows[-1].reverse
+    with pytest.raises(ValueError, match="unknown method 'lime'"):
+        parse_methods("lime")

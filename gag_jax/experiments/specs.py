@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gag_jax.explainers import DEFAULTS, METHODS
+from gag_jax.explainers import DEFAULTS, METHODS, PRESETS
 
 TABLE1_PERCENTS: tuple[int, ...] = (0, 15, 25, 35, 45, 55, 65, 75, 85)
 """The p values (percent) of Table 1's rows GAG-0 ... GAG-85."""
@@ -34,8 +34,9 @@ TABLE1_PERCENTS: tuple[int, ...] = (0, 15, 25, 35, 45, 55, 65, 75, 85)
 LABELS: dict[str, str] = {
     "vg": "VG", "sg": "SG", "vargrad": "VarGrad", "ig": "IG", "guided_ig": "Guided IG",
     "blur_ig": "BlurIG", "gb": "GB", "gradcam": "Grad-CAM", "ag": "AG", "gag": "GAG",
+    "occlusion": "Occlusion", "rise": "RISE", "xrai": "XRAI",
 }
-"""Display label of each ``gj.METHODS`` entry (the paper's abbreviations)."""
+"""Display label of each ``gj.PRESETS`` entry (the paper's abbreviations for its methods)."""
 
 TABLE3_BASES: tuple[str, ...] = ("sg", "ig", "guided_ig", "blur_ig", "gb")
 """The methods whose gradient-processing variants Table 3 averages."""
@@ -64,7 +65,7 @@ class MethodSpec:
     Attributes:
       name: unique, file-system safe identifier (``"gag-85"``, ``"sg_r"``, ``"ig.guide_abs"``).
       label: display label in the tables (``"GAG-85"``, ``"SG^R"``, ``"GA"``).
-      method: a ``gj.METHODS`` entry passed to ``gj.explain``.
+      method: a ``gj.PRESETS`` entry passed to ``gj.explain``.
       options: method options for ``gj.explain`` (on top of ``gj.DEFAULTS[method]``).
       reverse: post-process the map with ``gj.reverse`` (Table 2 part 3).
       part: the table part the row belongs to (Table 2: 1 Grad-CAM, 2 gradient methods,
@@ -127,9 +128,9 @@ def gag_spec(percent: float) -> MethodSpec:
 
 
 def base_spec(method: str, part: int = 2) -> MethodSpec:
-    """The plain row of one ``gj.METHODS`` entry (paper defaults)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    """The plain row of one ``gj.PRESETS`` entry (paper defaults; occlusion, RISE and XRAI beyond the paper)."""
+    if method not in PRESETS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRESETS)}")
     return MethodSpec(name=method, label=LABELS[method], method=method, part=1 if method == "gradcam" else part)
 
 
@@ -194,16 +195,16 @@ def spec_from_name(name: str) -> MethodSpec:
     match = _GAG_P.match(text)
     if match:
         return gag_spec(float(match.group(1)))
-    if text in METHODS:
+    if text in PRESETS:
         return base_spec(text)
-    if text.endswith("_r") and text[:-2] in METHODS:
+    if text.endswith("_r") and text[:-2] in PRESETS:
         return reversed_spec(text[:-2])
     if "." in text:
         method, variant = text.split(".", 1)
         if method in METHODS:
             return variant_spec(method, variant)
     raise ValueError(
-        f"unknown method {name!r}; expected one of {', '.join(METHODS)}, gag-<p> (p in percent, e.g. gag-85), "
+        f"unknown method {name!r}; expected one of {', '.join(PRESETS)}, gag-<p> (p in percent, e.g. gag-85), "
         f"<method>_r (reversed, e.g. sg_r) or <method>.<variant> with variant in {', '.join(VARIANTS)} "
         "(e.g. ig.guide_abs)")
 
