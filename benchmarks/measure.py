@@ -167,12 +167,12 @@ def build_model(name: str, size: int, seed: int, with_torch: bool):
     frameworks run the same weights; without torch: the Flax ResNet-50, random init. ``tiny``:
     ``ResNetTiny`` (10 classes, no torch counterpart).
     """
-    from models import resnet
+    from gag_jax.models import resnet
 
     if name == "resnet50":
         template = resnet.ResNet50()
         if with_torch:
-            from models import porter
+            from gag_jax.models import porter
 
             torch_model = torch_reference.resnet50(seed=seed)
             variables = porter.convert(torch_model.state_dict(), template, resnet.torch_prefix, (1, size, size, 3))

@@ -20,7 +20,7 @@ import time
 import jax
 
 import gag_jax as gj
-import models
+from gag_jax import models
 from benchmarks.measure import RESULTS, in_checkout
 from gag_jax.metrics._common import chunk_plan
 

@@ -45,6 +45,16 @@ from gag_jax.postprocess import min_max, reverse, to_saliency
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """``gj.models`` on first use: the model zoo imports Flax's model code, which the core does not need."""
+    if name == "models":
+        import importlib
+
+        return importlib.import_module("gag_jax.models")
+    raise AttributeError(f"module 'gag_jax' has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHOD_RECORDS", "METHODS", "Method", "PRESETS", "BoundFunction", "Explainer",
     "ModelFunctions", "layer_gradcam",

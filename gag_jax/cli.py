@@ -539,10 +539,11 @@ def cmd_tables(args) -> int:
 
 def cmd_port(args) -> int:
     """``gag-jax port``."""
-    from models import MODEL_NAMES, load, porter
+    from gag_jax.models import TORCH_MODEL_NAMES, load, porter
 
-    if args.model not in MODEL_NAMES:
-        raise UsageError(f"unknown model {args.model!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if args.model not in TORCH_MODEL_NAMES:
+        raise UsageError(f"unknown model {args.model!r} for a torch checkpoint; valid names: "
+                         f"{', '.join(TORCH_MODEL_NAMES)}")
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"{args.checkpoint}: no such file")
     if not args.out.endswith(".msgpack"):

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from gag_jax.model import guided_backprop_activation, guided_relu  # noqa: F401  (the model contract; re-exported)
+
 ModelFn = Callable[[jax.Array], jax.Array]
 GradientFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
@@ -59,41 +61,6 @@ def logit_gradient() -> GradientFn:
         return jax.grad(total)(inputs).astype(jnp.float32)
 
     return grad_fn
-
-
-def guided_backprop_activation(activation: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
-    """Wrap an activation so its backward pass follows Guided Backpropagation.
-
-    Forward: ``activation(x)`` unchanged. Backward: the incoming gradient is first clipped at
-    zero (only positive gradients pass) and then multiplied by the activation's own derivative.
-    For ReLU this is the rule of Springenberg et al.: ``g_in = g_out * (x > 0) * (g_out > 0)``;
-    ReLU6 also blocks ``x > 6``; SiLU uses its smooth derivative.
-
-    Args:
-      activation: elementwise function, e.g. ``jax.nn.relu``.
-
-    Returns:
-      An elementwise function with the same forward values, usable inside a Flax module.
-    """
-
-    @jax.custom_vjp
-    def guided(x):
-        return activation(x)
-
-    def fwd(x):
-        y, vjp = jax.vjp(activation, x)
-        return y, vjp
-
-    def bwd(vjp, g):
-        (gx,) = vjp(jnp.maximum(g, 0).astype(g.dtype))
-        return (gx,)
-
-    guided.defvjp(fwd, bwd)
-    return guided
-
-
-guided_relu = guided_backprop_activation(jax.nn.relu)
-guided_relu.__doc__ = "ReLU whose backward pass only lets positive gradients through (Guided Backprop)."
 
 
 # ---------------------------------------------------------------- Guided Backprop on any model function

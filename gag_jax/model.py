@@ -25,7 +25,9 @@ Build it with
   so a function that reads global weights keeps the weights it was first traced with. Use one of
   the constructors above for weights that change).
 
-This module sits on the bottom floor of the package: it imports only JAX (Flax on demand).
+It also holds the guided activation (``guided_backprop_activation``) that the models of
+``gag_jax.models`` build their Guided-Backprop copies from. This module sits on the bottom floor
+of the package: it imports only JAX (Flax on demand); the core and the models both import it.
 """
 from __future__ import annotations
 
@@ -35,12 +37,52 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["BoundFunction", "ModelFunctions", "as_model_functions", "jit_with_model", "resolve_scaling",
-           "warn_if_closed_over"]
+__all__ = ["BoundFunction", "ModelFunctions", "as_model_functions", "guided_backprop_activation", "guided_relu",
+           "jit_with_model", "resolve_scaling", "warn_if_closed_over"]
 
 _PARTS = ("logits", "features", "head", "guided_logits")
+
+
+# ----------------------------------------------------------------------------------------------
+# the guided activation: what a model's own Guided-Backprop copy is built from
+
+
+def guided_backprop_activation(activation: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+    """Wrap an activation so its backward pass follows Guided Backpropagation.
+
+    Forward: ``activation(x)`` unchanged. Backward: the incoming gradient is first clipped at
+    zero (only positive gradients pass) and then multiplied by the activation's own derivative.
+    For ReLU this is the rule of Springenberg et al.: ``g_in = g_out * (x > 0) * (g_out > 0)``;
+    ReLU6 also blocks ``x > 6``; SiLU uses its smooth derivative.
+
+    Args:
+      activation: elementwise function, e.g. ``jax.nn.relu``.
+
+    Returns:
+      An elementwise function with the same forward values, usable inside a Flax module.
+    """
+
+    @jax.custom_vjp
+    def guided(x):
+        return activation(x)
+
+    def fwd(x):
+        y, vjp = jax.vjp(activation, x)
+        return y, vjp
+
+    def bwd(vjp, g):
+        (gx,) = vjp(jnp.maximum(g, 0).astype(g.dtype))
+        return (gx,)
+
+    guided.defvjp(fwd, bwd)
+    return guided
+
+
+guided_relu = guided_backprop_activation(jax.nn.relu)
+guided_relu.__doc__ = "ReLU whose backward pass only lets positive gradients through (Guided Backprop)."
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,21 @@
 """Small array operations shared by explainers and metrics."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
+"""The 1000 ImageNet class names, one per line (line k = class k, torchvision's order)."""
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names (index = label), from ``gag_jax/imagenet_classes.txt``."""
+    with open(IMAGENET_CLASSES_FILE, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

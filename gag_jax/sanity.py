@@ -6,7 +6,7 @@ parameters are destroyed. The test re-initialises the parameters block by block 
 is to the map of the trained model::
 
     import gag_jax as gj
-    from models import load
+    from gag_jax.models import load
     module, variables = load("efficientnet_lite0")
     result = gj.sanity.model_randomisation("gag", module, variables, images, labels, key, n=10)
     result["steps"]          # ["fc", "conv_head", "blocks_15", ..., "blocks_0", "conv_stem"]

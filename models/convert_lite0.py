@@ -64,8 +64,8 @@ def convert_lite0(pth_path: Optional[os.PathLike | str] = None) -> dict:
       ``{"params": ..., "batch_stats": ...}`` of float32 numpy arrays (conv kernels HWIO,
       ``fc`` kernel ``(1280, 1000)``).
     """
-    from models.efficientnet import EfficientNetLite0, torch_prefix_lite0
-    from models.porter import convert, read_torch_checkpoint
+    from .efficientnet import EfficientNetLite0, torch_prefix_lite0
+    from .porter import convert, read_torch_checkpoint
 
     pth = Path(pth_path) if pth_path is not None else installed_lite0_pth()
     return convert(read_torch_checkpoint(pth), EfficientNetLite0(), torch_prefix_lite0, (1, 224, 224, 3))
@@ -73,7 +73,7 @@ def convert_lite0(pth_path: Optional[os.PathLike | str] = None) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Write ``efficientnet_lite0.msgpack`` and ``efficientnet_lite0.json`` into ``--out-dir``."""
-    from models.porter import save_variables
+    from .porter import save_variables
 
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--pth", default=None, help="source .pth (default: the installed package's)")

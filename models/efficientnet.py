@@ -37,8 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gag_jax.gradients import guided_backprop_activation
-from models._conv import DepthwiseConv, conv_bn
+from gag_jax.model import guided_backprop_activation
+from ._conv import DepthwiseConv, conv_bn
 
 __all__ = [
     "EfficientNet",

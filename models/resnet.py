@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gag_jax.gradients import guided_backprop_activation
-from models._conv import conv_bn
+from gag_jax.model import guided_backprop_activation
+from ._conv import conv_bn
 
 __all__ = ["Bottleneck", "ResNet", "ResNet50", "ResNetTiny", "torch_prefix"]
 

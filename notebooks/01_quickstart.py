@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import skimage
 
 import gag_jax as gj
-import models
+from gag_jax import models
 
 model = models.model_functions(*models.load("efficientnet_lite0"))  # shipped ImageNet weights
 scaling = models.input_normalization("efficientnet_lite0")  # the model's input scaling: (x - 127) / 128

@@ -35,7 +35,7 @@ import numpy as np
 from skimage import data
 
 import gag_jax as gj
-import models
+from gag_jax import models
 
 SIZE = 128
 model = models.model_functions(*models.load("efficientnet_lite0"))

@@ -15,7 +15,7 @@ from PIL import Image
 
 import gag_jax as gj
 from gag_jax import cli
-from gag_jax.experiments import runner, specs
+from gag_jax.experiments import runner, specs, stages
 from gag_jax.experiments.tables import read_table_csv
 
 METRIC_COLUMNS = ["log_cosh_dice", "mae", "rcap", "dauc", "iauc"]
@@ -99,11 +99,11 @@ def test_evaluate_interrupted_then_resumed_equals_uninterrupted(evaluated, tmp_p
             raise KeyboardInterrupt
         return original(spec, *a, **k)
 
-    monkeypatch.setattr(runner, "explain_batch", interrupted)
+    monkeypatch.setattr(stages, "explain_batch", interrupted)
     rc, _, err = _main(args + ["--out", tmp_path / "resumed"], capsys)
     assert rc == cli.EXIT_INTERRUPTED and "run the same command again" in err
     assert calls == ["gag", "ig_r"] and not (tmp_path / "resumed" / "table2.csv").exists()
-    monkeypatch.setattr(runner, "explain_batch", counting)
+    monkeypatch.setattr(stages, "explain_batch", counting)
     calls.clear()
     rc, out, _ = _main(args + ["--out", tmp_path / "resumed"], capsys)
     assert rc == 0

@@ -14,7 +14,7 @@ import pytest
 
 import gag_jax as gj
 from gag_jax.data import load_case
-from gag_jax.experiments import figures, runner, specs, tables, tiny
+from gag_jax.experiments import figures, runner, specs, stages, tables, tiny
 
 # ----------------------------------------------------------------------------- specs
 
@@ -153,7 +153,7 @@ def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_
     def stop(name, batch):  # as if Ctrl-C came right after the first record was written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "explain_batch", counting)
+    monkeypatch.setattr(stages, "explain_batch", counting)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "resumed", tiny_setup, rows, on_record=stop)
     assert calls == ["gag"]

@@ -49,6 +49,7 @@ import os
 import re
 from collections.abc import Sequence
 
+from gag_jax.ops import imagenet_classes
 from gag_jax.data._common import (
     BadImageError,
     DatasetLayoutError,
@@ -97,7 +98,7 @@ class Listing:
         were given: ``"<labels file>:<line>"`` or ``"<data_dir>/<class folder>/"`` (a folder case;
         empty for the public datasets). :func:`check_model_classes` names these.
       imagenet_named: class folders whose label was found by their ImageNet class name (in
-        ``models/imagenet_classes.txt``): valid only for a model with exactly 1000 outputs.
+        ``gag_jax/imagenet_classes.txt``): valid only for a model with exactly 1000 outputs.
     """
 
     case: str
@@ -424,7 +425,7 @@ FOLDER_LAYOUT = """\
   or
     <class>/photo_001.jpg               (b) one subfolder per class, named by its class index
                                             ("281"), by an ImageNet wnid ("n02123045"), or by a
-                                            class name of models/imagenet_classes.txt ("tabby",
+                                            class name of gag_jax/imagenet_classes.txt ("tabby",
                                             "Egyptian_cat"; any case, "_" = " "; for 1000-class
                                             models) or of --case-option class_names=FILE (one name
                                             per line, line k = class k)
@@ -436,7 +437,7 @@ FOLDER_LAYOUT = """\
                                         resized); then Dice and MAE are computed too
 """
 _FOLDER_SPLITS = {"all": "all"}
-_IMAGENET_NAMES = "models/imagenet_classes.txt"
+_IMAGENET_NAMES = "gag_jax/imagenet_classes.txt"
 _CLASS_NAMES_HINT = "--case-option class_names=FILE (one class name per line, line k = class k)"
 
 
@@ -507,9 +508,7 @@ def _class_name_list(class_names) -> tuple[list[str], str]:
     """``(names, where they come from)``: index = class. ``class_names`` is a file (one name per
     line, blank lines ignored), a sequence of names, or None: the 1000 ImageNet class names."""
     if class_names is None:
-        import models
-
-        return models.imagenet_classes(), _IMAGENET_NAMES
+        return imagenet_classes(), _IMAGENET_NAMES
     if isinstance(class_names, (str, os.PathLike)):
         path = os.path.abspath(os.path.expanduser(os.fspath(class_names)))
         if not os.path.isfile(path):
@@ -526,7 +525,7 @@ def _subfolder_labels(root: str, names: Sequence[str], synsets, class_names
     A folder named by digits is that class index; by an ImageNet wnid, the wnid's index in the
     classifier's class order (``synsets``, default the 1000 sorted ImageNet-1k wnids); by anything
     else, the index of the class of that name in ``class_names`` (default the 1000 ImageNet names
-    of ``models/imagenet_classes.txt``), compared case-insensitively with ``_`` = space.
+    of ``gag_jax/imagenet_classes.txt``), compared case-insensitively with ``_`` = space.
 
     Returns:
       ``(labels, class names, num_classes, imagenet_named)``: folder -> class index; the names of
@@ -584,7 +583,7 @@ def list_folder(data_dir, split: str = "all", *, labels: str = "labels.txt", mas
     Class subfolders are resolved each on its own: digits = the class index, an ImageNet wnid =
     its index among ``synsets``, any other name = the index of that class name (case-insensitive,
     ``_`` = space) in ``class_names``, by default the 1000 ImageNet names of
-    ``models/imagenet_classes.txt``; such ImageNet-named folders hold for a 1000-class model only
+    ``gag_jax/imagenet_classes.txt``; such ImageNet-named folders hold for a 1000-class model only
     (:func:`check_model_classes` refuses another model). A name that matches no class, or
     several (``cardigan``: the dog and the sweater), stops the listing naming it.
 

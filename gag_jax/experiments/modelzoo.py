@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax.numpy as jnp
+
 import gag_jax as gj
+from gag_jax import models
 
 TINY = "tiny"
 """Name of the small synthetic-case CNN (:mod:`gag_jax.experiments.tiny`)."""
@@ -15,26 +18,17 @@ CASE_MODELS = {"imagenet_s": "resnet50", "isic": "efficientnet_b0", "places365":
 
 
 def model_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` per RGB channel that the model's inputs are standardised with (pixels in [0, 1]).
-
-    ``models.input_normalization`` for the models of ``models/`` (the shipped EfficientNet-Lite0
-    takes ``(x - 127) / 128``, the others ImageNet statistics); ImageNet statistics for the
-    synthetic-case ``tiny`` CNN.
-    """
+    """``(mean, std)`` per RGB channel that the model's inputs are standardised with (pixels in [0, 1]):
+    ``gag_jax.models.input_normalization`` (the one registry; the shipped EfficientNet-Lite0 takes
+    ``(x - 127) / 128``, the others and the synthetic-case ``tiny`` CNN ImageNet statistics)."""
     check_model_name(name)
-    if name == TINY:
-        return tuple(gj.data.IMAGENET_MEAN), tuple(gj.data.IMAGENET_STD)
-    import models
-
     scaling = models.input_normalization(name)
     return scaling["mean"], scaling["std"]
 
 
 def model_names() -> tuple[str, ...]:
-    """Every name ``load_model`` accepts: ``models.MODEL_NAMES`` and ``"tiny"``."""
-    from models import MODEL_NAMES
-
-    return tuple(MODEL_NAMES) + (TINY,)
+    """Every name ``load_model`` accepts: ``gag_jax.models.MODEL_NAMES`` (``"tiny"`` included)."""
+    return tuple(models.MODEL_NAMES)
 
 
 def check_model_name(name: str) -> None:
@@ -65,22 +59,10 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
     check_model_name(name)
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-    if name == TINY:
-        from gag_jax.experiments.tiny import load_tiny
-
-        if checkpoint is None:
-            raise ValueError("model 'tiny' needs --checkpoint (evaluate --case synthetic trains one for you)")
-        module, variables = load_tiny(checkpoint)
-        mean, std = model_normalization(TINY)
-        return gj.ModelFunctions.from_module(module, variables, mean=mean, std=std), {
-            "name": name, "checkpoint": os.fspath(checkpoint), "num_classes": module.num_classes}
-    import jax.numpy as jnp
-
-    from models import input_normalization as models_input_normalization
-    from models import load, model_functions
-
-    module, variables = load(name, checkpoint, num_classes=num_classes, dtype=dtype or jnp.float32)
-    return model_functions(module, variables, **models_input_normalization(name)), {
+    if name == TINY and checkpoint is None:
+        raise ValueError("model 'tiny' needs --checkpoint (evaluate --case synthetic trains one for you)")
+    module, variables = models.load(name, checkpoint, num_classes=num_classes, dtype=dtype or jnp.float32)
+    return models.model_functions(module, variables, **models.input_normalization(name)), {
         "name": name, "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
         "num_classes": int(module.num_classes)}
 
@@ -130,9 +112,7 @@ def load_or_train(name: str, checkpoint: str | os.PathLike | None, *, num_classe
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names shipped in ``models/imagenet_classes.txt`` (index = label)."""
-    import models
-
+    """The 1000 ImageNet class names shipped in ``gag_jax/imagenet_classes.txt`` (index = label)."""
     return models.imagenet_classes()
 
 

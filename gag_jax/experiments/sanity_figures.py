@@ -296,7 +296,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
             raise ValueError("model 'tiny' needs --checkpoint")
         module, variables = load_tiny(checkpoint)
     else:
-        from models import load
+        from gag_jax.models import load
 
         module, variables = load(model_name, checkpoint)
     paths = []  # folders listed here so that max_images reads only the images it uses

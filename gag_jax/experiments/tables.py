@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+from gag_jax.experiments.records import load_run
 from gag_jax.experiments.specs import TABLE3_BASES, VARIANTS, MethodSpec
 from gag_jax.metrics import HIGHER_IS_BETTER, METRIC_LABELS, METRIC_NAMES
 
@@ -254,7 +255,6 @@ def combine_runs(run_dirs: Sequence[str], tables: Sequence[int], out_dir: str) -
       FileNotFoundError: a directory that is not a run directory.
       ValueError: two runs of the same case.
     """
-    from gag_jax.experiments.runner import load_run
     from gag_jax.experiments.specs import rows_for_table
 
     results, metrics_by_case, specs = {}, {}, {}
@@ -278,7 +278,6 @@ def runs_markdown(run_dirs: Sequence[str], written: Sequence[Mapping[str, str]])
       written: what :func:`combine_runs` returned for them.
     """
     from gag_jax.experiments.readme import run_summary
-    from gag_jax.experiments.runner import load_run
 
     parts = [run_summary(run_dir, load_run(run_dir)["manifest"]) for run_dir in run_dirs]
     parts += [paths["markdown"].strip() for paths in written]

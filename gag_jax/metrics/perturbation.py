@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
+from gag_jax.model import jit_with_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 

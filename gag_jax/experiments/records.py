@@ -1,0 +1,317 @@
+"""Run records and the manifest: the on-disk format of an evaluation run, written atomically and read back.
+
+See :mod:`gag_jax.experiments.runner` for the layout of an output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+import gag_jax as gj
+from gag_jax.experiments.specs import MethodSpec
+
+METRICS: tuple[str, ...] = gj.metrics.METRIC_NAMES
+METRIC_ALIASES = {"dice": "log_cosh_dice", "lcd": "log_cosh_dice", "l_lc-dce": "log_cosh_dice",
+                  "pointing": "pointing_game", "gini": "sparseness", "entropy": "complexity"}
+MASK_METRICS = gj.metrics.MASK_METRICS
+
+TARGETS = ("label", "predicted")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class RunMismatchError(ValueError):
+    """The output directory holds a run made with different options (named in the message)."""
+
+
+class OptionError(ValueError):
+    """An evaluation option that cannot work (an unknown case, method, metric or model, a missing
+    data directory or checkpoint, a model with too few classes); raised before anything is computed."""
+
+
+def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[str, ...]:
+    """Normalise metric names (comma-separated allowed; ``dice`` = ``log_cosh_dice``).
+
+    Args:
+      names: e.g. ``"rcap,dauc,iauc,dice,mae"`` (any of :data:`METRICS` or :data:`METRIC_ALIASES`);
+        None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and MAE when the case has ground-truth masks.
+      has_masks: whether the data carries masks.
+
+    Returns:
+      metric names in the canonical order of :data:`METRICS`.
+
+    Raises:
+      ValueError: unknown metric, or a mask metric for a case without masks.
+    """
+    if names is None:
+        return gj.metrics.default_metrics(has_masks)
+    if isinstance(names, str):
+        names = [names]
+    wanted = []
+    for name in (p.strip().lower() for n in names for p in str(n).split(",") if p.strip()):
+        name = METRIC_ALIASES.get(name, name)
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (dice = log_cosh_dice)")
+        if name in MASK_METRICS and not has_masks:
+            raise ValueError(f"metric {name!r} needs ground-truth masks, which this case does not have")
+        wanted.append(name)
+    return tuple(m for m in METRICS if m in wanted)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _atomic_savez(path: str, **arrays) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, data: Mapping) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):  # a truncated file from a hard kill: recompute it
+        return None
+
+
+def _is_record(path: str) -> bool:
+    """A finished, readable record (a damaged file counts as missing and is recomputed)."""
+    return os.path.exists(path) and _load_npz(path) is not None
+
+
+def selection_path(out_dir: str, batch: int) -> str:
+    """Stage-1 record of data batch ``batch``."""
+    return os.path.join(out_dir, "selection", f"batch_{batch:05d}.npz")
+
+
+def record_path(out_dir: str, method: str, batch: int) -> str:
+    """Stage-2 record of (``method``, evaluated batch ``batch``)."""
+    return os.path.join(out_dir, "records", method, f"batch_{batch:05d}.npz")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, JAX, Flax, NumPy, gag-jax, the git commit (if any) and the device."""
+    import flax
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "jax": jax.__version__,
+           "jaxlib": getattr(jax.lib, "__version__", None) or _module_version("jaxlib"),
+           "flax": flax.__version__, "numpy": np.__version__, "gag_jax": gj.__version__,
+           "device": str(jax.devices()[0].device_kind), "backend": gj.backend.platform_of(),
+           "cpu_count": os.cpu_count()}
+    try:
+        import subprocess
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=False).stdout.strip()
+        if commit:
+            out["git_commit"] = commit
+    except Exception:  # noqa: BLE001, S110 - best effort only: no git, not a checkout
+        pass
+    return out
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def file_digest(path: str | None) -> str | None:
+    """sha256 of a file (None for None); identifies a checkpoint in the manifest."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that decides the numbers of a run (stored in the manifest and checked on resume).
+
+    Attributes:
+      case: ``synthetic``, ``imagenet_s``, ``isic`` or ``places365``.
+      data_dir: dataset directory (None for synthetic).
+      model: model name; checkpoint: its file; checkpoint_sha256: the file's digest.
+      image_size: input side (None: the case's).
+      batch_size: images per evaluated batch.
+      limit: use only the first ``limit`` examples (synthetic: the number of images generated).
+      confidence: keep images with target probability above it (None: keep all).
+      seed: PRNG seed of the explanations (and of the synthetic data / tiny model).
+      metrics: metric names.
+      method_overrides: options applied to every method that takes them (e.g. ``n``).
+      split: dataset split (None: the case's default).
+      case_options: loader options of the case (``load_case(**case_options)``).
+      target: the class each map explains: ``"label"`` (the ground truth; unlabelled images are
+        left out) or ``"predicted"`` (the model's top-1 class; every image is kept). The
+        confidence selection uses the probability of this class.
+      resize_mode: how images were brought to ``image_size`` (``"squash"`` / ``"center_crop"`` /
+        ``"imagenet_eval"``; None: the case's).
+      mean, std: the per-channel normalisation of the model's inputs (also the metrics' black).
+    """
+
+    case: str
+    model: str
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    image_size: int | None = None
+    batch_size: int = 16
+    limit: int | None = None
+    confidence: float | None = 0.9
+    seed: int = 0
+    metrics: tuple[str, ...] = ("rcap", "dauc", "iauc")
+    method_overrides: dict = dataclasses.field(default_factory=dict)
+    split: str | None = None
+    case_options: dict = dataclasses.field(default_factory=dict)
+    target: str = "label"
+    resize_mode: str | None = None
+    mean: tuple[float, ...] = tuple(gj.data.IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(gj.data.IMAGENET_STD)
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {self.target!r}")
+
+    def result_keys(self) -> dict[str, Any]:
+        """The options that must match for a run to be resumed (checkpoint by digest, not path)."""
+        data = dataclasses.asdict(self)
+        data.pop("checkpoint")
+        data["metrics"] = list(self.metrics)
+        data["data_dir"] = None if self.data_dir is None else os.path.abspath(self.data_dir)
+        return json.loads(json.dumps(data, default=str))
+
+
+def _check_resume(manifest: Mapping, config: RunConfig) -> None:
+    old = manifest.get("config", {})
+    new = config.result_keys()
+    for key in sorted(set(old) | set(new)):
+        if key not in new and not old.get(key):  # a retired option that was empty (metric_options)
+            continue
+        if key in ("method_overrides",):
+            a, b = old.get(key) or {}, new.get(key) or {}
+            a = {k: v for k, v in a.items() if k != "chunk_size"}
+            b = {k: v for k, v in b.items() if k != "chunk_size"}
+        else:
+            a, b = old.get(key), new.get(key)
+        if a != b:
+            raise RunMismatchError(
+                f"the output directory holds a run with {key}={a!r}, this command has {key}={b!r}; "
+                "use another --out (or the same options to resume)")
+
+
+# ----------------------------------------------------------------------------- data adapter
+
+
+CURVES = ("rcap_ratios", "rcap_probs", "deletion_curve", "insertion_curve")
+def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metrics: Sequence[str]) -> dict[str, dict]:
+    """Read every record of ``specs`` and reduce it to per-method results, record by record
+    (``gj.metrics.RunningStat``: one batch of values in memory at a time).
+
+    Returns:
+      ``{spec name: {"n": images, metric: mean, metric + "_sem": standard error,
+      "rcap_ratios": (j,) mean, "rcap_probs": (j,) mean, ..., "batches": records found,
+      "complete": every batch found}}``.
+    """
+    results = {}
+    for spec in specs:
+        stats = {m: gj.metrics.RunningStat() for m in metrics}
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        found = 0
+        for k in range(plan_batches):
+            path = record_path(out_dir, spec.name, k)
+            rec = _load_npz(path) if os.path.exists(path) else None
+            if rec is None:
+                continue
+            found += 1
+            valid = rec["valid"].astype(bool)
+            for m in metrics:
+                if m in rec:
+                    stats[m].update(rec[m][valid])
+            for c in CURVES:
+                if c in rec:
+                    sums[c] = sums.get(c, 0.0) + rec[c][valid].astype(np.float64).sum(axis=0)
+                    counts[c] = counts.get(c, 0) + int(valid.sum())
+        res: dict[str, Any] = {"batches": found, "complete": found == plan_batches}
+        for m in metrics:
+            summary = stats[m].as_dict()
+            res["n"] = summary["n"]
+            res[m], res[m + "_sem"] = summary["mean"], summary["sem"]
+        for c, total in sums.items():
+            if counts[c]:
+                res[c] = (total / counts[c]).tolist()
+        results[spec.name] = res
+    return results
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------- reading and orchestration
+
+
+def load_run(run_dir: str) -> dict[str, Any]:
+    """Read a finished (or interrupted) run directory back.
+
+    Args:
+      run_dir: an output directory of :func:`run` / :func:`evaluate_case`.
+
+    Returns:
+      ``{"case", "manifest", "specs", "metrics", "results"}``: the case name, the manifest dict,
+      the row specs, the metric names and :func:`collect`'s per-method results.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` has no manifest (not a run directory).
+    """
+    from gag_jax.experiments.specs import spec_from_name
+
+    path = os.path.join(run_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir}: not an evaluate output directory (no {MANIFEST})")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    specs = [spec_from_name(m["name"]) for m in manifest["methods"]]
+    metrics = tuple(manifest["config"]["metrics"])
+    results = collect(run_dir, specs, manifest.get("plan", {}).get("batches", 0), metrics)
+    return {"case": manifest["config"]["case"], "manifest": manifest, "specs": specs, "metrics": metrics,
+            "results": results}
+
+

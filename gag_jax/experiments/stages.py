@@ -1,0 +1,253 @@
+"""The two stages of an evaluation run: selection (stage 1) and explanation + metrics (stage 2), batch by batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gag_jax as gj
+from gag_jax.experiments.records import (
+    MASK_METRICS,
+    TARGETS,
+    RunConfig,
+    _atomic_savez,
+    _is_record,
+    _load_npz,
+    record_path,
+    selection_path,
+)
+from gag_jax.experiments.specs import MethodSpec, input_scaling
+
+@dataclasses.dataclass
+class Plan:
+    """Stage-1 result: which data rows are evaluated, packed into fixed-size batches.
+
+    Attributes:
+      rows: ``(N_kept, 2)`` int array of (data batch, row) in data order.
+      targets: ``(N_kept,)`` int32 class each kept row's map explains (its label, or the model's
+        top-1 class with ``target="predicted"``).
+      batch_size: evaluated batch size.
+      num_seen: real data rows looked at; num_kept: rows kept.
+      num_unlabelled: real rows left out because their label is unknown (``target="label"``).
+    """
+
+    rows: np.ndarray
+    targets: np.ndarray
+    batch_size: int
+    num_seen: int
+    num_unlabelled: int = 0
+
+    @property
+    def num_kept(self) -> int:
+        """Rows kept for evaluation."""
+        return int(self.rows.shape[0])
+
+    def __len__(self) -> int:
+        """Number of evaluated batches (the last one may be partly padding)."""
+        return (self.num_kept + self.batch_size - 1) // self.batch_size
+
+    def batch_rows(self, k: int) -> np.ndarray:
+        """``(n, 2)`` (data batch, row) of evaluated batch ``k`` (n <= batch_size)."""
+        return self.rows[k * self.batch_size:(k + 1) * self.batch_size]
+
+    def batch_targets(self, k: int) -> np.ndarray:
+        """``(batch_size,)`` int32 target classes of evaluated batch ``k``, padded by repeating the last."""
+        t = self.targets[k * self.batch_size:(k + 1) * self.batch_size]
+        return np.concatenate([t, np.repeat(t[-1:], self.batch_size - t.shape[0])]).astype(np.int32)
+
+
+class _Reader:
+    """Sequential reader of data batches that restarts only when asked to go back."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.iterator: Iterator | None = None
+        self.index = -1
+        self.current: dict | None = None
+
+    def get(self, index: int) -> dict:
+        """Data batch ``index`` (reads forward; restarts the iterator only to go back)."""
+        if self.current is not None and index == self.index:
+            return self.current
+        if self.iterator is None or index < self.index:
+            self.iterator = self.batches.iter_from(index)
+            self.index = index - 1
+        while self.index < index:
+            self.current = next(self.iterator)
+            self.index += 1
+        return self.current
+
+
+def gather(reader: _Reader, rows: np.ndarray, batch_size: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Collect ``rows`` (data batch, row) into one batch of ``batch_size``, padding by repeating
+    the last row; adds ``valid`` (False on the padding)."""
+    parts: dict[str, list] = {k: [] for k in keys}
+    for b, r in rows:
+        batch = reader.get(int(b))
+        for k in keys:
+            parts[k].append(batch[k][int(r)])
+    return gj.data.pad_batch({k: np.stack(parts[k]) for k in keys}, batch_size)
+
+
+# ----------------------------------------------------------------------------- computation
+
+
+def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, key, overrides: Mapping) -> np.ndarray:
+    """Saliency maps ``(B, H, W)`` of one batch for one spec (``gj.reverse`` for the "R" rows)."""
+    explain_key, reverse_key = jax.random.split(key)
+    maps = gj.explain(spec.method, model, images, labels, key=explain_key, **spec.explain_options(overrides))
+    if spec.reverse:
+        maps = gj.reverse(maps, reverse_key)
+    return maps
+
+
+def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
+                mean, std, metric_batch_size: int | None) -> dict[str, np.ndarray]:
+    """Per-image metric values and curves of one batch (``gj.metrics.score``), as numpy."""
+    return gj.metrics.score(model, images, labels, maps, masks, metrics=metrics, batch_size=metric_batch_size,
+                            mean=mean, std=std)
+
+
+def batch_key(seed: int, spec: MethodSpec, batch: int) -> jax.Array:
+    """The PRNG key of (spec, evaluated batch): independent of method order and of resuming."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), spec.seed_salt), batch)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", dynamic_ncols=True, smoothing=0.1,
+                file=sys.stderr)
+
+
+def _predict_fn(model: gj.ModelFunctions):
+    """A jitted ``images -> (top-1 class (B,), its softmax probability (B,))``."""
+
+    @jax.jit
+    def predict(images):
+        probs = jax.nn.softmax(jnp.asarray(model.logits(images)).astype(jnp.float32), axis=-1)
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1)
+
+    return predict
+
+
+_SELECTION_KEYS = ("probs", "keep", "valid", "names", "targets")
+
+
+def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | None, batch_size: int,
+           *, progress: bool = True, metric_batch_size: int | None = None, target: str = "label") -> Plan:
+    """Stage 1: which rows to evaluate, and the class each map explains.
+
+    ``target="label"`` keeps the real rows with a known label whose probability on it is above
+    ``confidence`` (None: every labelled row); ``target="predicted"`` explains the model's top-1
+    class and keeps the real rows whose top-1 probability is above ``confidence``. One record per
+    data batch in ``out_dir/selection``; existing records are reused.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    bar = _progress(batches.num_examples, 0, "select", progress)
+    rows, targets, seen, unlabelled = [], [], 0, 0
+    reader_iter = None
+    predict = _predict_fn(model) if target == "predicted" else None
+    for b in range(len(batches)):
+        path = selection_path(out_dir, b)
+        rec = _load_npz(path) if os.path.exists(path) else None
+        if rec is not None and not all(k in rec for k in _SELECTION_KEYS):
+            rec = None
+        if rec is None:
+            if reader_iter is None:
+                reader_iter = batches.iter_from(b)
+            batch = next(reader_iter)
+            real = np.asarray(batch["valid"], bool)
+            if target == "predicted":
+                top, probs = (np.asarray(a) for a in predict(jnp.asarray(batch["images"])))
+                valid = real
+            else:
+                valid = real & (np.asarray(batch["labels"]) >= 0)
+                top = np.maximum(np.asarray(batch["labels"]), 0).astype(np.int32)
+                probs = np.asarray(gj.metrics.target_probs(model.logits, batch["images"], top,
+                                                           batch_size=metric_batch_size))
+            keep = valid & (probs > confidence) if confidence is not None else valid
+            rec = {"probs": probs.astype(np.float32), "keep": keep, "valid": real,
+                   "names": np.asarray(batch["names"]).astype(str), "targets": top.astype(np.int32),
+                   "labels": np.asarray(batch["labels"], np.int32)}
+            _atomic_savez(path, **rec)
+        else:
+            reader_iter = None  # the next missing batch restarts the reader there
+        n_real = int(rec["valid"].sum())
+        seen += n_real
+        if target == "label" and "labels" in rec:
+            unlabelled += int((rec["valid"] & (rec["labels"] < 0)).sum())
+        kept = np.flatnonzero(rec["keep"])
+        rows += [(b, int(r)) for r in kept]
+        targets += [int(t) for t in rec["targets"][kept]]
+        if bar is not None:
+            bar.update(n_real)
+            bar.set_postfix(kept=len(rows))
+    if bar is not None:
+        bar.close()
+    # fewer kept images than a batch: one batch of exactly those (no padding computed for nothing)
+    batch_size = max(1, min(batch_size, len(rows)))
+    return Plan(np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(targets, np.int32), batch_size, seen,
+                unlabelled)
+
+
+def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence[MethodSpec], out_dir: str, *,
+                  config: RunConfig, metric_batch_size: int | None = None, progress: bool = True,
+                  on_record: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Stage 2: every (spec, evaluated batch) without a record is computed and written at once.
+
+    Returns:
+      ``{"computed": ..., "reused": ...}`` counts of (spec, batch) records.
+    """
+    keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
+    needs_masks = any(m in MASK_METRICS for m in config.metrics)
+    overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
+    total = plan.num_kept * len(specs)
+    done = {(s.name, k) for s in specs for k in range(len(plan)) if _is_record(record_path(out_dir, s.name, k))}
+    initial = sum(len(plan.batch_rows(k)) for _, k in done)
+    bar = _progress(total, initial, "evaluate", progress)
+    reader = _Reader(batches)
+    computed = 0
+    for k in range(len(plan)):
+        todo = [s for s in specs if (s.name, k) not in done]
+        if not todo:
+            continue
+        rows = plan.batch_rows(k)
+        data = gather(reader, rows, plan.batch_size, keys)
+        images, labels = jnp.asarray(data["images"]), jnp.asarray(plan.batch_targets(k))
+        masks = jnp.asarray(data["masks"]) if needs_masks else None
+        for spec in todo:
+            if bar is not None:
+                bar.set_postfix(method=spec.name, batch=f"{k + 1}/{len(plan)}")
+            start = time.perf_counter()
+            maps = explain_batch(spec, model, images, labels, batch_key(config.seed, spec, k), overrides)
+            values = score_batch(model, images, labels, maps, masks, config.metrics, mean=batches.mean,
+                                 std=batches.std, metric_batch_size=metric_batch_size)
+            _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
+                          labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
+                          source_rows=rows,
+                          seconds=np.float64(time.perf_counter() - start), **values)
+            computed += 1
+            if on_record is not None:
+                on_record(spec.name, k)
+            if bar is not None:
+                bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    return {"computed": computed, "reused": len(done)}
+
+
