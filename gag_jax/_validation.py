@@ -64,9 +64,12 @@ def check_fractions(fractions, *, name: str = "fractions", min_points: int = 2,
 
 
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices``; ValueError naming the choices otherwise."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
+    """``value`` if it is one of ``choices``; ValueError naming the option and its choices otherwise.
+
+    The one choice check of the package (options, seams, metrics, data loaders).
+    """
+    if isinstance(value, (list, dict, set)) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}: {name} must be one of {', '.join(map(repr, choices))}")
     return value
 
 

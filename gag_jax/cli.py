@@ -621,11 +621,11 @@ def _add_sanity_parser(sub, common) -> None:
 
 
 def cmd_sanity(args) -> int:
-    """``gag-jax sanity``: ``sanity_figures.sanity_check`` with the command-line options."""
+    """``gag-jax sanity``: ``sanity_command.sanity_check`` with the command-line options."""
     import gag_jax as gj
     from gag_jax.experiments import readme
     from gag_jax.experiments.modelzoo import check_model_name
-    from gag_jax.experiments.sanity_figures import sanity_check
+    from gag_jax.experiments.sanity_command import sanity_check
 
     methods = args.methods or list(gj.METHODS)
     _check_methods(methods)

@@ -38,7 +38,8 @@ import functools
 import itertools
 import math
 import warnings
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +48,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gag_jax import explainers as explainers_lib
 from gag_jax.model import ModelFunctions, as_model_functions
-from gag_jax.data._common import pad_rows as pad_batch  # one padding rule (repeat the last row)
+from gag_jax.data._common import pad_rows  # one padding rule (repeat the last row)
 
 AXIS = "batch"
 
 __all__ = [
     "AXIS", "ShardedExplainer", "batch_sharding", "explain_sharded", "gather", "initialize", "make_mesh",
-    "num_steps", "pad_batch", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
+    "num_steps", "pad_rows", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
     "shard_batch",
 ]
 
@@ -62,7 +63,7 @@ __all__ = [
 
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
-               local_device_ids: Optional[Sequence[int]] = None, cpu_collectives: Optional[str] = "gloo",
+               local_device_ids: Sequence[int] | None = None, cpu_collectives: str | None = "gloo",
                initialization_timeout: int = 300) -> None:
     """Join a multi-process JAX job (wraps ``jax.distributed.initialize``).
 
@@ -92,8 +93,8 @@ def num_steps(num_items: int, batch_size: int) -> int:
     return math.ceil(num_items / batch_size)
 
 
-def process_rows(batch_size: int, process_index: Optional[int] = None,
-                 process_count: Optional[int] = None) -> slice:
+def process_rows(batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> slice:
     """The rows of every global batch that process ``process_index`` reads and feeds.
 
     Rows are split in contiguous, equal blocks in process order (the order of the mesh built by
@@ -110,8 +111,8 @@ def process_rows(batch_size: int, process_index: Optional[int] = None,
     return slice(p * b, (p + 1) * b)
 
 
-def process_indices(num_items: int, batch_size: int, step: int, process_index: Optional[int] = None,
-                    process_count: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def process_indices(num_items: int, batch_size: int, step: int, process_index: int | None = None,
+                    process_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Dataset indices this process reads at global step ``step`` (its own shard), fixed length.
 
     Global step ``s`` covers items ``[s * batch_size, (s + 1) * batch_size)``; this process reads
@@ -141,7 +142,7 @@ def process_indices(num_items: int, batch_size: int, step: int, process_index: O
 # ---------------------------------------------------------------------------- mesh and sharding
 
 
-def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
     """1-D mesh with axis ``"batch"`` over ``devices`` (default: every device of every process).
 
     Devices are ordered by (process index, id), so each process's devices hold a contiguous
@@ -176,8 +177,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
-def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: Optional[int] = None,
-                valid: Optional[np.ndarray] = None) -> tuple[list[jax.Array], jax.Array]:
+def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: int | None = None,
+                valid: np.ndarray | None = None) -> tuple[list[jax.Array], jax.Array]:
     """Pad this process's rows and assemble global batch-sharded arrays.
 
     Single process: ``arrays`` are the whole batch. Multi-process: each process passes its own
@@ -211,7 +212,7 @@ def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: Optional[int] = N
     own_valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool).reshape(b)
     padded = []
     for a in arrays:
-        p, pad_mask = pad_batch(a, local)
+        p, pad_mask = pad_rows(a, local)
         padded.append(p)
     mask = np.concatenate([own_valid, np.zeros((local - b,), bool)])
     sharding = batch_sharding(mesh)
@@ -320,8 +321,8 @@ class ShardedExplainer:
     ``explain_local`` with each process's own rows.
     """
 
-    def __init__(self, method: str, model, *, variables: Any = None, batch_size: Optional[int] = None,
-                 mesh: Optional[Mesh] = None, postprocess: bool = True, donate: bool = True, **options):
+    def __init__(self, method: str, model, *, variables: Any = None, batch_size: int | None = None,
+                 mesh: Mesh | None = None, postprocess: bool = True, donate: bool = True, **options):
         self.method = method
         self.model = model
         self.mesh = make_mesh() if mesh is None else mesh
@@ -371,7 +372,7 @@ class ShardedExplainer:
         """
         return self._jitted(self.model, images, labels, replicate(key, self.mesh))
 
-    def lower(self, images_shape: Sequence[int], labels_shape: Optional[Sequence[int]] = None):
+    def lower(self, images_shape: Sequence[int], labels_shape: Sequence[int] | None = None):
         """``jax.stages.Lowered`` for global inputs of these shapes (``.compile().memory_analysis()``,
         ``.cost_analysis()``)."""
         batch, repl = batch_sharding(self.mesh), replicated_sharding(self.mesh)
@@ -452,8 +453,8 @@ def _cached(method, options, model_structure, postprocess, mesh, batch_size):
                             **dict(options))
 
 
-def explain_sharded(method: str, model, images, labels, key, *, mesh: Optional[Mesh] = None,
-                    batch_size: Optional[int] = None, postprocess: bool = True, **options) -> np.ndarray:
+def explain_sharded(method: str, model, images, labels, key, *, mesh: Mesh | None = None,
+                    batch_size: int | None = None, postprocess: bool = True, **options) -> np.ndarray:
     """``gj.explain`` with the batch sharded over every device (padding a ragged batch).
 
     Args:
@@ -477,3 +478,12 @@ def explain_sharded(method: str, model, images, labels, key, *, mesh: Optional[M
     sharded = _cached(method, options, jax.tree_util.tree_structure(model), postprocess, mesh, batch_size)
     sharded.model = replicate(model, mesh)
     return sharded(images, labels, key)
+
+
+def __getattr__(name):
+    """``pad_batch`` is ``pad_rows`` (the name ``gj.data.pad_batch`` has another contract)."""
+    if name == "pad_batch":
+        warnings.warn("gag_jax.distributed.pad_batch is now pad_rows (gj.data.pad_rows)", DeprecationWarning,
+                      stacklevel=2)
+        return pad_rows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import ops
-from gag_jax._validation import check_positive_int
+from gag_jax._validation import check_choice, check_positive_int
 
 NOISE_RANGES = ("image", "batch")
 PATH_RULES = ("riemann_right", "riemann_left", "riemann_middle", "trapezoid", "linspace")
@@ -81,12 +81,6 @@ def check_number(value, name: str, *, low: float | None = None, high: float | No
         raise ValueError(f"{name} must be {wanted}; got {value!r}")
     if high is not None and (value >= high if high_open else value > high):
         raise ValueError(f"{name} must be {wanted}; got {value!r}")
-
-
-def check_choice(value, name: str, choices) -> None:
-    """Raise ValueError unless ``value`` is one of ``choices`` (listed in the message)."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
 
 
 def check_baseline(baseline) -> None:

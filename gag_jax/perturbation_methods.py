@@ -21,7 +21,8 @@ import numpy as np
 
 from gag_jax import ops
 from gag_jax._validation import check_positive_int
-from gag_jax.modifications import check_choice, check_number, is_key_batch
+from gag_jax._validation import check_choice
+from gag_jax.modifications import check_number, is_key_batch
 
 BASELINES = ("black", "blur", "mean")
 OUTPUTS = ("logit", "prob")

@@ -10,7 +10,8 @@ unchanged; only the computation differs, chosen by the static field ``impl``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Union
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -26,7 +27,7 @@ __all__ = [
 
 DEPTHWISE_IMPLS = ("auto", "grouped", "slices")
 
-Padding = Union[str, Sequence[Tuple[int, int]]]
+Padding = Union[str, Sequence[tuple[int, int]]]
 
 
 def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
@@ -50,7 +51,7 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     return backend_policy.depthwise_impl(backend)
 
 
-def _explicit_padding(padding: Padding, in_hw: Tuple[int, int], kernel: Tuple[int, int], strides) -> tuple:
+def _explicit_padding(padding: Padding, in_hw: tuple[int, int], kernel: tuple[int, int], strides) -> tuple:
     if isinstance(padding, str):
         return tuple(lax.padtype_to_pads(in_hw, kernel, strides, padding))
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -60,7 +61,7 @@ def _explicit_padding(padding: Padding, in_hw: Tuple[int, int], kernel: Tuple[in
 
 
 def depthwise_conv(
-    x: jax.Array, kernel: jax.Array, strides: Tuple[int, int], padding: Padding, impl: str = "auto"
+    x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding, impl: str = "auto"
 ) -> jax.Array:
     """Depthwise 2-D convolution (cross-correlation, as ``lax.conv_general_dilated``), NHWC.
 
@@ -96,7 +97,7 @@ def depthwise_conv(
     return _depthwise_slices(x, kernel, strides, pads)
 
 
-def _taps(xp: jax.Array, kernel: jax.Array, strides: Tuple[int, int], out_hw: Tuple[int, int]) -> jax.Array:
+def _taps(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int], out_hw: tuple[int, int]) -> jax.Array:
     """``sum_{i,j} xp[:, i::sh, j::sw][:, :ho, :wo] * kernel[i, j, 0]`` (``xp`` already padded)."""
     kh, kw = kernel.shape[:2]
     b, c = xp.shape[0], xp.shape[3]
@@ -110,7 +111,7 @@ def _taps(xp: jax.Array, kernel: jax.Array, strides: Tuple[int, int], out_hw: Tu
     return out
 
 
-def _out_hw(in_hw, kernel_hw, strides, pads) -> Tuple[int, int]:
+def _out_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
     return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads))
 
 
@@ -175,8 +176,8 @@ class DepthwiseConv(nn.Module):
     """
 
     features: int
-    kernel_size: Tuple[int, int]
-    strides: Tuple[int, int] = (1, 1)
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
     padding: Padding = "SAME"
     impl: str = "auto"
     dtype: Any = jnp.float32
@@ -200,7 +201,7 @@ class DepthwiseConv(nn.Module):
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides: Tuple[int, int], pads: Tuple[Tuple[int, int], ...]) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> jax.Array:
     """``lax.conv_general_dilated`` (NHWC, HWIO, one group) whose input gradient is written out.
 
     Same values and gradients as the plain op. Why: JAX transposes a conv into a conv with the
@@ -258,7 +259,7 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def fold_batch_norm(kernel: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array, var: jax.Array,
-                    epsilon: float) -> Tuple[jax.Array, jax.Array]:
+                    epsilon: float) -> tuple[jax.Array, jax.Array]:
     """Kernel and bias of ``bn(conv(x))`` as one conv: ``(kernel * a, bias - mean * a)``.
 
     ``a = scale / sqrt(var + eps)`` per output channel.
@@ -275,7 +276,7 @@ def fold_batch_norm(kernel: jax.Array, scale: jax.Array, bias: jax.Array, mean: 
     return kernel.astype(jnp.float32) * a, bias.astype(jnp.float32) - mean.astype(jnp.float32) * a
 
 
-def _norm_tuple(value, default=1) -> Tuple[int, int]:
+def _norm_tuple(value, default=1) -> tuple[int, int]:
     if value is None:
         return (default, default)
     if isinstance(value, int):
@@ -283,7 +284,7 @@ def _norm_tuple(value, default=1) -> Tuple[int, int]:
     return tuple(int(v) for v in value)
 
 
-def conv_bn(conv: nn.Module, bn: Optional[nn.BatchNorm], x: jax.Array, fold: bool = True) -> jax.Array:
+def conv_bn(conv: nn.Module, bn: nn.BatchNorm | None, x: jax.Array, fold: bool = True) -> jax.Array:
     """``bn(conv(x))`` for a bias-free ``nn.Conv`` / :class:`DepthwiseConv` and an inference ``nn.BatchNorm``.
 
     With ``fold`` (and outside ``init``) the BatchNorm is folded into the conv's kernel and a bias

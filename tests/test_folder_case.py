@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import models
+from gag_jax import models
 from gag_jax import cli
 from gag_jax import data as gd
 
-NAMES_FILE = os.path.join(os.path.dirname(models.__file__), "imagenet_classes.txt")
+NAMES_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gag_jax", "imagenet_classes.txt")
 with open(NAMES_FILE, encoding="utf-8") as _f:
     IMAGENET_NAMES = [line.strip() for line in _f if line.strip()]
 MISSING_TF = [m for m in ("tensorflow", "importlib_resources") if importlib.util.find_spec(m) is None]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gag_jax as gj
-from models.resnet import ResNetTiny
+from gag_jax.models.resnet import ResNetTiny
 
 pytestmark = pytest.mark.gpu
 

@@ -14,7 +14,7 @@ from gag_jax.gradients import (
     guided_logit_gradient,
     logit_gradient,
 )
-from models import densenet, efficientnet, resnet
+from gag_jax.models import densenet, efficientnet, resnet
 
 SHAPE = (2, 32, 32, 3)
 

@@ -5,7 +5,7 @@ import pytest
 from skimage import data
 
 import gag_jax as gj
-import models
+from gag_jax import models
 
 # scikit-image photos and their ImageNet classes (a Lite0 that sees its inputs scaled as it was
 # trained classifies them with high confidence)

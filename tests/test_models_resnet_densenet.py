@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
-from models import densenet, porter, resnet
+from gag_jax import models
+from gag_jax.models import densenet, porter, resnet
 from torch_helpers import randomise_bn
 
 TOL = 1e-4
@@ -257,7 +257,7 @@ def test_conv2d_gradients_equal_autodiff(kernel, stride, pads):
     """models._conv.conv2d's written-out backward == autodiff of lax.conv_general_dilated (dx and dkernel)."""
     from jax import lax
 
-    from models._conv import conv2d
+    from gag_jax.models._conv import conv2d
 
     rng = np.random.RandomState(kernel * 10 + stride)
     x = jnp.asarray(rng.randn(2, 13, 13, 5).astype(np.float32))

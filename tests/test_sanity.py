@@ -78,7 +78,7 @@ def test_blocks_follow_the_forward_pass_top_first_with_norm_joined():
 def test_blocks_of_lite0_with_and_without_folded_batch_norm():
     import dataclasses
 
-    from models.efficientnet import EfficientNetLite0
+    from gag_jax.models.efficientnet import EfficientNetLite0
 
     module = EfficientNetLite0(num_classes=10)
     shape = (1, 64, 64, 3)

@@ -74,12 +74,6 @@ def as_hw(size) -> tuple[int, int]:
     return hw
 
 
-def check_choice(name: str, value, choices: Sequence) -> None:
-    """Raise ``ValueError`` naming the option and its allowed values when ``value`` is not one of them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
 def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """uint8 pixels ``(..., H, W, 3)`` -> float32 ``(pixels / 255 - mean) / std``, same shape."""
     mean = np.asarray(mean, np.float32)

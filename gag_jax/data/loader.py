@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from gag_jax.data import layouts
+from gag_jax._validation import check_choice
 from gag_jax.data._common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -19,7 +20,6 @@ from gag_jax.data._common import (
     BadImageError,
     SkippedFile,
     as_hw,
-    check_choice,
     list_image_files,
     normalize,
     pad_batch,
@@ -237,7 +237,7 @@ def _listing(case: str, data_dir, split: str, options: dict, max_examples) -> la
 
 
 def _resolve_backend(backend: str) -> str:
-    check_choice("backend", backend, ("auto", "tfds", "files"))
+    check_choice(backend, "backend", ("auto", "tfds", "files"))
     if backend != "auto":
         return backend
     from gag_jax.data.tfds_builders import missing_requirements
@@ -381,8 +381,8 @@ def load_case(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     resize_mode = CASE_RESIZE_MODES[case] if resize_mode is None else resize_mode
-    check_choice("resize_mode", resize_mode, RESIZE_MODES)
-    check_choice("on_error", on_error, ON_ERROR)
+    check_choice(resize_mode, "resize_mode", RESIZE_MODES)
+    check_choice(on_error, "on_error", ON_ERROR)
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1 (or None for all), got {max_examples}")
     common = {"batch_size": batch_size, "image_size": hw, "case": case, "split": split, "mean": mean, "std": std,
@@ -462,8 +462,8 @@ def load_image_files(
       FileNotFoundError: a path that does not exist (named).
       BadImageError: ``on_error="raise"`` and a file cannot be decoded.
     """
-    check_choice("on_error", on_error, ON_ERROR)
-    check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    check_choice(on_error, "on_error", ON_ERROR)
+    check_choice(resize_mode, "resize_mode", RESIZE_MODES)
     hw = as_hw(size)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

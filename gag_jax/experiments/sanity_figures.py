@@ -247,91 +247,14 @@ def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels
     return {"results": results, "files": files, "seconds": seconds}
 
 
-def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, checkpoint: str | None = None,
-                 methods: Sequence[str] | None = None, labels: Sequence[int] | None = None, max_images: int = 4,
-                 size: int = 224, n: int | None = None, chunk_size: int | None = None, seed: int = 0,
-                 cascading: bool = True, report: Callable[[str], None] = print,
-                 warn: Callable[[str], None] = print, **test_options) -> dict | None:
-    """The model-randomisation test on image files, as ``gag-jax sanity`` runs it.
+def __getattr__(name):
+    """``sanity_check`` moved to :mod:`gag_jax.experiments.sanity_command` (a command, not figures)."""
+    if name == "sanity_check":
+        import warnings
 
-    Loads the model (``models.load``, or ``tiny`` from ``checkpoint``), reads up to ``max_images``
-    images (files, or the images of folders, in sorted order) with the model's own input scaling,
-    explains each one's ``labels`` (default: the model's top-1 class) and calls :func:`run_sanity`.
+        from gag_jax.experiments.sanity_command import sanity_check
 
-    Args:
-      model_name: a ``modelzoo.model_names()`` entry.
-      image_paths: image files and/or folders.
-      out_dir: where the CSVs, the Markdown summary and the figures go.
-      checkpoint: weights (needed for ``tiny``; optional for the shipped Lite0).
-      methods: ``gj.METHODS`` names (default all ten).
-      labels: one class per image, or one for all (default: top-1).
-      max_images, size: how many images, and their side in pixels.
-      n, chunk_size: method options, where the method has them.
-      seed: PRNG seed.
-      cascading: cascading (top block first) or independent randomisation.
-      report, warn: progress lines and warnings (unreadable files).
-      **test_options: for ``gj.sanity.model_randomisation`` (``by``, ``steps``, ``batch_size``).
-
-    Returns:
-      :func:`run_sanity`'s dict plus ``"markdown_with_command"`` (the summary and the equivalent
-      command, for the README), or None when no image could be read.
-
-    Raises:
-      ValueError: labels that do not fit the images or the model; ``tiny`` without a checkpoint.
-    """
-    import shlex
-
-    import jax
-
-    import gag_jax as gj
-    from gag_jax.data._common import list_image_files
-    from gag_jax.experiments.demo import read_images
-    from gag_jax.experiments.modelzoo import TINY, model_normalization
-    from gag_jax.experiments.specs import input_scaling
-
-    if model_name == TINY:
-        from gag_jax.experiments.tiny import load_tiny
-
-        if checkpoint is None:
-            raise ValueError("model 'tiny' needs --checkpoint")
-        module, variables = load_tiny(checkpoint)
-    else:
-        from gag_jax.models import load
-
-        module, variables = load(model_name, checkpoint)
-    paths = []  # folders listed here so that max_images reads only the images it uses
-    for path in image_paths:
-        paths += list_image_files(path) if os.path.isdir(path) else [path]
-    mean, std = model_normalization(model_name)
-    pixels, images, names = read_images(paths[:max_images], size, report=warn, mean=mean, std=std)
-    if not names:
-        return None
-    logits = np.asarray(module.apply(variables, images))
-    if labels is None:
-        y = logits.argmax(-1).astype(np.int32)
-    else:
-        y = np.asarray(list(labels) if len(labels) > 1 else list(labels) * len(names), np.int32)
-        if y.shape[0] != len(names) or y.min() < 0 or y.max() >= logits.shape[1]:
-            raise ValueError(f"--labels needs {len(names)} class indices in [0, {logits.shape[1]})")
-    methods = list(methods or gj.METHODS)
-    options = {k: v for k, v in (("n", n), ("chunk_size", chunk_size)) if v is not None}
-    options.update(input_scaling(mean, std))  # IG's / Guided IG's black baseline in the model's scaling
-    method_options = {m: {k: v for k, v in options.items() if k in gj.DEFAULTS[m]} for m in methods}
-    report(f"gag-jax sanity: {model_name}, {len(names)} image(s) at {size}, {len(methods)} method(s), "
-           f"{'cascading' if cascading else 'independent'} randomisation")
-    os.makedirs(out_dir, exist_ok=True)
-    start = time.perf_counter()
-    run = run_sanity(module, variables, pixels, images, y, names, out_dir, methods=methods,
-                     key=jax.random.PRNGKey(seed), cascading=cascading, method_options=method_options,
-                     report=report, **test_options)
-    minutes = (time.perf_counter() - start) / 60
-    command = ["gag-jax", "sanity", "--model", model_name, "--methods", ",".join(methods), "--images",
-               *[os.path.basename(p) for p in paths[:max_images]], "--size", str(size), "--seed", str(seed)]
-    command += ["--n", str(n)] if n is not None else []
-    command += [] if cascading else ["--independent"]
-    with open(run["files"]["markdown"], encoding="utf-8") as f:
-        table = f.read().strip()
-    run["markdown_with_command"] = (
-        f"{table}\n\n{len(names)} image(s) at {size} px, {minutes:.0f} min on {gj.backend.platform_of()} "
-        f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}:\n\n```bash\n{shlex.join(command)}\n```\n")
-    return run
+        warnings.warn("gag_jax.experiments.sanity_figures.sanity_check is now "
+                      "gag_jax.experiments.sanity_command.sanity_check", DeprecationWarning, stacklevel=2)
+        return sanity_check
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

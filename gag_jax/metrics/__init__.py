@@ -32,7 +32,7 @@ from gag_jax.metrics._common import (
     default_batch_size,
 )
 from gag_jax.metrics.complexity import complexity, sparseness
-from gag_jax.metrics.perturbation import deletion_insertion
+from gag_jax.metrics.deletion_insertion import deletion_insertion
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
 from gag_jax.metrics.road import noisy_linear_impute, road
 from gag_jax.metrics.scoring import (

@@ -21,7 +21,7 @@ from gag_jax import _validation as V
 from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import IMAGENET_STD, ModelFn
-from gag_jax.metrics.perturbation import trapezoid_auc
+from gag_jax.metrics.deletion_insertion import trapezoid_auc
 
 NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
     (-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12),

@@ -11,7 +11,7 @@ import numpy as np
 
 from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.complexity import complexity, sparseness
-from gag_jax.metrics.perturbation import deletion_insertion
+from gag_jax.metrics.deletion_insertion import deletion_insertion
 from gag_jax.metrics.rcap import rcap
 from gag_jax.metrics.road import road
 from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game
