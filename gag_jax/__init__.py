@@ -33,6 +33,7 @@ from gag_jax.explainers import (
     PRESETS,
     Method,
     explain,
+    explain_many,
     explainer,
     explainer_fn,
     guided_absolute_grad,
@@ -58,7 +59,7 @@ def __getattr__(name):
 __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHOD_RECORDS", "METHODS", "Method", "PRESETS", "BoundFunction", "Explainer",
     "ModelFunctions", "layer_gradcam",
-    "aggregations", "backend", "chain", "data", "distributed", "explain", "explainer", "explainer_fn", "gradcam", "gradients",
+    "aggregations", "backend", "chain", "data", "distributed", "explain", "explain_many", "explainer", "explainer_fn", "gradcam", "gradients",
     "guided_absolute_grad", "interpretations", "metrics", "min_max", "modifications", "ops", "postprocess",
     "reverse", "sanity", "to_saliency",
 ]

@@ -46,7 +46,7 @@ from gag_jax._validation import check_images, check_labels
 from gag_jax.gradcam import gradcam, layer_gradcam
 from gag_jax.model import ModelFunctions, as_model_functions, resolve_scaling, warn_if_closed_over
 from gag_jax.perturbation_methods import occlusion, rise
-from gag_jax.pipeline import Explainer, chain
+from gag_jax.pipeline import Explainer, chain, run_sweep, shares_sweep
 from gag_jax.postprocess import to_saliency
 
 
@@ -502,6 +502,138 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
     options = tuple(sorted({**method_options, "reduce": reduce}.items()))
     return _explain_jit(images, labels, key, model, record=record, options=options, postprocess=postprocess,
                         platform=backend.platform_of(images))
+
+
+def _many(images, labels, key, model, *, group, postprocess, platform):
+    """One sweep of ``group``'s first explainer, read by every member: ``[(record, options), ...]``."""
+    explainers, reduces = [], []
+    for record, options in group:
+        method_options, reduce = _split(options)
+        explainers.append(record.function(**method_options))
+        reduces.append(reduce)
+    raws = run_sweep(explainers[0], [(e.interpretation, e.aggregation) for e in explainers], model, images, labels,
+                     key, platform=platform)
+    return [to_saliency(raw, reduce) if postprocess else raw for raw, reduce in zip(raws, reduces)]
+
+
+_many_jit = jax.jit(_many, static_argnames=("group", "postprocess", "platform"))
+
+
+def method_key(name: str, options: Mapping[str, Any] | None = None) -> str:
+    """The key of ``(name, options)`` in :func:`explain_many`'s result: ``name``, or
+    ``name[k=v,...]`` with the options sorted."""
+    if not options:
+        return name
+    return f"{name}[{','.join(f'{k}={v!r}' for k, v in sorted(options.items()))}]"
+
+
+def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bool = True, validate: bool = True,
+                 **options) -> dict[str, jax.Array]:
+    """Explain ``images`` with several methods, computing each gradient sweep once.
+
+    A *sweep* is one pass of a modification and a gradient seam over the batch (n noisy copies;
+    the straight IG path; the Guided IG path; the blur path; the single gradient; the guided
+    gradient), a *reading* the interpretation and aggregation applied to it. Methods whose sweeps
+    are equal (same modification and options, same gradient seam, same ``chunk_size``) are read
+    from one ``lax.scan`` that feeds every reading's streaming state: SG, VarGrad, AG, GAG at any
+    percentile and the guided (Table 3 "G") variants of VG / GB share the noise sweep of their
+    ``n`` / ``noise_level``; IG and its +, -, A, G, GA variants share the straight path (the guide
+    of a path method is the variance of its path gradients); the same for Guided IG and BlurIG.
+    Equal (method, options) pairs are computed once. Attribution functions (Grad-CAM, occlusion,
+    RISE, XRAI) run as in :func:`explain`.
+
+    Common random numbers: rows of one family see the same noise (the same ``key``), so their
+    differences carry less Monte Carlo error than with independent draws; each map equals, to
+    float rounding, ``gj.explain(method, ..., key=key, **options)`` for that method.
+
+    Args:
+      methods: sequence of method names, ``gj.Method`` records, or ``(method, {options})`` pairs
+        (e.g. ``("gag", {"percentile": 0.45})``).
+      model_fn, images, labels, key, postprocess, validate: as :func:`explain` (one key, or one key
+        per image: then every image's maps depend only on its own key).
+      **options: applied to every method that takes them (e.g. ``n=20``, ``chunk_size=4``); a
+        pair's own options win.
+
+    Returns:
+      ``{method_key(name, options): maps}``: ``(B, H, W)`` (or raw ``(B, H, W, C)``) per entry, in
+      the order given.
+
+    Raises:
+      ValueError: as :func:`explain`, for any entry; two entries with the same key.
+    """
+    images = jnp.asarray(images)
+    labels = jnp.asarray(labels)
+    model = as_model_functions(model_fn)
+    channels = images.shape[-1] if images.ndim == 4 else None
+    entries: list[tuple[str, Method, tuple]] = []
+    for item in methods:
+        method, own = (item if isinstance(item, tuple) else (item, {}))
+        record = as_method(method)
+        defaults = record.defaults
+        merged = {**{k: v for k, v in options.items() if k in defaults}, **dict(own)}
+        method_options, reduce = _split(resolve_options(record, merged))
+        method_options = _with_scaling(record, method_options, model, channels)
+        _check_values(record, method_options)
+        if key is None and record.is_random(method_options):
+            raise ValueError(f"method {record.name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
+        out_key = method_key(method if isinstance(method, str) else record.name, dict(own))
+        if any(out_key == k for k, _, _ in entries):
+            raise ValueError(f"method {out_key!r} is listed twice")
+        entries.append((out_key, record, tuple(sorted({**method_options, "reduce": reduce}.items()))))
+    key = jax.random.PRNGKey(0) if key is None else key
+    if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
+        raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
+                         f"{images.shape[0] if images.ndim else 0} images")
+    if validate:
+        check_images(images)
+        check_labels(labels, images.shape[0], _num_classes(model, images))
+        warn_if_closed_over(model, images)
+    unique = list(dict.fromkeys((record, options) for _, record, options in entries))
+    results: dict[tuple, jax.Array] = {}
+    groups: list[list[tuple[Method, tuple, Explainer]]] = []
+    for record, options in unique:
+        if record.kind != "composition":
+            method_options, reduce = _split(options)
+            results[(record, options)] = explain(record, model, images, labels, key=key, postprocess=postprocess,
+                                                 validate=False, **method_options, reduce=reduce)
+            continue
+        built = record.function(**_split(options)[0])
+        for group in groups:
+            if shares_sweep(group[0][2], built):
+                group.append((record, options, built))
+                break
+        else:
+            groups.append([(record, options, built)])
+    platform = backend.platform_of(images)
+    for group in groups:
+        members = tuple((record, options) for record, options, _ in group)
+        for member, maps in zip(members, _many_jit(images, labels, key, model, group=members,
+                                                   postprocess=postprocess, platform=platform)):
+            results[member] = maps
+    return {out_key: results[(record, options)] for out_key, record, options in entries}
+
+
+def sweeps_of(methods, **options) -> list[list[str]]:
+    """How :func:`explain_many` groups ``methods`` into gradient sweeps: a list of groups of method keys
+    (attribution functions each alone). Builds the presets only (nothing is computed)."""
+    groups: list[list] = []
+    for item in methods:
+        method, own = (item if isinstance(item, tuple) else (item, {}))
+        record = as_method(method)
+        merged = {**{k: v for k, v in options.items() if k in record.defaults}, **dict(own)}
+        method_options, _ = _split(resolve_options(record, merged))
+        name = method_key(method if isinstance(method, str) else record.name, dict(own))
+        if record.kind != "composition":
+            groups.append([name, None])
+            continue
+        built = record.function(**_with_placeholder_scaling(method_options))
+        for group in groups:
+            if group[-1] is not None and shares_sweep(group[-1], built):
+                group.insert(-1, name)
+                break
+        else:
+            groups.append([name, built])
+    return [group[:-1] for group in groups]
 
 
 def guided_absolute_grad(model_fn, images, labels, key, *, n: int = 20, noise_level: float = 0.15,

@@ -53,14 +53,15 @@ def logit_gradient() -> GradientFn:
       >>> bool(jnp.allclose(g[1], w[0]))
       True
     """
+    return _logit_gradient
 
-    def grad_fn(model_fn: ModelFn, inputs: jax.Array, labels: jax.Array) -> jax.Array:
-        def total(x):
-            return jnp.sum(target_logits(model_fn, x, labels))
 
-        return jax.grad(total)(inputs).astype(jnp.float32)
+def _logit_gradient(model_fn: ModelFn, inputs: jax.Array, labels: jax.Array) -> jax.Array:
+    # one function object: explainers with equal seams compare equal (``gj.explain_many`` shares them)
+    def total(x):
+        return jnp.sum(target_logits(model_fn, x, labels))
 
-    return grad_fn
+    return jax.grad(total)(inputs).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------- Guided Backprop on any model function
@@ -318,10 +319,9 @@ def guided_logit_gradient() -> GradientFn:
       >>> guided_logit_gradient()(model_fn, x, labels).reshape(-1).tolist()  # the -2 path is blocked
       [1.0]
     """
-    plain = logit_gradient()
+    return _guided_logit_gradient
 
-    def grad_fn(model_fn: ModelFn, inputs: jax.Array, labels: jax.Array) -> jax.Array:
-        guided = getattr(model_fn, "guided_logits", None)
-        return plain(guided if guided is not None else guided_backprop(model_fn), inputs, labels)
 
-    return grad_fn
+def _guided_logit_gradient(model_fn: ModelFn, inputs: jax.Array, labels: jax.Array) -> jax.Array:
+    guided = getattr(model_fn, "guided_logits", None)
+    return _logit_gradient(guided if guided is not None else guided_backprop(model_fn), inputs, labels)

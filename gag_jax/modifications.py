@@ -45,6 +45,8 @@ class Modification(NamedTuple):
       step: adaptive paths only: ``(state, i, grad_fn) -> (state, signal (B,H,W,C))`` where
         ``grad_fn(inputs) -> grads``.
       random: whether ``prepare`` draws random numbers from its key (then ``gj.explain`` needs one).
+      signature: ``(factory name, *its arguments)``: equal signatures make equal sample streams for
+        the same images, model and key, so ``gj.explain_many`` runs them once (None: never shared).
     """
 
     num_samples: int
@@ -52,6 +54,7 @@ class Modification(NamedTuple):
     sample: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]] | None = None
     step: Callable | None = None
     random: bool = False
+    signature: tuple | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,9 +108,24 @@ def _check_bool(value, name: str) -> None:
 # noise
 
 
+def _signature(*parts) -> tuple | None:
+    """A hashable ``(factory, *arguments)`` (arrays and sequences as tuples); None if not hashable."""
+    def plain(value):
+        if isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "tolist"):
+            return tuple(np.ravel(np.asarray(value)).tolist())
+        return value
+    parts = tuple(plain(p) for p in parts)
+    try:
+        hash(parts)
+    except TypeError:
+        return None
+    return parts
+
+
 def identity() -> Modification:
     """The unmodified input, once (Vanilla Gradient, Guided Backprop)."""
-    return Modification(1, lambda images, key: images, lambda x, i: (x, jnp.ones((), jnp.float32)))
+    return Modification(1, lambda images, key: images, lambda x, i: (x, jnp.ones((), jnp.float32)),
+                        signature=("identity",))
 
 
 def noise_scale(images: jax.Array, noise_level: float, noise_range: str = "image") -> jax.Array:
@@ -166,7 +184,8 @@ def gaussian_noise(num_samples: int = 20, noise_level: float = 0.15, noise_range
             noise = jax.random.normal(jax.random.fold_in(key, i), images.shape, jnp.float32)
         return images + sigma * noise, jnp.ones((), jnp.float32)
 
-    return Modification(num_samples, prepare, sample, random=True)
+    return Modification(num_samples, prepare, sample, random=True,
+                        signature=_signature("gaussian_noise", num_samples, noise_level, noise_range))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +272,8 @@ def straight_path(
         diff = images - base
         return base + alphas[i] * diff, weights[i] * diff
 
-    return Modification(num_samples, prepare, sample)
+    return Modification(num_samples, prepare, sample,
+                        signature=_signature("straight_path", num_samples, baseline, rule, mean, std))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +357,8 @@ def blur_path(num_samples: int = 20, max_sigma: float = 50.0, grad_step: float =
                  + jnp.einsum("jw,biwc->bijc", delta_w, rows, precision=highest))
         return blurred, jnp.asarray(scales)[i] * delta
 
-    return Modification(num_samples, prepare, sample)
+    return Modification(num_samples, prepare, sample,
+                        signature=_signature("blur_path", num_samples, max_sigma, grad_step, sqrt, mode, radius))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,4 +494,5 @@ def guided_ig_path(
                      lambda: None)
         return (images, base, moved), (moved - current) * grads
 
-    return Modification(num_samples, prepare, None, step)
+    return Modification(num_samples, prepare, None, step,
+                        signature=_signature("guided_ig_path", num_samples, baseline, fraction, max_dist, mean, std))

@@ -98,28 +98,70 @@ def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax
     ``platform`` (``"cpu"``, ``"gpu"`` ...; None: the default backend) picks ``chunk_size=None``'s
     samples per call (:func:`gag_jax.backend.sample_chunk`); ``gj.explain`` passes where the images live.
     """
-    modification, gradient = explainer.modification, explainer.gradient
-    interpret, aggregation, chunk_size = explainer.interpretation, explainer.aggregation, explainer.chunk_size
+    return run_sweep(explainer, [(explainer.interpretation, explainer.aggregation)], model_fn, images, labels, key,
+                     platform=platform)[0]
+
+
+def shares_sweep(a: Explainer, b: Explainer) -> bool:
+    """Whether two explainers draw the same samples and gradients (so one sweep serves both): equal
+    modification signatures (not None), the same gradient seam and the same chunk size."""
+    return (a.modification.signature is not None and a.modification.signature == b.modification.signature
+            and a.gradient is b.gradient and a.chunk_size == b.chunk_size)
+
+
+def run_sweep(explainer: Explainer, readings, model_fn: Callable, images: jax.Array, labels: jax.Array,
+              key: jax.Array, *, platform: str | None = None) -> list[jax.Array]:
+    """One sweep (the explainer's modification and gradient over the batch), read several ways.
+
+    A *reading* is an ``(interpretation, aggregation)`` pair. One ``lax.scan`` over the samples
+    feeds every reading's streaming state at once (memory O(1) in n, as :func:`run`), so the
+    readings cost one sweep of model gradients; each result equals :func:`run` of the explainer
+    with that reading's interpretation and aggregation, for the same key.
+
+    Args:
+      explainer: gives the modification, the gradient seam and the chunk size.
+      readings: sequence of ``(interpretation, aggregation)``.
+      model_fn, images, labels, key, platform: as :func:`run`.
+
+    Returns:
+      One ``(B, H, W, C)`` float32 attribution per reading, in order.
+
+    Raises:
+      ValueError: an aggregation that needs more samples than the modification draws.
+    """
+    modification, gradient, chunk_size = explainer.modification, explainer.gradient, explainer.chunk_size
+    readings = list(readings)
+    for _, aggregation in readings:
+        if modification.num_samples < aggregation.min_samples:
+            raise ValueError(f"this aggregation needs n >= {aggregation.min_samples} gradient samples (a variance "
+                             f"does); the modification has n = {modification.num_samples}")
     images = images.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
     state = modification.prepare(images, key)
-    agg_state = aggregation.init(images.shape)
+    agg_states = tuple(aggregation.init(images.shape) for _, aggregation in readings)
     n = modification.num_samples
 
     def grad_at(inputs):
         return gradient(model_fn, inputs, labels)
 
+    def update_all(agg_states, signals, weights):
+        return tuple(aggregation.update(s, interpret(signals), signals, weights)
+                     for s, (interpret, aggregation) in zip(agg_states, readings))
+
+    def finalize_all(agg_states):
+        return [aggregation.finalize(s) for s, (_, aggregation) in zip(agg_states, readings)]
+
     if modification.step is not None:  # adaptive path: sequential over samples
         def body(carry, _):
-            mod_state, agg_state, i = carry
+            mod_state, agg_states, i = carry
             mod_state, signal = modification.step(mod_state, i, grad_at)
             signal = signal[None]
-            agg_state = aggregation.update(agg_state, interpret(signal), signal, jnp.ones((1,), jnp.float32))
-            return (mod_state, agg_state, i + 1), None
+            agg_states = update_all(agg_states, signal, jnp.ones((1,), jnp.float32))
+            return (mod_state, agg_states, i + 1), None
 
         # the step index is carried, not scanned over, so no buffer grows with n
-        (_, agg_state, _), _ = jax.lax.scan(body, (state, agg_state, jnp.int32(0)), None, length=n)
-        return aggregation.finalize(agg_state)
+        (_, agg_states, _), _ = jax.lax.scan(body, (state, agg_states, jnp.int32(0)), None, length=n)
+        return finalize_all(agg_states)
 
     chunk = backend.sample_chunk(n, images.shape[0], platform) if chunk_size is None else min(chunk_size, n)
     num_chunks = math.ceil(n / chunk)
@@ -130,11 +172,11 @@ def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax
         return (scale * grad_at(inputs)).astype(jnp.float32)
 
     def body(carry, _):
-        agg_state, chunk_index = carry
+        agg_states, chunk_index = carry
         indices = chunk_index * chunk + jnp.arange(chunk)
         signals = jax.vmap(signal_of)(indices)
         weights = (indices < n).astype(jnp.float32)
-        return (aggregation.update(agg_state, interpret(signals), signals, weights), chunk_index + 1), None
+        return (update_all(agg_states, signals, weights), chunk_index + 1), None
 
-    (agg_state, _), _ = jax.lax.scan(body, (agg_state, jnp.int32(0)), None, length=num_chunks)
-    return aggregation.finalize(agg_state)
+    (agg_states, _), _ = jax.lax.scan(body, (agg_states, jnp.int32(0)), None, length=num_chunks)
+    return finalize_all(agg_states)
