@@ -20,6 +20,7 @@ from gag_jax import (
     distributed,
     gradients,
     interpretations,
+    keys,
     metrics,
     modifications,
     ops,
@@ -60,6 +61,6 @@ __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHOD_RECORDS", "METHODS", "Method", "PRESETS", "BoundFunction", "Explainer",
     "ModelFunctions", "layer_gradcam",
     "aggregations", "backend", "chain", "data", "distributed", "explain", "explain_many", "explainer", "explainer_fn", "gradcam", "gradients",
-    "guided_absolute_grad", "interpretations", "metrics", "min_max", "modifications", "ops", "postprocess",
+    "guided_absolute_grad", "interpretations", "keys", "metrics", "min_max", "modifications", "ops", "postprocess",
     "reverse", "sanity", "to_saliency",
 ]

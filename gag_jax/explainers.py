@@ -616,24 +616,37 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
 def sweeps_of(methods, **options) -> list[list[str]]:
     """How :func:`explain_many` groups ``methods`` into gradient sweeps: a list of groups of method keys
     (attribution functions each alone). Builds the presets only (nothing is computed)."""
-    groups: list[list] = []
+    return [group["methods"] for group in sweep_plan(methods, **options)]
+
+
+def sweep_plan(methods, **options) -> list[dict[str, Any]]:
+    """:func:`sweeps_of` with each group's model gradient evaluations per image: ``[{"methods": [...],
+    "gradients": n}]`` (a composition's sweep: its n samples; Grad-CAM: 1; XRAI: its base method's,
+    twice for a path method without its own baseline; occlusion and RISE: 0, they only run the model
+    forward). Builds the presets only (nothing is computed)."""
+    groups: list[dict[str, Any]] = []
     for item in methods:
         method, own = (item if isinstance(item, tuple) else (item, {}))
         record = as_method(method)
         merged = {**{k: v for k, v in options.items() if k in record.defaults}, **dict(own)}
         method_options, _ = _split(resolve_options(record, merged))
         name = method_key(method if isinstance(method, str) else record.name, dict(own))
-        if record.kind != "composition":
-            groups.append([name, None])
+        if record.kind == "composition":
+            built = record.function(**_with_placeholder_scaling(method_options))
+            match = next((g for g in groups if g["built"] is not None and shares_sweep(g["built"], built)), None)
+            if match is not None:
+                match["methods"].append(name)
+            else:
+                groups.append({"methods": [name], "built": built,
+                               "gradients": int(built.modification.num_samples)})
             continue
-        built = record.function(**_with_placeholder_scaling(method_options))
-        for group in groups:
-            if group[-1] is not None and shares_sweep(group[-1], built):
-                group.insert(-1, name)
-                break
-        else:
-            groups.append([name, built])
-    return [group[:-1] for group in groups]
+        gradients = 1 if record.name == "gradcam" else 0
+        if record.name == "xrai":
+            base, base_options = method_options["base"], dict(method_options["base_options"] or ())
+            path = base in ("ig", "guided_ig") and "baseline" not in base_options
+            gradients = sweep_plan([(base, base_options)])[0]["gradients"] * (2 if path else 1)
+        groups.append({"methods": [name], "built": None, "gradients": gradients})
+    return [{"methods": g["methods"], "gradients": g["gradients"]} for g in groups]
 
 
 def guided_absolute_grad(model_fn, images, labels, key, *, n: int = 20, noise_level: float = 0.15,

@@ -532,7 +532,8 @@ def as_model_functions(model) -> ModelFunctions:
 
 
 def resolve_scaling(model: ModelFunctions, mean=None, std=None, *, needed: bool, what: str,
-                    channels: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                    channels: int | None = None, keywords: str = "mean=..., std=...",
+                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The input scaling to use: explicit ``mean``/``std``, else the model's.
 
     Args:
@@ -543,6 +544,7 @@ def resolve_scaling(model: ModelFunctions, mean=None, std=None, *, needed: bool,
         operation commutes with a per-channel affine scaling, e.g. a blur).
       what: the caller, for the message (e.g. ``"method 'ig' (baseline 'black')"``).
       channels: number of image channels, to check the length (1 or C entries).
+      keywords: how the caller takes the scaling, for the message (ROAD: ``"std=..."``).
 
     Raises:
       ValueError: only one of mean/std given, bad values, or ``needed`` with no scaling known.
@@ -553,10 +555,10 @@ def resolve_scaling(model: ModelFunctions, mean=None, std=None, *, needed: bool,
     if mean is None:
         if needed:
             raise ValueError(
-                f"{what} puts black in pixel space and needs the model's input scaling, which this model does "
+                f"{what} works in pixel space and needs the model's input scaling, which this model does "
                 "not carry: build it with gj.ModelFunctions.from_module(module, variables, mean=..., std=...) / "
-                ".from_nnx(module, mean=..., std=...) (models.model_functions sets it for the shipped models), "
-                "or pass mean=..., std=... (pixels in [0, 1]; mean=(0, 0, 0), std=(1, 1, 1) for a model that "
+                ".from_nnx(module, mean=..., std=...) (gj.models.model_functions sets it for the shipped models), "
+                f"or pass {keywords} (pixels in [0, 1]; mean=(0, 0, 0), std=(1, 1, 1) for a model that "
                 "takes pixels in [0, 1])")
         return (0.0,), (1.0,)
     for name, value in (("mean", mean), ("std", std)):
@@ -578,6 +580,12 @@ def _closed_over_bytes(fn: Callable, shape: tuple, dtype: str) -> int:
     return int(sum(getattr(c, "nbytes", 0) for c in closed.consts))
 
 
+def _function_name(fn) -> str:
+    """A short name of a callable for messages (a partial's function, never its array arguments)."""
+    inner = getattr(fn, "func", fn)
+    return getattr(inner, "__qualname__", None) or getattr(inner, "__name__", None) or type(inner).__name__
+
+
 def warn_if_closed_over(model: ModelFunctions, images) -> None:
     """Warn when a plain model function closes over arrays (traced once per function and input shape).
 
@@ -596,7 +604,7 @@ def warn_if_closed_over(model: ModelFunctions, images) -> None:
         import warnings
 
         warnings.warn(
-            f"the model function {getattr(plain.fn, '__name__', plain.fn)!r} closes over {size:,} bytes of arrays "
+            f"the model function {_function_name(plain.fn)!r} closes over {size:,} bytes of arrays "
             "(its weights?): they are constants of the compiled program, which is cached per function object, so "
             "if they change the maps will not. Pass the weights as arguments: gj.ModelFunctions.from_apply(apply, "
             "variables), .from_module(module, variables) or .from_nnx(module)", UserWarning, stacklevel=3)

@@ -87,28 +87,28 @@ def test_evaluate_interrupted_then_resumed_equals_uninterrupted(evaluated, tmp_p
     assert rc == 0
 
     calls = []
-    original = runner.explain_batch
+    original = stages.explain_rows
 
-    def counting(spec, *a, **k):
-        calls.append(spec.name)
-        return original(spec, *a, **k)
+    def counting(todo, *a, **k):  # every row of a batch is explained at once (shared sweeps)
+        calls.extend(spec.name for spec in todo)
+        return original(todo, *a, **k)
 
-    def interrupted(spec, *a, **k):  # Ctrl-C during the second (method, batch)
-        calls.append(spec.name)
-        if len(calls) > 1:
+    def interrupted(todo, *a, **k):  # Ctrl-C while the second batch is explained
+        calls.extend(spec.name for spec in todo)
+        if len(calls) > 2:
             raise KeyboardInterrupt
-        return original(spec, *a, **k)
+        return original(todo, *a, **k)
 
-    monkeypatch.setattr(stages, "explain_batch", interrupted)
+    monkeypatch.setattr(stages, "explain_rows", interrupted)
     rc, _, err = _main(args + ["--out", tmp_path / "resumed"], capsys)
     assert rc == cli.EXIT_INTERRUPTED and "run the same command again" in err
-    assert calls == ["gag", "ig_r"] and not (tmp_path / "resumed" / "table2.csv").exists()
-    monkeypatch.setattr(stages, "explain_batch", counting)
+    assert calls == ["gag", "ig_r", "gag", "ig_r"] and not (tmp_path / "resumed" / "table2.csv").exists()
+    monkeypatch.setattr(stages, "explain_rows", counting)
     calls.clear()
     rc, out, _ = _main(args + ["--out", tmp_path / "resumed"], capsys)
     assert rc == 0
-    assert sorted(calls) == ["gag", "gag", "ig_r", "ig_r", "ig_r"]  # 3 batches x 2 methods - the finished one
-    assert "5 (method, batch) record(s) computed, 1 reused" in out
+    assert sorted(calls) == ["gag", "gag", "ig_r", "ig_r"]  # 3 batches x 2 methods - the finished batch
+    assert "4 (method, batch) record(s) computed, 2 reused" in out
     assert (tmp_path / "resumed" / "table2.csv").read_text() == (tmp_path / "straight" / "table2.csv").read_text()
 
     # the same directory with other options is refused in one line

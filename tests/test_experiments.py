@@ -4,6 +4,7 @@ recomputed, option mismatch refused), figures and the tiny model's round trip.""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -144,19 +145,19 @@ def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_
     assert full["counts"] == {"computed": 4, "reused": 0}  # 7 images -> 2 batches x 2 methods
 
     calls = []
-    original = runner.explain_batch
+    original = stages.explain_rows
 
-    def counting(spec, *a, **k):
-        calls.append(spec.name)
-        return original(spec, *a, **k)
+    def counting(todo, *a, **k):  # every row of a batch is explained at once (shared sweeps)
+        calls.extend(spec.name for spec in todo)
+        return original(todo, *a, **k)
 
     def stop(name, batch):  # as if Ctrl-C came right after the first record was written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages, "explain_batch", counting)
+    monkeypatch.setattr(stages, "explain_rows", counting)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "resumed", tiny_setup, rows, on_record=stop)
-    assert calls == ["gag"]
+    assert calls == ["gag", "sg_r"]
     first_record = runner.record_path(str(tmp_path / "resumed"), "gag", 0)
     stamp = os.stat(first_record).st_mtime_ns
     manifest = (tmp_path / "resumed" / "manifest.json").read_text()
@@ -365,3 +366,27 @@ def test_runner_gives_ig_the_black_baseline_of_the_data_scaling():
     expected = (expected - expected.min(axis=(1, 2), keepdims=True)) / np.ptp(expected, axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(np.asarray(maps), expected, atol=1e-5)
     assert "mean" not in spec_from_name("gag").explain_options(input_scaling(mean, std))
+
+
+def test_an_images_map_does_not_depend_on_the_batch_size_and_the_manifest_counts_the_cost(tmp_path, tiny_setup):
+    rows = specs.parse_methods(["gag", "ag", "gag-85", "vargrad", "ig", "sg_r"])
+    batches4 = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
+    batches3 = load_case("synthetic", batch_size=3, image_size=16, num_images=7, seed=3)
+    by4 = runner.run(_config(batch_size=4), rows, str(tmp_path / "b4"), batches=batches4, model=tiny_setup,
+                     progress=False)
+    by3 = runner.run(_config(batch_size=3), rows, str(tmp_path / "b3"), batches=batches3, model=tiny_setup,
+                     progress=False)
+    for row in by4["results"]:
+        for metric in ("rcap", "dauc", "iauc", "mae"):
+            np.testing.assert_allclose(by3["results"][row][metric], by4["results"][row][metric], rtol=1e-5,
+                                       err_msg=f"{row} {metric}")
+    # gag and gag-85 are one row computed once: the same records
+    np.testing.assert_array_equal(by4["results"]["gag"]["rcap"], by4["results"]["gag-85"]["rcap"])
+    cost = json.loads((tmp_path / "b4" / "manifest.json").read_text())["cost"]
+    # one noise sweep (n = 2) for gag / ag / gag-85 / vargrad / sg (sg_r reverses sg's maps), one IG path (n = 2)
+    assert cost["gradient_evaluations_per_image"] == 4
+    assert {frozenset(s["rows"]) for s in cost["sweeps"]} == {frozenset({"gag", "ag", "gag-85", "vargrad"}),
+                                                              frozenset({"ig"})}  # sg_r: sg's sweep, reversed
+    # selection 1 + 5 distinct maps x (RCAP 5 + deletion / insertion 20)
+    assert cost["forward_passes_per_image"] == 1 + 5 * 25
+    assert cost["devices"]["count"] == jax.device_count() and "selection" in cost["seconds"]

@@ -55,10 +55,12 @@ def test_sg_of_linear_model_equals_vg():
 ])
 def test_path_methods_satisfy_completeness(method, options):
     _, _, model_fn = tiny_conv_net(size=10)
+    # the black baseline needs the model's input scaling: the model carries ImageNet's
+    model = gj.ModelFunctions(model_fn, mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD)
     x = 2.0 * jax.random.normal(jax.random.PRNGKey(5), (2, 10, 10, 3))
     labels = jnp.array([0, 2])
-    raw = gj.explain(method, model_fn, x, labels, postprocess=False, **options)
-    baseline = modifications.make_baseline(x, "black")
+    raw = gj.explain(method, model, x, labels, postprocess=False, **options)
+    baseline = modifications.make_baseline(x, "black", gj.IMAGENET_MEAN, gj.IMAGENET_STD)
     target = lambda z: jnp.take_along_axis(model_fn(z), labels[:, None], 1)[:, 0]
     expected = target(x) - target(baseline)
     got = raw.sum(axis=(1, 2, 3))
@@ -307,7 +309,8 @@ def test_unknown_method_and_missing_key():
     with pytest.raises(ValueError, match="key"):
         gj.explain("gag", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]))
     # deterministic paths with a guide draw no noise and need no key
-    assert gj.explain("ig", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), guide=True, n=4).shape == (1, 4, 4)
+    assert gj.explain("ig", model_fn, jnp.ones((1, 4, 4, 3)), jnp.array([0]), guide=True, n=4,
+                      mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD).shape == (1, 4, 4)
 
 
 def test_per_image_keys_make_maps_independent_of_the_batch():
@@ -328,10 +331,12 @@ def test_per_image_keys_make_maps_independent_of_the_batch():
 def test_defaults_and_valid_options_come_from_the_preset_signatures():
     import inspect
     for name, fn in gj.PRESETS.items():
+        record = gj.METHOD_RECORDS[name]
         params = list(inspect.signature(fn).parameters.values())
-        if gj.explainers.is_attribution_function(fn):
+        if record.kind == "attribution":  # fn(model, images, labels, key, *options)
+            assert [p.name for p in params[:4]] == ["model", "images", "labels", "key"]
             params = params[4:]
-        assert gj.DEFAULTS[name] == {**{p.name: p.default for p in params}, "reduce": getattr(fn, "reduce", "abs_sum")}
+        assert gj.DEFAULTS[name] == {**{p.name: p.default for p in params}, "reduce": record.reduce}
     assert gj.METHODS == tuple(gj.DEFAULTS)[:10]
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['percentile'\] for method 'ag'"):
         gj.explain("ag", linear_model(jnp.ones((4, 4, 3))), jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY,

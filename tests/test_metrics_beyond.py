@@ -16,6 +16,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 import scipy.stats
 
+import gag_jax as gj
 import gag_jax.metrics as gm
 
 B, H, W, C, K = 3, 10, 12, 3, 4
@@ -138,11 +139,13 @@ def test_road_noise_follows_the_documented_keys():
         k = jax.random.fold_in(jax.random.fold_in(key, b), t)
         return np.asarray(jax.random.normal(k, (H, W, C), jnp.float32), np.float64) * 0.01 / STD
 
-    out = gm.road(model, images, labels, maps, fractions=fractions, key=key)
+    # the noise is in pixel units: it needs the input scaling, given explicitly to a bare callable ...
+    out = gm.road(model, images, labels, maps, fractions=fractions, key=key, std=gm.IMAGENET_STD)
     curves, _ = ref_road(images, labels, maps, fractions, "morf", noise_fn)
     np.testing.assert_allclose(out["curve"], curves, atol=1e-4)
-    # chunking does not change the noise of a copy
-    chunked = gm.road(model, images, labels, maps, fractions=fractions, key=key, batch_size=4)
+    # chunking does not change the noise of a copy (... or carried by the model)
+    scaled = gj.ModelFunctions(model, mean=gm.IMAGENET_MEAN, std=gm.IMAGENET_STD)
+    chunked = gm.road(scaled, images, labels, maps, fractions=fractions, key=key, batch_size=4)
     np.testing.assert_allclose(chunked["curve"], out["curve"], atol=1e-6)
 
 
@@ -175,11 +178,11 @@ def test_road_errors():
     bad = maps.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="saliency"):
-        gm.road(model, images, labels, bad)
+        gm.road(model, images, labels, bad, std=gm.IMAGENET_STD)
     with pytest.raises(ValueError, match="labels"):
-        gm.road(model, images, np.full(B, K, np.int32), maps)
+        gm.road(model, images, np.full(B, K, np.int32), maps, std=gm.IMAGENET_STD)
     with pytest.raises(ValueError, match="saliency"):
-        gm.road(model, images, labels, maps[:, :, :5])
+        gm.road(model, images, labels, maps[:, :, :5], std=gm.IMAGENET_STD)
 
 
 # ------------------------------------------------------------------ pointing game

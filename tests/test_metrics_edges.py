@@ -6,18 +6,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gag_jax as gj
 import gag_jax.metrics as gm
 
 B, H, W, C, K = 4, 16, 16, 3, 4
 _RNG = np.random.default_rng(0)
 _WEIGHTS = (_RNG.normal(size=(H * W * C, K)) * 0.05).astype(np.float32)
 TRACES = {"n": 0}
+# the toy models are bare callables: RCAP's black baseline needs their input scaling given explicitly
+SCALING = {"mean": gm.IMAGENET_MEAN, "std": gm.IMAGENET_STD}
 
 
 def linear_model(x):
     """Plain-jnp model; counts how often it is traced."""
     TRACES["n"] += 1
     return x.reshape(x.shape[0], -1) @ jnp.asarray(_WEIGHTS)
+
+
+def scaled_linear_model():
+    """``linear_model`` as a ``gj.ModelFunctions`` that carries the input scaling (for the streaming evaluator)."""
+    return gj.ModelFunctions(linear_model, **SCALING)
 
 
 def bf16_model(x):
@@ -40,7 +48,7 @@ def _data(seed=0, b=B):
 def test_constant_and_all_zero_maps_are_defined(value):
     images, labels, _, _ = _data()
     sal = np.full((B, H, W), value, np.float32)
-    out = gm.rcap(linear_model, images, labels, sal)
+    out = gm.rcap(linear_model, images, labels, sal, **SCALING)
     for key in ("rcap", "ratios", "probs"):
         assert np.all(np.isfinite(out[key])), key
     # every pixel is >= its percentile: the whole image is recovered and the ratio is 1
@@ -57,15 +65,15 @@ def test_constant_and_all_zero_maps_are_defined(value):
 def test_mixed_zero_and_nonzero_maps_in_one_batch():
     images, labels, sal, _ = _data(1)
     sal[1] = 0.0
-    out = gm.rcap(linear_model, images, labels, sal)
+    out = gm.rcap(linear_model, images, labels, sal, **SCALING)
     np.testing.assert_array_equal(out["ratios"][1], 1.0)
     assert np.all(out["ratios"][0] < 1.0)
 
 
 def test_rcap_is_scale_invariant_in_the_saliency():
     images, labels, sal, _ = _data(2)
-    a = gm.rcap(linear_model, images, labels, sal)
-    b = gm.rcap(linear_model, images, labels, sal * 250.0)
+    a = gm.rcap(linear_model, images, labels, sal, **SCALING)
+    b = gm.rcap(linear_model, images, labels, sal * 250.0, **SCALING)
     np.testing.assert_allclose(a["rcap"], b["rcap"], atol=1e-6)
 
 
@@ -76,7 +84,7 @@ def test_non_finite_saliency_raises(bad):
     images, labels, sal, masks = _data()
     sal[2, 3, 4] = bad
     with pytest.raises(ValueError, match="saliency"):
-        gm.rcap(linear_model, images, labels, sal)
+        gm.rcap(linear_model, images, labels, sal, **SCALING)
     with pytest.raises(ValueError, match="saliency"):
         gm.deletion_insertion(linear_model, images, labels, sal)
     with pytest.raises(ValueError, match="saliency"):
@@ -89,14 +97,14 @@ def test_negative_saliency_rejected_by_rcap_only():
     images, labels, sal, _ = _data()
     sal[0, 0, 0] = -0.5
     with pytest.raises(ValueError, match="saliency.*negative"):
-        gm.rcap(linear_model, images, labels, sal)
+        gm.rcap(linear_model, images, labels, sal, **SCALING)
     gm.deletion_insertion(linear_model, images, labels, sal)  # only ranks matter there
 
 
 def test_shape_mismatches_name_both_shapes():
     images, labels, sal, masks = _data()
     with pytest.raises(ValueError, match=r"\(4, 16, 15\).*|.*\(4, 16, 15\)") as err:
-        gm.rcap(linear_model, images, labels, sal[:, :, :15])
+        gm.rcap(linear_model, images, labels, sal[:, :, :15], **SCALING)
     assert "(4, 16, 16, 3)" in str(err.value) and "(4, 16, 15)" in str(err.value)
     with pytest.raises(ValueError) as err:
         gm.deletion_insertion(linear_model, images, labels[:3], sal)
@@ -112,7 +120,7 @@ def test_shape_mismatches_name_both_shapes():
 def test_partition_that_does_not_divide_raises(lower_bound, interval):
     images, labels, sal, _ = _data()
     with pytest.raises(ValueError, match="interval|lower_bound"):
-        gm.rcap(linear_model, images, labels, sal, lower_bound=lower_bound, interval=interval)
+        gm.rcap(linear_model, images, labels, sal, lower_bound=lower_bound, interval=interval, **SCALING)
 
 
 def test_valid_partitions():
@@ -125,19 +133,44 @@ def test_valid_partitions():
 def test_other_argument_errors():
     images, labels, sal, _ = _data()
     with pytest.raises(ValueError, match="baseline"):
-        gm.rcap(linear_model, images, labels, sal, baseline="white")
+        gm.rcap(linear_model, images, labels, sal, baseline="white", **SCALING)
     with pytest.raises(ValueError, match="labels"):
-        gm.rcap(linear_model, images, np.full(B, K, np.int32), sal)
+        gm.rcap(linear_model, images, np.full(B, K, np.int32), sal, **SCALING)
     with pytest.raises(ValueError, match="labels"):
         gm.deletion_insertion(linear_model, images, labels.astype(np.float32), sal)
-    with pytest.raises(ValueError, match="mean"):
-        gm.rcap(linear_model, images, labels, sal, mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match="mean must have 1 or C=3 entries"):
+        gm.rcap(linear_model, images, labels, sal, mean=(0.5, 0.5), std=gm.IMAGENET_STD)
+    with pytest.raises(ValueError, match="both mean and std"):
+        gm.rcap(linear_model, images, labels, sal, mean=gm.IMAGENET_MEAN)
     with pytest.raises(ValueError, match="batch_size"):
-        gm.rcap(linear_model, images, labels, sal, batch_size=0)
+        gm.rcap(linear_model, images, labels, sal, batch_size=0, **SCALING)
     with pytest.raises(ValueError, match="fractions"):
         gm.deletion_insertion(linear_model, images, labels, sal, fractions=[0.5, 0.2])
     with pytest.raises(ValueError, match="blur_kernel"):
         gm.deletion_insertion(linear_model, images, labels, sal, blur_kernel=32)
+
+
+def test_black_baseline_needs_the_input_scaling_and_blur_does_not():
+    """A bare callable carries no input scaling: RCAP's (and so score's) black baseline, which is zero in
+    pixel space, is an error without mean/std, never a silent ImageNet guess; the blur baseline commutes
+    with a per-channel scaling and works without it (the same values as with any scaling given)."""
+    images, labels, sal, _ = _data(8)
+    with pytest.raises(ValueError, match="input scaling"):
+        gm.rcap(linear_model, images, labels, sal)  # baseline "black" is the default
+    with pytest.raises(ValueError, match="input scaling"):
+        gm.rcap(linear_model, images, labels, sal, baseline="black")
+    with pytest.raises(ValueError, match="input scaling"):
+        gm.score(linear_model, images, labels, sal, metrics=("rcap",))
+    blur = gm.rcap(linear_model, images, labels, sal, baseline="blur")
+    assert np.all(np.isfinite(blur["rcap"])) and blur["rcap"].shape == (B,)
+    np.testing.assert_allclose(blur["rcap"], gm.rcap(linear_model, images, labels, sal, baseline="blur",
+                                                     **SCALING)["rcap"], atol=1e-5)
+    values = gm.score(linear_model, images, labels, sal, metrics=("rcap",), options={"rcap": {"baseline": "blur"}})
+    np.testing.assert_allclose(values["rcap"], blur["rcap"], atol=1e-6)
+    # the scaling given either way reaches black: explicitly, or carried by the model
+    explicit = gm.score(linear_model, images, labels, sal, metrics=("rcap",), **SCALING)
+    carried = gm.score(scaled_linear_model(), images, labels, sal, metrics=("rcap",))
+    np.testing.assert_allclose(carried["rcap"], explicit["rcap"], atol=1e-6)
 
 
 # ------------------------------------------------------------------ compile caching
@@ -145,8 +178,8 @@ def test_other_argument_errors():
 def test_repeated_calls_do_not_retrace():
     images, labels, sal, masks = _data(3)
     calls = [
-        lambda i, l, s: gm.rcap(linear_model, i, l, s),
-        lambda i, l, s: gm.rcap(linear_model, i, l, s, batch_size=3, baseline="blur"),
+        lambda i, l, s: gm.rcap(linear_model, i, l, s, **SCALING),
+        lambda i, l, s: gm.rcap(linear_model, i, l, s, batch_size=3, baseline="blur", **SCALING),
         lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s),
         lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s, batch_size=5),
         lambda i, l, s: gm.select_confident(linear_model, i, l),
@@ -158,21 +191,28 @@ def test_repeated_calls_do_not_retrace():
         call(other_images, other_labels, other_sal)
         call(jnp.asarray(other_images), jnp.asarray(other_labels), jnp.asarray(other_sal))
         assert TRACES["n"] == before, "a second call with the same shapes re-traced the model"
-    # and a new shape does trace (the counter is live)
+    # and a new shape does trace (the counter is live). The model's input shape must be new: since
+    # ModelFunctions compares its apply functions by value, JAX reuses the model's trace for a chunk
+    # shape it has seen (b=2 with the default chunks of 2 copies), so ask for all 10 copies in one call
     before = TRACES["n"]
     i2, l2, s2, _ = _data(5, b=2)
-    gm.rcap(linear_model, i2, l2, s2)
+    gm.rcap(linear_model, i2, l2, s2, batch_size=None, **SCALING)
     assert TRACES["n"] > before
 
 
 def _model_call_sizes(fn, *args, **kw):
+    """Batch sizes of the model calls traced into the metric's compiled program.
+
+    The spy takes its weights as an argument (``ModelFunctions.from_apply``): a plain function that
+    closes over arrays is first traced once on the whole batch by the closed-over-weights check
+    (``gag_jax.model.warn_if_closed_over``), which is no call of the compiled program."""
     seen = []
 
-    def spy(x):
+    def spy(weights, x):
         seen.append(x.shape[0])
-        return linear_model(x)
+        return x.reshape(x.shape[0], -1) @ weights
 
-    fn(spy, *args, **kw)
+    fn(gj.ModelFunctions.from_apply(spy, jnp.asarray(_WEIGHTS)), *args, **kw)
     return seen
 
 
@@ -187,7 +227,8 @@ def _model_call_sizes(fn, *args, **kw):
 ])
 def test_model_calls_are_bounded_and_never_padded(b, batch_size, expected):
     images, labels, sal, _ = _data(6, b=b)
-    assert _model_call_sizes(gm.rcap, images, labels, sal, batch_size=batch_size) == expected  # traced shapes
+    assert _model_call_sizes(gm.rcap, images, labels, sal, batch_size=batch_size,
+                             **SCALING) == expected  # traced shapes
     assert all(n <= (batch_size or 5 * b) for n in expected)
 
 
@@ -211,8 +252,8 @@ def test_default_model_batch_is_used():
 
 def test_bfloat16_model_accepted():
     images, labels, sal, _ = _data(7)
-    out = gm.rcap(bf16_model, images, labels, sal)
-    ref = gm.rcap(linear_model, images, labels, sal)
+    out = gm.rcap(bf16_model, images, labels, sal, **SCALING)
+    ref = gm.rcap(linear_model, images, labels, sal, **SCALING)
     assert out["rcap"].dtype == jnp.float32 and out["probs"].dtype == jnp.float32
     np.testing.assert_allclose(out["probs"], ref["probs"], atol=3e-2)
     di = gm.deletion_insertion(bf16_model, images, labels, sal, batch_size=8)
@@ -230,11 +271,12 @@ def _batches(sizes, seed=10):
 
 def test_streaming_matches_whole_dataset_statistics():
     sizes = (4, 4, 3)
-    res = gm.evaluate_stream(linear_model, _batches(sizes))
+    res = gm.evaluate_stream(scaled_linear_model(), _batches(sizes))
     allb = list(_batches(sizes))
     cat = {k: np.concatenate([b[k] for b in allb]) for k in allb[0]}
     per = {
-        "rcap": np.asarray(gm.rcap(linear_model, cat["images"], cat["labels"], cat["saliency"])["rcap"]),
+        "rcap": np.asarray(gm.rcap(linear_model, cat["images"], cat["labels"], cat["saliency"],
+                                   **SCALING)["rcap"]),
         "log_cosh_dice": np.asarray(gm.log_cosh_dice(cat["saliency"], cat["masks"])),
         "mae": np.asarray(gm.mae(cat["saliency"], cat["masks"])),
     }
@@ -250,7 +292,7 @@ def test_streaming_matches_whole_dataset_statistics():
 
 
 def test_streaming_last_short_batch_does_not_recompile_and_selection_works():
-    ev = gm.StreamingEvaluator(linear_model, metrics=("rcap",), confidence_threshold=0.3)
+    ev = gm.StreamingEvaluator(scaled_linear_model(), metrics=("rcap",), confidence_threshold=0.3)
     batches = list(_batches((4, 4, 2), seed=20))
     kept_vals = []
     update_traces = []
@@ -260,7 +302,8 @@ def test_streaming_last_short_batch_does_not_recompile_and_selection_works():
         update_traces.append(TRACES["n"] - before)
         p = np.asarray(gm.target_probs(linear_model, batch["images"], batch["labels"]))
         np.testing.assert_array_equal(out["kept"], p > 0.3)
-        full = np.asarray(gm.rcap(linear_model, batch["images"], batch["labels"], batch["saliency"])["rcap"])
+        full = np.asarray(gm.rcap(linear_model, batch["images"], batch["labels"], batch["saliency"],
+                                  **SCALING)["rcap"])
         np.testing.assert_allclose(out["rcap"], full[p > 0.3], atol=1e-6)
         kept_vals.append(full[p > 0.3])
     assert update_traces[1:] == [0, 0]  # the short batch was padded to the compiled shape
@@ -274,8 +317,8 @@ def test_streaming_requires_masks_for_mask_metrics():
     batch = next(_batches((4,)))
     del batch["masks"]
     with pytest.raises(ValueError, match="masks"):
-        gm.StreamingEvaluator(linear_model, metrics=("mae",)).update(batch)
-    res = gm.evaluate_stream(linear_model, [batch])  # default: mask metrics skipped
+        gm.StreamingEvaluator(scaled_linear_model(), metrics=("mae",)).update(batch)
+    res = gm.evaluate_stream(scaled_linear_model(), [batch])  # default: mask metrics skipped
     assert set(res) == {"rcap", "dauc", "iauc", "_counts"}
     with pytest.raises(ValueError, match="unknown"):
         gm.StreamingEvaluator(linear_model, metrics=("pointing",))
@@ -299,11 +342,12 @@ def test_metrics_compose_under_an_outer_jit():
 
     @jax.jit
     def everything(i, l, s, m):
-        return (gm.rcap(linear_model, i, l, s)["rcap"], gm.deletion_insertion(linear_model, i, l, s)["iauc"],
+        return (gm.rcap(linear_model, i, l, s, **SCALING)["rcap"],
+                gm.deletion_insertion(linear_model, i, l, s)["iauc"],
                 gm.mae(s, m), gm.log_cosh_dice(s, m), gm.select_confident(linear_model, i, l))
 
     inside = everything(images, labels, sal, masks)
-    outside = (gm.rcap(linear_model, images, labels, sal)["rcap"],
+    outside = (gm.rcap(linear_model, images, labels, sal, **SCALING)["rcap"],
                gm.deletion_insertion(linear_model, images, labels, sal)["iauc"],
                gm.mae(sal, masks), gm.log_cosh_dice(sal, masks), gm.select_confident(linear_model, images, labels))
     for a, b in zip(inside, outside):

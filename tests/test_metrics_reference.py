@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gag_jax as gj
 import gag_jax.metrics as gm
 
 MEAN = np.array(gm.IMAGENET_MEAN)
@@ -37,6 +38,11 @@ def _model():
     net = TinyNet()
     variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, H, W, 3)))
     return jax.jit(functools.partial(net.apply, variables))
+
+
+def _scaled_model():
+    """The same model as a ``gj.ModelFunctions`` that carries its input scaling (RCAP's black baseline needs it)."""
+    return gj.ModelFunctions(_model(), mean=gm.IMAGENET_MEAN, std=gm.IMAGENET_STD)
 
 
 def _data(seed=0):
@@ -160,7 +166,7 @@ def test_rcap_matches_numpy_reference(kind):
     model = _model()
     images, labels = _data()
     sal = _saliency_maps(kind)
-    out = gm.rcap(model, images, labels, sal)
+    out = gm.rcap(model, images, labels, sal, mean=gm.IMAGENET_MEAN, std=gm.IMAGENET_STD)
     r, ratios, probs = ref_rcap(model, images, labels, sal)
     np.testing.assert_allclose(out["ratios"], ratios, atol=TOL, rtol=0)
     np.testing.assert_allclose(out["probs"], probs, atol=TOL, rtol=0)
@@ -188,7 +194,7 @@ def test_rcap_other_partition_matches_reference():
     model = _model()
     images, labels = _data(5)
     sal = _saliency_maps("quantized", 6)
-    out = gm.rcap(model, images, labels, sal, lower_bound=20, interval=20)
+    out = gm.rcap(_scaled_model(), images, labels, sal, lower_bound=20, interval=20)  # scaling from the model
     r, ratios, probs = ref_rcap(model, images, labels, sal, lower_bound=20, interval=20)
     assert out["ratios"].shape == (B, 4)
     np.testing.assert_array_equal(out["percentiles"], [80, 60, 40, 20])
@@ -278,8 +284,8 @@ def test_chunked_equals_one_call(batch_size):
     model = _model()
     images, labels = _data(14)
     sal = _saliency_maps("random", 15)
-    one = gm.rcap(model, images, labels, sal, batch_size=None)
-    chunked = gm.rcap(model, images, labels, sal, batch_size=batch_size)
+    one = gm.rcap(_scaled_model(), images, labels, sal, batch_size=None)
+    chunked = gm.rcap(_scaled_model(), images, labels, sal, batch_size=batch_size)
     for key in ("rcap", "ratios", "probs"):
         np.testing.assert_allclose(chunked[key], one[key], atol=1e-6, rtol=0)
     one = gm.deletion_insertion(model, images, labels, sal, batch_size=None)

@@ -13,6 +13,10 @@ B, H, W, C, K = 3, 12, 12, 3, 4
 _WEIGHTS = (np.random.default_rng(1).normal(size=(H * W * C, K)) * 0.05).astype(np.float32)
 
 
+# the toy model is a bare callable: RCAP's black baseline needs its input scaling given explicitly
+SCALING = {"mean": gm.IMAGENET_MEAN, "std": gm.IMAGENET_STD}
+
+
 def linear_model(x):
     return x.reshape(x.shape[0], -1) @ jnp.asarray(_WEIGHTS)
 
@@ -47,8 +51,8 @@ def test_score_equals_the_metric_functions():
     key = jax.random.PRNGKey(3)
     out = gm.score(linear_model, images, labels, maps, masks, metrics=gm.METRIC_NAMES, batch_size=7,
                    options={"rcap": {"interval": 25}, "road": {"fractions": (0.2, 0.6), "key": key},
-                            "pointing_game": {"tolerance": 2}, "mae": {"sqrt": True}})
-    r = gm.rcap(linear_model, images, labels, maps, interval=25)
+                            "pointing_game": {"tolerance": 2}, "mae": {"sqrt": True}}, **SCALING)
+    r = gm.rcap(linear_model, images, labels, maps, interval=25, **SCALING)
     d = gm.deletion_insertion(linear_model, images, labels, maps)
     expected = {
         "rcap": r["rcap"], "rcap_ratios": r["ratios"], "rcap_probs": r["probs"],
@@ -59,7 +63,8 @@ def test_score_equals_the_metric_functions():
         "sparseness": gm.sparseness(maps), "complexity": gm.complexity(maps),
     }
     for order in ("morf", "lerf"):
-        ro = gm.road(linear_model, images, labels, maps, fractions=(0.2, 0.6), order=order, key=key)
+        ro = gm.road(linear_model, images, labels, maps, fractions=(0.2, 0.6), order=order, key=key,
+                     std=gm.IMAGENET_STD)
         expected[f"road_{order}"], expected[f"road_{order}_curve"] = ro["auc"], ro["curve"]
     assert set(out) == set(expected)
     for k, v in expected.items():
@@ -75,24 +80,24 @@ def test_score_errors():
         gm.score(linear_model, images, labels, maps, options={"dauc": {}})
     with pytest.raises(ValueError, match="order"):
         gm.score(linear_model, images, labels, maps, metrics=("road_morf",), options={"road": {"order": "lerf"}})
-    assert set(gm.score(linear_model, images, labels, maps)) == {
+    assert set(gm.score(linear_model, images, labels, maps, **SCALING)) == {
         "rcap", "rcap_ratios", "rcap_probs", "dauc", "iauc", "deletion_curve", "insertion_curve"}
 
 
 def test_runner_and_demo_score_through_score():
     from gag_jax.experiments import demo, runner
     images, labels, maps, masks = _data(5, b=5)
-    model = gj.ModelFunctions(logits=linear_model)
+    model = gj.ModelFunctions(logits=linear_model, **SCALING)  # carries its input scaling (demo's RCAP needs it)
     got = runner.score_batch(model, images, labels, maps, masks, ("mae", "rcap", "iauc"), mean=(0.5,), std=(0.25,),
-                             metric_batch_size=4, metric_options={"interval": 25})
+                             metric_batch_size=4)
     want = gm.score(linear_model, images, labels, maps, masks, metrics=("mae", "rcap", "iauc"), mean=(0.5,),
-                    std=(0.25,), options={"rcap": {"interval": 25}})
+                    std=(0.25,))
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-6)
     # batches of 2: the last one (1 image) padded, and the padding dropped
     scored = demo.score_arrays(model, images, labels, maps, batch_size=2, metric_batch_size=None)
-    whole = gm.score(linear_model, images, labels, maps, metrics=("rcap", "dauc", "iauc"))
+    whole = gm.score(linear_model, images, labels, maps, metrics=("rcap", "dauc", "iauc"), **SCALING)
     for k in ("rcap", "dauc", "iauc"):
         np.testing.assert_allclose(scored[k], whole[k], atol=1e-6)
     np.testing.assert_allclose(scored["ratios"], whole["rcap_ratios"], atol=1e-6)

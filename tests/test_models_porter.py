@@ -197,7 +197,9 @@ def test_model_functions_on_tiny(tiny_torch, tiny_sd):
     module = _flax_tiny()
     variables = jax.tree_util.tree_map(jnp.asarray, porter.convert(tiny_sd, module, densenet.torch_prefix, SHAPE))
     fns = models.model_functions(module, variables)
-    assert isinstance(fns, gj.ModelFunctions) and all(fn is not None for fn in fns)
+    # ModelFunctions is no longer a NamedTuple (not iterable): check each of its parts by name
+    parts = ("logits", "features", "head", "guided_logits")
+    assert isinstance(fns, gj.ModelFunctions) and all(getattr(fns, p) is not None for p in parts)
     x = jnp.asarray(np.random.RandomState(2).randn(2, 32, 32, 3).astype(np.float32))
     logits = fns.logits(x)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32

@@ -184,9 +184,15 @@ def reference_guided_ig(x_input, x_base, grad_fn, steps, fraction, max_dist):
 def test_guided_ig_matches_published_reference(n, fraction, max_dist, baseline):
     model_fn, grad_np = quadratic_model()
     x = np.random.default_rng(7).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
-    got = raw_attribution(modifications.guided_ig_path(n, baseline, fraction, max_dist), model_fn,
+    # "black" is zero in pixel space: it needs the model's input scaling (here ImageNet's, given explicitly)
+    scaling = {"mean": gj.IMAGENET_MEAN, "std": gj.IMAGENET_STD} if baseline == "black" else {}
+    got = raw_attribution(modifications.guided_ig_path(n, baseline, fraction, max_dist, **scaling), model_fn,
                           jnp.asarray(x), jnp.array([0, 0]))
-    base = np.asarray(modifications.make_baseline(jnp.asarray(x), baseline), np.float64)
+    if baseline == "black":  # the reference's baseline, in numpy: pixel 0 standardised with the same mean/std
+        pixel_black = -np.asarray(gj.IMAGENET_MEAN, np.float64) / np.asarray(gj.IMAGENET_STD, np.float64)
+        base = np.broadcast_to(pixel_black, x.shape)
+    else:
+        base = np.zeros(x.shape, np.float64)
     for b in range(2):
         expected = reference_guided_ig(x[b].astype(np.float64), base[b], grad_np, n, fraction, max_dist)
         np.testing.assert_allclose(got[b], expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-5)
@@ -246,5 +252,8 @@ def test_ig_linspace_rule_is_the_reference_grid_and_mean():
     (modifications.blur_path, {"radius": -2}, "radius must be None"),
 ])
 def test_factories_name_the_bad_option(factory, kwargs, match):
+    if factory in (modifications.straight_path, modifications.guided_ig_path):
+        # their default baseline "black" needs the input scaling: give it, so the bad option is what fails
+        kwargs = {"mean": gj.IMAGENET_MEAN, "std": gj.IMAGENET_STD, **kwargs}
     with pytest.raises(ValueError, match=match):
         factory(**kwargs)

@@ -1,4 +1,5 @@
-"""Performance contract checks that do not depend on wall-clock time (SPEC section 7)."""
+"""Performance contract checks that do not depend on wall-clock time (memory flat in n, weights as
+arguments, one compilation per shape)."""
 from __future__ import annotations
 
 import json

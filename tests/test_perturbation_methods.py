@@ -78,7 +78,8 @@ def test_occlusion_matches_brute_force(window, stride, output):
 def test_occlusion_chunking_does_not_change_the_map():
     w = np.random.default_rng(2).normal(size=(10, 10, 3))
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 10, 10, 3)), jnp.float32)
-    run = lambda c: pm.occlusion(linear_model(w), x, jnp.array([0, 2]), window=3, stride=2, chunk_size=c)  # noqa: E731
+    run = lambda c: pm.occlusion(linear_model(w), x, jnp.array([0, 2]), window=3, stride=2, chunk_size=c,  # noqa: E731
+                                 mean=MEAN, std=STD)
     np.testing.assert_allclose(run(3), run(None), rtol=1e-5, atol=1e-5)
 
 
@@ -217,9 +218,18 @@ def test_xrai_end_to_end_on_a_small_image():
     x += 0.05 * rng.normal(size=x.shape).astype(np.float32)
     w = np.zeros((32, 32, 3))
     w[8:20, 10:26] = 1.0  # the model looks only at the block
-    got = np.asarray(pm.xrai(linear_model(w), jnp.asarray(x), jnp.array([0]), base="ig",
+    import gag_jax as gj
+
+    base = gj.explainer_fn("ig", postprocess=False, n=4, baseline="zero")  # the base attribution function
+    got = np.asarray(pm.xrai(linear_model(w), jnp.asarray(x), jnp.array([0]), base=base, scales=(20, 50),
+                             min_size=20, segment_size=None, dilation=0, min_pixel_diff=10, mean=(0, 0, 0),
+                             std=(1, 1, 1)))
+    via_explain = gj.explain("xrai", linear_model(w), jnp.asarray(x), jnp.array([0]), postprocess=False,
                              base_options={"n": 4, "baseline": "zero"}, scales=(20, 50), min_size=20,
-                             segment_size=None, dilation=0, min_pixel_diff=10, mean=(0, 0, 0), std=(1, 1, 1)))
+                             segment_size=None, dilation=0, min_pixel_diff=10, mean=(0, 0, 0), std=(1, 1, 1))
+    np.testing.assert_allclose(via_explain, got, rtol=1e-6)
+    with pytest.raises(ValueError, match="attribution function"):
+        pm.xrai(linear_model(w), jnp.asarray(x), jnp.array([0]), base="ig", mean=(0, 0, 0), std=(1, 1, 1))
     assert got.shape == (1, 32, 32, 1)
     block = np.zeros((32, 32), bool)
     block[8:20, 10:26] = True
@@ -237,9 +247,10 @@ def test_explain_runs_the_perturbation_methods():
     w = rng.normal(size=(16, 16, 3))
     x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
     labels = jnp.array([0, 1])
-    model = linear_model(w)
+    # black (occlusion's default baseline) needs the input scaling: gj.explain reads it from the model
+    model = gj.ModelFunctions(linear_model(w), mean=MEAN, std=STD)
     maps = gj.explain("occlusion", model, x, labels, window=4, stride=2)
-    raw = pm.occlusion(model, x, labels, window=4, stride=2)[..., 0]
+    raw = pm.occlusion(linear_model(w), x, labels, window=4, stride=2, mean=MEAN, std=STD)[..., 0]
     low, high = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(maps, (raw - low) / (high - low), atol=1e-5)  # signed map, min-max scaled
     with pytest.raises(ValueError, match="key"):

@@ -1,4 +1,4 @@
-"""The public names of SPEC section 8 exist with the documented signatures (code outside imports them)."""
+"""The public names (the README's API) exist with the documented signatures (code outside imports them)."""
 import inspect
 
 import jax
@@ -27,7 +27,9 @@ def test_metric_and_reverse_signatures():
     p = params(gj.metrics.rcap)
     assert list(p)[:4] == ["model_fn", "images", "labels", "saliency"]
     assert (p["lower_bound"].default, p["interval"].default) == (50, 10)
-    assert tuple(p["mean"].default) == gj.IMAGENET_MEAN and tuple(p["std"].default) == gj.IMAGENET_STD
+    # since 275e51d the input scaling defaults to None (the model's, from gj.ModelFunctions), no longer ImageNet's
+    assert p["mean"].default is None and p["std"].default is None
+    assert p["baseline"].default == "black"
     assert list(params(gj.metrics.deletion_insertion))[:4] == ["model_fn", "images", "labels", "saliency"]
     assert list(params(gj.metrics.log_cosh_dice))[:2] == ["saliency", "masks"]
     assert list(params(gj.metrics.mae))[:2] == ["saliency", "masks"]
@@ -49,7 +51,7 @@ def test_returned_shapes_follow_the_contract():
     maps = gj.guided_absolute_grad(model_fn, images, labels, jax.random.PRNGKey(2))
     assert maps.shape == (2, 8, 8) and maps.dtype == jnp.float32
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1
-    out = gj.metrics.rcap(model_fn, images, labels, maps)
+    out = gj.metrics.rcap(model_fn, images, labels, maps, mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD)
     assert out["rcap"].shape == (2,) and out["ratios"].shape == (2, 5) and out["probs"].shape == (2, 5)
     di = gj.metrics.deletion_insertion(model_fn, images, labels, maps)
     assert di["dauc"].shape == (2,) and di["iauc"].shape == (2,)

@@ -27,7 +27,8 @@ MASK_METRICS = gj.metrics.MASK_METRICS
 
 TARGETS = ("label", "predicted")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: one key per image from its name (gag_jax.keys); 1 keyed (method, batch)."""
 
 
 class RunMismatchError(ValueError):
@@ -213,6 +214,10 @@ class RunConfig:
 
 
 def _check_resume(manifest: Mapping, config: RunConfig) -> None:
+    if manifest.get("format_version", 1) != FORMAT_VERSION:
+        raise RunMismatchError(
+            f"the output directory holds a run of format {manifest.get('format_version', 1)} (another key policy); "
+            f"this release writes format {FORMAT_VERSION}: use another --out")
     old = manifest.get("config", {})
     new = config.result_keys()
     for key in sorted(set(old) | set(new)):
@@ -313,5 +318,6 @@ def load_run(run_dir: str) -> dict[str, Any]:
     results = collect(run_dir, specs, manifest.get("plan", {}).get("batches", 0), metrics)
     return {"case": manifest["config"]["case"], "manifest": manifest, "specs": specs, "metrics": metrics,
             "results": results}
+
 
 

@@ -22,9 +22,9 @@ counted) and computes every method's maps and metrics batch by batch.
 Every file is written atomically (temporary file + rename) as soon as its batch is done, so an
 interrupted run (Ctrl-C, a killed job, a crash) loses at most the batch in flight. Running the
 same command again checks that the options match the manifest, skips every batch that has a
-record and computes only the rest; the PRNG key of (method, batch) is
-``fold_in(fold_in(PRNGKey(seed), crc32(method name)), batch index)``, so the final numbers are
-the same as those of an uninterrupted run.
+record and computes only the rest. An image's PRNG key depends only on the seed and its name
+(:mod:`gag_jax.keys`), so the final numbers are those of an uninterrupted run, whatever the batch
+size; all rows of a batch are explained together, each gradient sweep once (``gj.explain_many``).
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import jax
 
 import gag_jax as gj
 from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runner's public names)
@@ -70,8 +72,11 @@ from gag_jax.experiments.stages import (  # noqa: F401  (re-exported)
     _Reader,
     gather,
     explain_batch,
+    explain_rows,
+    row_identity,
+    run_cost,
     score_batch,
-    batch_key,
+    batch_keys,
     _progress,
     _predict_fn,
     _SELECTION_KEYS,
@@ -127,23 +132,32 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
                                     for s in specs},
         "methods": list(known.values()), "table": table, "versions": versions(),
         "metric_batch_size": metric_batch_size,
-        "seeds": {"explanations": "fold_in(fold_in(PRNGKey(seed), crc32(method)), batch)", "seed": config.seed},
+        "seeds": {"explanations": gj.keys.POLICY, "seed": config.seed},
         "command": manifest.get("command", []) + [command or " ".join(sys.argv)],
     })
     if extra_manifest:
         manifest.update({k: _jsonable(v) for k, v in extra_manifest.items()})
     _atomic_json(manifest_file, manifest)
 
+    start = time.perf_counter()
     plan = select(batches, model, out_dir, config.confidence, config.batch_size, progress=progress,
                   metric_batch_size=metric_batch_size, target=config.target)
+    seconds = {"selection": time.perf_counter() - start}
     skipped = [dataclasses.asdict(s) for s in getattr(batches, "skipped", [])]
     manifest["plan"] = {"images_seen": plan.num_seen, "images_kept": plan.num_kept, "batches": len(plan),
                         "images_unlabelled": plan.num_unlabelled,
                         "skipped_files": skipped or manifest.get("plan", {}).get("skipped_files", [])}
     _atomic_json(manifest_file, manifest)
+    overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
+    manifest["cost"] = {**run_cost(specs, overrides, config.metrics, config.image_size),
+                        "devices": {"count": jax.device_count(), "kind": str(jax.devices()[0].device_kind)},
+                        "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    _atomic_json(manifest_file, manifest)
     try:
+        start = time.perf_counter()
         counts = evaluate_plan(plan, batches, model, specs, out_dir, config=config,
                                metric_batch_size=metric_batch_size, progress=progress, on_record=on_record)
+        seconds["explanations_and_metrics"] = time.perf_counter() - start
     except BaseException as err:
         manifest["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed: {type(err).__name__}"
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -152,6 +166,7 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
     manifest["status"] = "complete"
     manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest["counts"] = counts
+    manifest["cost"]["seconds"] = {k: round(v, 3) for k, v in seconds.items()}  # this session's stages
     _atomic_json(manifest_file, manifest)
     results = collect(out_dir, specs, len(plan), config.metrics)
     return {"results": results, "plan": manifest["plan"], "counts": counts, "manifest": manifest_file}

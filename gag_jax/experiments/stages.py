@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -101,12 +102,43 @@ def gather(reader: _Reader, rows: np.ndarray, batch_size: int, keys: Sequence[st
 
 
 def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, key, overrides: Mapping) -> np.ndarray:
-    """Saliency maps ``(B, H, W)`` of one batch for one spec (``gj.reverse`` for the "R" rows)."""
-    explain_key, reverse_key = jax.random.split(key)
-    maps = gj.explain(spec.method, model, images, labels, key=explain_key, **spec.explain_options(overrides))
-    if spec.reverse:
-        maps = gj.reverse(maps, reverse_key)
-    return maps
+    """Saliency maps ``(B, H, W)`` of one batch for one spec (``gj.reverse`` for the "R" rows), with
+    ``key`` one key per image (:func:`gag_jax.keys.image_keys`). ``evaluate`` computes all rows of a
+    batch at once (:func:`explain_rows`); this is the same for one row."""
+    return explain_rows([spec], model, images, labels, key, overrides)[spec.name]
+
+
+def _reverse_each(maps, keys):
+    """``gj.reverse`` image by image, each with its own key (a map does not depend on its batch)."""
+    return jax.vmap(lambda m, k: gj.reverse(m[None], k)[0])(maps, gj.keys.reverse_keys(keys))
+
+
+def _row_request(spec: MethodSpec, overrides: Mapping) -> tuple[str, dict]:
+    return spec.method, spec.explain_options(overrides)
+
+
+def row_identity(spec: MethodSpec, overrides: Mapping) -> tuple:
+    """What a row computes: (method, every option resolved, reversed?). Rows with equal identities
+    (``gag`` and ``gag-85``) have the same maps, computed and scored once."""
+    method, options = _row_request(spec, overrides)
+    return method, gj.explainers.resolve_options(method, options), spec.reverse
+
+
+def explain_rows(specs: Sequence[MethodSpec], model: gj.ModelFunctions, images, labels, keys,
+                 overrides: Mapping) -> dict[str, np.ndarray]:
+    """The maps of every row in ``specs`` for one batch, each gradient sweep computed once
+    (``gj.explain_many``); "R" rows reverse their base row's maps. ``keys``: one per image."""
+    requests = {}
+    for spec in specs:
+        method, options = _row_request(spec, overrides)
+        requests.setdefault(gj.explainers.method_key(method, options), (method, options))
+    maps = gj.explain_many(list(requests.values()), model, images, labels, key=keys)
+    out = {}
+    for spec in specs:
+        method, options = _row_request(spec, overrides)
+        row = maps[gj.explainers.method_key(method, options)]
+        out[spec.name] = _reverse_each(row, keys) if spec.reverse else row
+    return out
 
 
 def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
@@ -116,9 +148,11 @@ def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: 
                             mean=mean, std=std)
 
 
-def batch_key(seed: int, spec: MethodSpec, batch: int) -> jax.Array:
-    """The PRNG key of (spec, evaluated batch): independent of method order and of resuming."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), spec.seed_salt), batch)
+def batch_keys(seed: int, names: Sequence[str]) -> jax.Array:
+    """The PRNG keys of a batch: one per image, from the seed and the image's name only
+    (:func:`gag_jax.keys.image_keys`), so a map does not depend on batch size, position, method order
+    or resuming."""
+    return gj.keys.image_keys(seed, [str(n) for n in names])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -230,17 +264,24 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
         data = gather(reader, rows, plan.batch_size, keys)
         images, labels = jnp.asarray(data["images"]), jnp.asarray(plan.batch_targets(k))
         masks = jnp.asarray(data["masks"]) if needs_masks else None
+        if bar is not None:
+            bar.set_postfix(methods=len(todo), batch=f"{k + 1}/{len(plan)}")
+        start = time.perf_counter()
+        all_maps = explain_rows(todo, model, images, labels, batch_keys(config.seed, data["names"]), overrides)
+        explain_seconds = (time.perf_counter() - start) / len(todo)
+        scored: dict[tuple, dict] = {}
         for spec in todo:
-            if bar is not None:
-                bar.set_postfix(method=spec.name, batch=f"{k + 1}/{len(plan)}")
             start = time.perf_counter()
-            maps = explain_batch(spec, model, images, labels, batch_key(config.seed, spec, k), overrides)
-            values = score_batch(model, images, labels, maps, masks, config.metrics, mean=batches.mean,
-                                 std=batches.std, metric_batch_size=metric_batch_size)
+            identity = row_identity(spec, overrides)
+            if identity not in scored:  # equal rows (gag, gag-85) are scored once
+                scored[identity] = score_batch(model, images, labels, all_maps[spec.name], masks, config.metrics,
+                                               mean=batches.mean, std=batches.std,
+                                               metric_batch_size=metric_batch_size)
+            values = scored[identity]
             _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
                           labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
                           source_rows=rows,
-                          seconds=np.float64(time.perf_counter() - start), **values)
+                          seconds=np.float64(explain_seconds + time.perf_counter() - start), **values)
             computed += 1
             if on_record is not None:
                 on_record(spec.name, k)
@@ -251,3 +292,28 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     return {"computed": computed, "reused": len(done)}
 
 
+def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int | None) -> dict[str, Any]:
+    """What one image costs in the plan actually run: model gradient evaluations (each gradient sweep
+    once, :func:`gag_jax.explainers.sweep_plan`) and forward passes (the selection, the metrics of
+    every distinct map, occlusion's windows and RISE's masks), counted from the options, not timed."""
+    requests, rows_of = {}, {}
+    for spec in specs:
+        options = spec.explain_options(overrides)
+        key = gj.explainers.method_key(spec.method, options)
+        requests.setdefault(key, (spec.method, options))
+        rows_of.setdefault(key, []).extend([] if spec.reverse else [spec.name])
+    sweeps = gj.explainers.sweep_plan(list(requests.values()))
+    forward = 1 + len({row_identity(s, overrides) for s in specs}) * gj.metrics.scoring.forward_passes_per_map(metrics)
+    for method, options in requests.values():
+        resolved = dict(gj.explainers.resolve_options(method, options))
+        if method == "rise":
+            forward += int(resolved["n"])
+        elif method == "occlusion" and image_size:
+            window, stride = (resolved["window"],) * 2 if isinstance(resolved["window"], int) else resolved["window"], \
+                (resolved["stride"],) * 2 if isinstance(resolved["stride"], int) else resolved["stride"]
+            forward += 1 + int(np.prod([len(gj.perturbation_methods.window_starts(image_size, w, s))
+                                        for w, s in zip(window, stride)]))
+    return {"gradient_evaluations_per_image": int(sum(g["gradients"] for g in sweeps)),
+            "forward_passes_per_image": int(forward),
+            "sweeps": [{"rows": [row for key in g["methods"] for row in rows_of[key]] or g["methods"],
+                        "gradients": g["gradients"]} for g in sweeps]}

@@ -229,7 +229,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
     model_fn = as_model_functions(model_fn)
     if std is None:
         _, std = resolve_scaling(model_fn, needed=float(noise) > 0, what="ROAD's imputation noise (pixel units)",
-                                 channels=ch)
+                                 channels=ch, keywords="std=...")
     std_t = V.as_channel_tuple("std", std, ch)
     batch_size = C.resolve_batch_size(batch_size, images)
     maxiter = 4 * (h + w) if maxiter is None else maxiter

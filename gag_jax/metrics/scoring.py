@@ -11,9 +11,9 @@ import numpy as np
 
 from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.complexity import complexity, sparseness
-from gag_jax.metrics.deletion_insertion import deletion_insertion
-from gag_jax.metrics.rcap import rcap
-from gag_jax.metrics.road import road
+from gag_jax.metrics.deletion_insertion import DEFAULT_FRACTIONS, deletion_insertion
+from gag_jax.metrics.rcap import rcap, rcap_percentiles
+from gag_jax.metrics.road import ROAD_FRACTIONS, road
 from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game
 
 METRIC_NAMES: tuple[str, ...] = ("log_cosh_dice", "mae", "pointing_game", "rcap", "dauc", "iauc",
@@ -41,6 +41,17 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 OPTION_GROUPS: tuple[str, ...] = ("rcap", "deletion_insertion", "road", "log_cosh_dice", "mae", "pointing_game")
 """Keys of ``score``'s ``options``: the metric functions whose keyword options they hold."""
+
+
+def forward_passes_per_map(metrics: Sequence[str]) -> int:
+    """Model forward passes :func:`score` spends on one map with the default options: RCAP one per
+    partition (5), DAUC and IAUC one per fraction of each curve (one call computes both: 20), ROAD
+    one per fraction and order (9 each); the mask and map-only metrics none."""
+    wanted = set(metrics)
+    count = len(rcap_percentiles()) if "rcap" in wanted else 0
+    count += 2 * len(DEFAULT_FRACTIONS) if wanted & {"dauc", "iauc"} else 0
+    count += len(ROAD_FRACTIONS) * len(wanted & {"road_morf", "road_lerf"})
+    return count
 
 
 def default_metrics(has_masks: bool) -> tuple[str, ...]:
