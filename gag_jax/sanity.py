@@ -58,7 +58,7 @@ METRICS = ("spearman", "spearman_abs", "ssim", "hog")
 GROUPINGS = ("layer", "stage")
 
 _SANITY_OPTIONS = ("by", "blocks", "steps", "batch_size", "threshold", "hog_orientations",
-                   "hog_pixels_per_cell", "hog_cells_per_block", "report")
+                   "hog_pixels_per_cell", "hog_cells_per_block", "report", "image_keys")
 _NORM_PARAMS = {"scale", "bias"}
 
 
@@ -390,7 +390,7 @@ def _attributions(method, model: ModelFunctions, images, labels, key, options: d
     out = []
     for start in range(0, images.shape[0], batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        k = jax.random.fold_in(key, start)
+        k = key[start:start + batch_size]  # one key per image: a map does not depend on the batching
         if callable(method):
             raw = method(model, x, y, k)
         else:
@@ -451,6 +451,8 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
         - ``steps``: labels of the blocks after whose randomisation the images are re-explained
           (default all); the cascade still randomises every block above them.
         - ``batch_size``: images per explainer call (default all).
+        - ``image_keys``: ``(B, 2)`` keys of the method, one per image (``gj.keys.image_keys``: the
+          command passes the images' names); default ``fold_in(explain key, image index)``.
         - ``threshold`` (0.5): verdict threshold on the Spearman (abs) correlation averaged over
           images and steps (:func:`passes`).
         - ``hog_orientations`` (9), ``hog_pixels_per_cell`` ((8, 8)), ``hog_cells_per_block`` ((3, 3)).
@@ -496,6 +498,11 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
 
     explain_key, init_key = jax.random.split(key)
+    explain_keys = test_options.get("image_keys")
+    if explain_keys is None:  # one key per image, from its index
+        explain_keys = jax.vmap(jax.random.fold_in, (None, 0))(explain_key, jnp.arange(images.shape[0]))
+    elif np.shape(explain_keys)[0] != images.shape[0]:
+        raise ValueError(f"image_keys needs one key per image: got {np.shape(explain_keys)[0]} for {images.shape[0]}")
     module, variables = _linen_view(module, variables)
     shape = (1,) + tuple(images.shape[1:])
     spec = (layer_blocks(module, variables, shape, by=by) if blocks_spec is None
@@ -506,7 +513,7 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
     if missing:
         raise ValueError(f"unknown step(s) {missing}; the blocks are {labels_all}")
     def explain_with(v):  # same apply functions at every step: one compilation, the weights traced
-        return _attributions(method, _model_of(module, v), images, labels, explain_key, options, batch_size)
+        return _attributions(method, _model_of(module, v), images, labels, explain_keys, options, batch_size)
 
     original = explain_with(variables)
     name = method if isinstance(method, str) else getattr(method, "__name__", "method")

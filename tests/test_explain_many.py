@@ -58,3 +58,26 @@ def test_an_images_maps_depend_only_on_its_own_key(setup):
     second = gj.explain_many(["sg", "gag"], model, images[1:], labels[1:], key=keys[1:], n=4)
     for name in ("gag", "sg"):
         np.testing.assert_allclose(both[name][1], second[name][0], atol=2e-5)
+
+
+def test_one_key_policy_across_entry_points(setup):
+    """The same (method, image, seed) gives the same map from gj.explain with gj.keys.image_keys, the
+    demo / explain commands' batching (any batch size), evaluate's stage 2 and the sanity test."""
+    from gag_jax.experiments import demo, specs, stages
+
+    model, images, labels, _ = setup
+    files = ["a/cat.png", "b/dog.jpg"]
+    keys = gj.keys.image_keys(7, ["cat.png", "dog.jpg"])
+    reference = np.asarray(gj.explain("gag", model, images, labels, key=keys, n=4))
+    for batch_size in (1, 2):
+        got = demo.explain_arrays(model, np.asarray(images), np.asarray(labels), "gag", key=demo.image_keys(7, files),
+                                  batch_size=batch_size, options={"n": 4})
+        np.testing.assert_allclose(got, reference, atol=2e-5)
+    rows = stages.explain_rows(specs.parse_methods("gag,ag"), model, images, labels,
+                               stages.batch_keys(7, files), {"n": 4})
+    np.testing.assert_allclose(rows["gag"], reference, atol=2e-5)
+    raw = gj.sanity._attributions("gag", model, images, labels, keys, {"n": 4}, batch_size=1)
+    np.testing.assert_allclose(gj.postprocess.to_saliency(jnp.asarray(raw)), reference, atol=2e-5)
+    # another seed, another draw
+    assert np.abs(np.asarray(gj.explain("gag", model, images, labels, key=gj.keys.image_keys(8, files), n=4))
+                  - reference).max() > 1e-3

@@ -193,26 +193,27 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
                    batch_size: int, options: dict | None = None,
                    progress: Callable[[int], None] | None = None, batches: Sequence[int] | None = None) -> np.ndarray:
     """Maps ``(N, H, W)`` of ``images`` in fixed-size batches (the last one padded), one compile per method;
-    ``progress`` receives the number of images of each finished batch. ``batches``: compute only these
-    batch indices (the maps of those images, in order; each batch's key is the same as in a full run)."""
+    ``key``: ``(N, 2)`` keys, one per image (``gj.keys.image_keys``: an image's map does not depend on
+    its batch). ``progress`` receives the number of images of each finished batch. ``batches``: compute
+    only these batch indices (the maps of those images, in order)."""
     out = []
     n = images.shape[0]
     bs = min(batch_size, n)
     for i, (a, b) in enumerate(_batches(n, bs)):
         if batches is not None and i not in batches:
             continue
-        (x, y), _ = pad_rows((jnp.asarray(images[a:b]), jnp.asarray(labels[a:b], jnp.int32)), bs)
-        maps = gj.explain(method, model, x, y, key=jax.random.fold_in(key, i), **(options or {}))
+        (x, y, k), _ = pad_rows((jnp.asarray(images[a:b]), jnp.asarray(labels[a:b], jnp.int32), key[a:b]), bs)
+        maps = gj.explain(method, model, x, y, key=k, **(options or {}))
         out.append(np.asarray(maps)[: b - a])
         if progress is not None:
             progress(b - a)
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
-def method_key(key, method: str):
-    """The PRNG key of ``method``: ``key`` folded with its index in ``gj.PRESETS`` (the paper's methods
-    come first there, in ``gj.METHODS`` order)."""
-    return jax.random.fold_in(key, list(gj.PRESETS).index(method))
+def image_keys(seed: int, files: Sequence[str]) -> jax.Array:
+    """``(N, 2)`` keys from the seed and each image's file name (``gj.keys.image_keys`` of the base
+    names): the same image, seed and method give the same map from ``demo``, ``explain`` and ``evaluate``."""
+    return gj.keys.image_keys(seed, [os.path.basename(str(f)) for f in files])
 
 
 def method_options(method: str, *, n: int | None, chunk_size: int | None, mean, std) -> dict:
@@ -404,6 +405,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
                             "nothing written")
     os.makedirs(out_dir, exist_ok=True)
     demo_names = {file: label for label, file in DEMO_IMAGES} if not images else {}
+    keys = image_keys(seed, names)  # from the file names: the same maps as `gag-jax explain` of those files
     names = [demo_names.get(nm, os.path.splitext(nm)[0]) for nm in names]
     t_load = time.perf_counter()
 
@@ -414,7 +416,6 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     for nm, c, cname, p in predictions:
         report(f"  {nm}: {probability_text(cname, p)}")
 
-    key = jax.random.PRNGKey(seed)
     maps, scores, timing = {}, {}, {}
     scoring = {"compile": 0.0, "run": 0.0}
     bar = None
@@ -431,8 +432,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
         start = time.perf_counter()
         with CompileTimer() as compiled:
             try:
-                maps[m] = explain_arrays(model, x, labels, m, key=method_key(key, m), batch_size=batch_size,
-                                         options=opts)
+                maps[m] = explain_arrays(model, x, labels, m, key=keys, batch_size=batch_size, options=opts)
             except ValueError as err:  # gj.explain: an option that does not fit the images or the model
                 raise BadInputError(f"method {m!r}: {' '.join(str(err).split())}") from None
         wall = time.perf_counter() - start
@@ -612,7 +612,7 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         if s in seen:
             stems[i] = f"{s}_{os.path.splitext(names[i])[1].lstrip('.')}"
         seen[s] = i
-    key = jax.random.PRNGKey(seed)
+    keys = image_keys(seed, names)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -623,7 +623,7 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         if bar is not None:
             bar.set_postfix(method=m)
         try:
-            return explain_arrays(model, x, y, m, key=method_key(key, m), batch_size=batch_size,
+            return explain_arrays(model, x, y, m, key=keys, batch_size=batch_size,
                                   options=method_options(m, n=n, chunk_size=chunk_size, mean=mean, std=std),
                                   progress=None if bar is None else bar.update, batches=batches)
         except ValueError as err:  # gj.explain: an option that does not fit the images or the model
