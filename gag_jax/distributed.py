@@ -153,6 +153,41 @@ def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
+DEVICES_ENV = "GAG_JAX_DEVICES"
+"""Environment variable restricting the commands to the first N local devices (default: all)."""
+
+
+def local_mesh() -> Mesh | None:
+    """The 1-D mesh the commands (evaluate, demo, explain) shard their batches over: every local
+    device, or the first ``$GAG_JAX_DEVICES``; None with a single device (nothing to shard).
+
+    Raises:
+      ValueError: ``GAG_JAX_DEVICES`` is not a positive integer.
+    """
+    import os
+
+    devices = jax.local_devices()
+    wanted = os.environ.get(DEVICES_ENV)
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise ValueError(f"{DEVICES_ENV} must be a positive integer (devices to use); got {wanted!r}")
+        devices = devices[:int(wanted)]
+    return make_mesh(devices) if len(devices) > 1 else None
+
+
+def shard_rows(arrays: Sequence[Any], mesh: Mesh | None) -> list:
+    """Place each array's leading (batch) axis across ``mesh`` (NamedSharding); unchanged without a
+    mesh or when the batch does not divide over its devices. jit then runs the computation SPMD
+    over the devices; every image's result is the same as on one device (its key is its own)."""
+    if mesh is None:
+        return list(arrays)
+    devices = mesh.devices.size
+    if any(a is None or np.shape(a)[0] % devices for a in arrays):
+        return list(arrays)
+    sharding = batch_sharding(mesh)
+    return [jax.device_put(a, sharding) for a in arrays]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the mesh, other axes whole."""
     return NamedSharding(mesh, P(AXIS))

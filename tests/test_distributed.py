@@ -207,3 +207,47 @@ def test_two_processes_on_localhost_equal_one_process(tmp_path):
                           for s in (0, 4)])
     assert merged.shape == (num, SIZE, SIZE)
     np.testing.assert_allclose(merged, ref, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- evaluate on 4 devices
+
+_EVALUATE = """
+import json, os, sys
+import jax, numpy as np
+import gag_jax as gj
+from gag_jax.data import load_case
+from gag_jax.experiments import runner, specs, tiny
+
+assert jax.local_device_count() == 4
+module = tiny.TinyCNN(num_classes=5, width=4)
+variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))
+model = gj.ModelFunctions.from_module(module, variables)
+rows = specs.parse_methods(["gag", "ig", "sg_r"])
+out = {}
+for devices in ("1", "4"):
+    os.environ["GAG_JAX_DEVICES"] = devices
+    batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
+    config = runner.RunConfig(case="synthetic", model="tiny", image_size=16, batch_size=4, confidence=None, seed=3,
+                              metrics=("rcap", "dauc", "iauc", "mae"), method_overrides={"n": 2})
+    result = runner.run(config, rows, os.path.join(sys.argv[1], devices), batches=batches, model=model,
+                        progress=False)
+    out[devices] = {row: {m: float(v[m]) for m in ("rcap", "dauc", "iauc", "mae")} for row, v in result["results"].items()}
+    out[devices + "_cost"] = json.load(open(os.path.join(sys.argv[1], devices, "manifest.json")))["cost"]["devices"]
+json.dump(out, open(os.path.join(sys.argv[1], "out.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_evaluate_on_four_devices_gives_one_devices_records(tmp_path):
+    script = tmp_path / "evaluate4.py"
+    script.write_text(_EVALUATE)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=400, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    out = json.loads((tmp_path / "out.json").read_text())
+    for row, values in out["1"].items():
+        for metric, value in values.items():  # same keys per image: equal up to float rounding
+            np.testing.assert_allclose(out["4"][row][metric], value, rtol=1e-5, err_msg=f"{row} {metric}")
+    assert out["4_cost"]["count"] == 4

@@ -199,10 +199,15 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
     out = []
     n = images.shape[0]
     bs = min(batch_size, n)
+    mesh = gj.distributed.local_mesh()  # several local devices: the batch axis is sharded over them
+    if mesh is not None:
+        bs = -(-bs // mesh.devices.size) * mesh.devices.size
+        model = gj.distributed.replicate(model, mesh)
     for i, (a, b) in enumerate(_batches(n, bs)):
         if batches is not None and i not in batches:
             continue
         (x, y, k), _ = pad_rows((jnp.asarray(images[a:b]), jnp.asarray(labels[a:b], jnp.int32), key[a:b]), bs)
+        x, y, k = gj.distributed.shard_rows([x, y, k], mesh)
         maps = gj.explain(method, model, x, y, key=k, **(options or {}))
         out.append(np.asarray(maps)[: b - a])
         if progress is not None:

@@ -233,8 +233,12 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
             bar.set_postfix(kept=len(rows))
     if bar is not None:
         bar.close()
-    # fewer kept images than a batch: one batch of exactly those (no padding computed for nothing)
+    # fewer kept images than a batch: one batch of exactly those (no padding computed for nothing);
+    # several local devices: a multiple of their count, so the batch shards evenly (padding flagged)
     batch_size = max(1, min(batch_size, len(rows)))
+    mesh = gj.distributed.local_mesh()
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     return Plan(np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(targets, np.int32), batch_size, seen,
                 unlabelled)
 
@@ -256,6 +260,8 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     bar = _progress(total, initial, "evaluate", progress)
     reader = _Reader(batches)
     computed = 0
+    mesh = gj.distributed.local_mesh()  # every local device: the batch axis is sharded over them
+    model = gj.distributed.replicate(model, mesh) if mesh is not None else model
     for k in range(len(plan)):
         todo = [s for s in specs if (s.name, k) not in done]
         if not todo:
@@ -264,10 +270,14 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
         data = gather(reader, rows, plan.batch_size, keys)
         images, labels = jnp.asarray(data["images"]), jnp.asarray(plan.batch_targets(k))
         masks = jnp.asarray(data["masks"]) if needs_masks else None
+        rng_keys = batch_keys(config.seed, data["names"])
+        images, labels, rng_keys = gj.distributed.shard_rows([images, labels, rng_keys], mesh)
+        if masks is not None:
+            masks = gj.distributed.shard_rows([masks], mesh)[0]
         if bar is not None:
             bar.set_postfix(methods=len(todo), batch=f"{k + 1}/{len(plan)}")
         start = time.perf_counter()
-        all_maps = explain_rows(todo, model, images, labels, batch_keys(config.seed, data["names"]), overrides)
+        all_maps = explain_rows(todo, model, images, labels, rng_keys, overrides)
         explain_seconds = (time.perf_counter() - start) / len(todo)
         scored: dict[tuple, dict] = {}
         for spec in todo:
