@@ -222,8 +222,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--skip", action="append", default=[], choices=("tests", "gag", "torch", "memory", "metrics"),
                    help="leave a part out (repeatable)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3; smoke 1)")
-    p.add_argument("--torch-chunk", type=int, default=256,
-                   help="noisy copies per torch forward/backward in the baseline (0 = all n*B at once)")
+    p.add_argument("--torch-chunk", type=int, default=0,
+                   help="noisy copies per torch forward/backward in the baseline (0: one batch of B per call, "
+                        "looping over the n samples as the authors' code does)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -269,9 +270,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     variables = jax.device_put(variables, device)
     result["meta"] = dict(_environment(device, args.smoke, budget_s), model=sizes["model"], model_note=model_note,
                           size=sizes["size"], n=sizes["n"], repeats=sizes["repeats"],
-                          baseline=("authors'-style PyTorch GAG (stacked noisy copies, backward of summed target "
-                                    f"logits, torch.var + torch.quantile, float32; {args.torch_chunk or 'all'} "
-                                    "copies per backward)") if torch_model is not None else "none")
+                          baseline=("authors'-style PyTorch GAG (a loop over the n samples, backward of summed target "
+                                    f"logits, torch.var + torch.quantile, float32; "
+                                    f"{args.torch_chunk or 'B (one sample of the batch)'} copies per backward)") if torch_model is not None else "none")
     notes.append("peak = the JAX allocator's high-water mark so far in this process (rows run in table order); "
                  "program = the compiled program's arguments + outputs + temporaries.")
     save()

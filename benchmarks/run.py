@@ -104,8 +104,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="perturbed copies per model call in gj.metrics (default: theirs)")
     p.add_argument("--memory-n", default="20,200", help="n values for the streaming-memory check ('' skips)")
     p.add_argument("--memory-chunk", type=int, default=10, help="chunk size for the streaming-memory check")
-    p.add_argument("--torch-chunk", type=int, default=256,
-                   help="noisy copies per torch forward/backward (bounds its memory; 0 = all n*B at once)")
+    p.add_argument("--torch-chunk", type=int, default=0,
+                   help="noisy copies per torch forward/backward in the baseline (0: one batch of B per call, "
+                        "looping over the n samples as the authors' code does)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".", help="directory for benchmark.md and benchmark.json (default: here)")
@@ -139,8 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                 model=args.model, model_note=model_note, size=args.size, n=args.n, repeats=args.repeats,
                 torch=measure.torch_description() if with_torch else "torch absent",
                 host=f"{platform.machine()}, {os.cpu_count()} CPUs visible",
-                baseline=("authors'-style PyTorch GAG (stacked noisy copies, backward of summed target logits, "
-                          f"torch.var + torch.quantile, float32; {args.torch_chunk or 'all'} copies per backward)")
+                baseline=("authors'-style PyTorch GAG (a loop over the n samples, backward of summed target logits, "
+                          f"torch.var + torch.quantile, float32; {args.torch_chunk or 'B (one sample of the batch)'} copies per "
+                          "backward)")
                 if torch_model is not None else "none")
 
     configs: list[tuple[int, Optional[int]]] = []

@@ -1,9 +1,9 @@
 """PyTorch baselines written the way the authors' published code works (the benchmark's reference).
 
-* ``guided_absolute_grad``: model in eval mode; for a batch, stack the n noisy copies
-  (noise std = ``noise_level * (max - min)`` of the whole batch, as the authors' code), one
-  forward and one backward of the summed target logits, then ``torch.var`` and
-  ``torch.quantile`` over the stacked gradients (per image and channel), float32.
+* ``guided_absolute_grad``: model in eval mode; a loop over the n samples, each one forward and one
+  backward of the summed target logits of a batch of B noisy copies (noise std =
+  ``noise_level * (max - min)`` of the whole batch), as the authors' published code does; then
+  ``torch.var`` and ``torch.quantile`` over the n gradients (per image and channel), float32.
 * ``rcap_loop`` / ``deletion_insertion_loop``: the metrics image by image, one forward pass per
   recovered / perturbed copy (``np.percentile`` thresholds, softmax of the target).
 
@@ -64,7 +64,8 @@ def guided_absolute_grad(model, images, labels, n: int = 20, noise_level: float 
       images: ``(B, C, H, W)`` float32 tensor (normalised), on the model's device.
       labels: ``(B,)`` int64 tensor.
       n, noise_level, percentile: as in the paper (20, 0.15, 0.85).
-      chunk: noisy copies per forward/backward (``None``: all ``n * B`` stacked at once).
+      chunk: noisy copies per forward/backward (``None``: ``B``, one sample of the whole batch per
+        call, the authors' loop; ``n * B`` stacks every copy into one call).
 
     Returns:
       ``(B, H, W)`` float32 tensor.
@@ -76,7 +77,7 @@ def guided_absolute_grad(model, images, labels, n: int = 20, noise_level: float 
     noisy = images.unsqueeze(0) + sigma * torch.randn((n,) + tuple(images.shape), device=images.device)
     noisy = noisy.reshape((n * B,) + tuple(images.shape[1:]))
     targets = labels.repeat(n)
-    step = n * B if chunk is None else chunk
+    step = B if chunk is None else chunk  # sample-major order: a step of B is one noisy copy of the batch
     grads = []
     for start in range(0, n * B, step):
         x = noisy[start:start + step].detach().requires_grad_(True)
