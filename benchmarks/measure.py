@@ -292,7 +292,7 @@ def bench_metrics(make_module, variables, torch_model, device, *, batch: int, si
     import gag_jax as gj
 
     module = make_module(jnp.float32)
-    per_call = {} if chunk is None else {"batch_size": chunk}  # None: the metrics' own default
+    per_call = {} if chunk is None else {"copies_per_call": chunk}  # None: the metrics' own default
     rng = np.random.default_rng(seed)
     images_np = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
     labels_np = rng.integers(0, 10, size=batch)

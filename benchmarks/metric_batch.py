@@ -52,8 +52,8 @@ def main(argv=None) -> str:
     b = images.shape[0]
 
     def run(bs):
-        r = gj.metrics.rcap(logits, images, labels, maps, batch_size=bs)
-        d = gj.metrics.deletion_insertion(logits, images, labels, maps, batch_size=bs)
+        r = gj.metrics.rcap(logits, images, labels, maps, copies_per_call=bs)
+        d = gj.metrics.deletion_insertion(logits, images, labels, maps, copies_per_call=bs)
         return r["rcap"], d["dauc"]
 
     cold = {bs: _time(lambda bs=bs: run(bs)) for bs in sizes}

@@ -238,8 +238,8 @@ def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarra
     bs = min(batch_size, n)
     for a, b in _batches(n, bs):
         (x, y, s), _ = pad_rows((images[a:b], labels[a:b].astype(np.int32), maps[a:b]), bs)
-        values = gj.metrics.score(model.logits, x, y, s, metrics=("rcap", "dauc", "iauc"),
-                                  batch_size=metric_batch_size, mean=mean, std=std)
+        values = gj.metrics.score(model, x, y, s, metrics=("rcap", "dauc", "iauc"),
+                                  copies_per_call=metric_batch_size, mean=mean, std=std)
         for k, v in values.items():
             parts.setdefault(k, []).append(v[: b - a])
     out = {k: np.concatenate(v) for k, v in parts.items()}

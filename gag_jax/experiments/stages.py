@@ -144,7 +144,7 @@ def explain_rows(specs: Sequence[MethodSpec], model: gj.ModelFunctions, images, 
 def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
                 mean, std, metric_batch_size: int | None) -> dict[str, np.ndarray]:
     """Per-image metric values and curves of one batch (``gj.metrics.score``), as numpy."""
-    return gj.metrics.score(model, images, labels, maps, masks, metrics=metrics, batch_size=metric_batch_size,
+    return gj.metrics.score(model, images, labels, maps, masks, metrics=metrics, copies_per_call=metric_batch_size,
                             mean=mean, std=std)
 
 

@@ -58,7 +58,7 @@ def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, b
 
 def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions=None,
                        blur_sigma: float = 16.0, blur_kernel: int = 33,
-                       batch_size: int | str | None = "auto") -> dict:
+                       copies_per_call: int | str | None = "auto", batch_size=C.UNSET) -> dict:
     """Deletion and Insertion curves and their AUCs, batched and jit-compiled.
 
     For each image and fraction ``f_t`` (default ``0, 0.1, ..., 0.9``):
@@ -73,7 +73,7 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
     * AUC = trapezoid over the fractions, ``sum_t (f_{t+1} - f_t)(y_t + y_{t+1}) / 2`` (so with the
       default fractions the x-axis spans 0.9, as in the paper's tables).
 
-    The ``2 * T * B`` perturbed images go through the model in calls of at most ``batch_size``
+    The ``2 * T * B`` perturbed images go through the model in calls of at most ``copies_per_call``
     copies (see :func:`gag_jax.metrics.default_batch_size`), or as one batch with ``None``.
     Cached per (shapes, ``model_fn``, options); see :func:`gag_jax.metrics.rcap` on re-tracing.
 
@@ -84,7 +84,7 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
       saliency: ``(B, H, W)`` float, finite (only the ranking matters).
       fractions: increasing fractions in ``[0, 1]``, at least 2; ``None`` = ``0, 0.1, ..., 0.9``.
       blur_sigma, blur_kernel: insertion's starting image (``blur_kernel`` odd).
-      batch_size: max perturbed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
+      copies_per_call: max perturbed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
         (2 on CPU, measured); ``None`` = all at once.
 
     Returns:
@@ -93,12 +93,12 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
 
     Raises:
       ValueError: shape mismatches (both shapes named), NaN / inf in ``saliency``, labels outside
-        ``[0, K)``, bad ``fractions`` / blur / ``batch_size``.
+        ``[0, K)``, bad ``fractions`` / blur / ``copies_per_call``.
     """
     V.check_images_labels_saliency(images, labels, saliency)
     fr = DEFAULT_FRACTIONS if fractions is None else V.check_fractions(fractions)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
-    batch_size = C.resolve_batch_size(batch_size, images)
+    batch_size = C.resolve_batch_size(C.copies_argument(copies_per_call, batch_size, "deletion_insertion"), images)
     out, flags, bad_label = _deletion_insertion_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,
         fractions=fr, batch_size=batch_size, blur_kernel=blur_kernel, blur_sigma=blur_sigma)

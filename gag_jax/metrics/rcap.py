@@ -92,8 +92,8 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
 
 def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50,
          interval: float = 10, baseline: str = "black", mean: Sequence[float] | None = None,
-         std: Sequence[float] | None = None, batch_size: int | str | None = "auto",
-         blur_kernel: int = 33, blur_sigma: float = 16.0) -> dict:
+         std: Sequence[float] | None = None, copies_per_call: int | str | None = "auto",
+         blur_kernel: int = 33, blur_sigma: float = 16.0, batch_size=C.UNSET) -> dict:
     """ReCover And Predict (eq. 5/6): per-image RCAP, batched and jit-compiled.
 
     For each image and each ``k = 1..j`` (``j = (100 - lower_bound) / interval``):
@@ -109,9 +109,9 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
       (logits cast to float32 first, so bfloat16 models are fine);
     * ``RCAP = (1/j) sum_k ratio_k * prob_k``.
 
-    The ``j * B`` recovered images go through ``model_fn`` in calls of at most ``batch_size`` copies
+    The ``j * B`` recovered images go through ``model_fn`` in calls of at most ``copies_per_call`` copies
     (memory for one chunk of copies; see :func:`gag_jax.metrics.default_batch_size`), or as one
-    batch with ``batch_size=None``. The
+    batch with ``copies_per_call=None``. The
     jitted computation is cached per (shapes, dtypes, ``model_fn``, options): calling again with
     the same shapes and the same ``model_fn`` does not re-trace. The weights of a ``gj.ModelFunctions`` are arguments of
     the compiled program, so new weights for the same model do not re-trace either.
@@ -134,7 +134,7 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
       mean, std: the normalisation of ``images`` (1 or C entries each); None: the model's. The
         ``"black"`` baseline needs one or the other (ValueError otherwise); ``"blur"`` and
         ``"mean"`` commute with the scaling and do without.
-      batch_size: max recovered copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
+      copies_per_call: max recovered copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`
         (2 on CPU, measured); ``None`` = all at once.
       blur_kernel, blur_sigma: Gaussian of the ``"blur"`` baseline.
 
@@ -147,7 +147,7 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
       ValueError: shapes that do not match (both shapes named); ``saliency`` with NaN, inf or
         negative values; labels outside ``[0, K)``; ``lower_bound`` / ``interval`` that do not divide
         ``100 - lower_bound`` into whole partitions; unknown ``baseline``; bad ``mean`` / ``std`` /
-        ``batch_size`` / blur options. (Value checks are skipped under an outer ``jax.jit``.)
+        ``copies_per_call`` / blur options. (Value checks are skipped under an outer ``jax.jit``.)
     """
     V.check_images_labels_saliency(images, labels, saliency)
     percentiles = rcap_percentiles(lower_bound, interval)
@@ -158,7 +158,7 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
                                 what=f"RCAP (baseline {baseline!r})", channels=channels)
     mean_t = V.as_channel_tuple("mean", mean, channels)
     std_t = V.as_channel_tuple("std", std, channels)
-    batch_size = C.resolve_batch_size(batch_size, images)
+    batch_size = C.resolve_batch_size(C.copies_argument(copies_per_call, batch_size, "rcap"), images)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
     out, flags, bad_label = _rcap_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,

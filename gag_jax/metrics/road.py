@@ -178,8 +178,8 @@ def _road_core(images, labels, saliency, key, *, model_fn, counts, lerf, scale, 
 
 def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[float] = ROAD_FRACTIONS,
          order: str = "morf", key: jax.Array | None = None, noise: float = 0.01,
-         std: Sequence[float] | None = None, batch_size: int | str | None = "auto", tol: float = 1e-6,
-         maxiter: int | None = None) -> dict:
+         std: Sequence[float] | None = None, copies_per_call: int | str | None = "auto", tol: float = 1e-6,
+         maxiter: int | None = None, batch_size=C.UNSET) -> dict:
     """ROAD curve and AUC per image: the target probability as more and more pixels are removed
     (most relevant first, ``"morf"``, or least relevant first, ``"lerf"``) and imputed.
 
@@ -195,7 +195,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
     the map) is replaced by the deterministic row-major order.
 
     All ``len(fractions) * B`` imputed copies are built and scored in calls of at most
-    ``batch_size`` copies (imputation included), as :func:`gag_jax.metrics.deletion_insertion`.
+    ``copies_per_call`` copies (imputation included), as :func:`gag_jax.metrics.deletion_insertion`.
 
     Args:
       model_fn: ``images (b, H, W, C) -> logits (b, K)``.
@@ -209,7 +209,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
       noise: noise standard deviation in ``[0, 1]`` pixel units (authors: 0.01; 0: none).
       std: per-channel standard deviation of the normalisation of ``images``; None: the model's
         (``gj.ModelFunctions.std``); with ``noise > 0`` one or the other is needed (ValueError).
-      batch_size: max imputed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`;
+      copies_per_call: max imputed copies per model call; ``"auto"`` = :func:`gag_jax.metrics.default_batch_size`;
         None = all at once.
       tol, maxiter: conjugate-gradient stopping rule (see :func:`noisy_linear_impute`).
 
@@ -218,7 +218,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
 
     Raises:
       ValueError: shapes (both named), NaN / inf saliency, labels outside ``[0, K)``, bad
-        ``fractions`` / ``order`` / ``noise`` / ``std`` / ``batch_size``.
+        ``fractions`` / ``order`` / ``noise`` / ``std`` / ``copies_per_call``.
     """
     V.check_images_labels_saliency(images, labels, saliency)
     fr = V.check_fractions(fractions, high_inclusive=False)
@@ -231,7 +231,7 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
         _, std = resolve_scaling(model_fn, needed=float(noise) > 0, what="ROAD's imputation noise (pixel units)",
                                  channels=ch, keywords="std=...")
     std_t = V.as_channel_tuple("std", std, ch)
-    batch_size = C.resolve_batch_size(batch_size, images)
+    batch_size = C.resolve_batch_size(C.copies_argument(copies_per_call, batch_size, "road"), images)
     maxiter = 4 * (h + w) if maxiter is None else maxiter
     V.check_positive_int(maxiter, "maxiter")
     key = jax.random.PRNGKey(0) if key is None else key

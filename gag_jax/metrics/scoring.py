@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gag_jax.metrics._common import ModelFn
+from gag_jax.metrics._common import UNSET, ModelFn, copies_argument
 from gag_jax.metrics.complexity import complexity, sparseness
 from gag_jax.metrics.deletion_insertion import DEFAULT_FRACTIONS, deletion_insertion
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
@@ -83,8 +83,9 @@ def check_metrics(metrics: Sequence[str] | str | None, has_masks: bool) -> tuple
 
 
 def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Sequence[str] | str | None = None,
-          batch_size: int | str | None = "auto", mean: Sequence[float] | None = None,
-          std: Sequence[float] | None = None, options: Mapping[str, Mapping] | None = None) -> dict[str, np.ndarray]:
+          copies_per_call: int | str | None = "auto", mean: Sequence[float] | None = None,
+          std: Sequence[float] | None = None, options: Mapping[str, Mapping] | None = None,
+          batch_size=UNSET) -> dict[str, np.ndarray]:
     """Per-image values of the chosen metrics for one batch of maps.
 
     Each model metric is one batched, jitted call (:func:`rcap`, one :func:`deletion_insertion`
@@ -100,14 +101,14 @@ def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Seque
       masks: ``(B, H, W)`` ground truth, needed by :data:`MASK_METRICS`.
       metrics: names from :data:`METRIC_NAMES` (a comma-separated string too); None: the paper's
         metrics (:func:`default_metrics`).
-      batch_size: max perturbed copies per model call of the model metrics (``"auto"``: see
+      copies_per_call: max perturbed copies per model call of the model metrics (``"auto"``: see
         :func:`default_batch_size`); None: all at once.
       mean, std: the normalisation of ``images`` (RCAP's baseline, ROAD's noise scale); None: the
         model's input scaling (``gj.ModelFunctions.mean`` / ``.std``).
       options: keyword options per metric function, keyed by :data:`OPTION_GROUPS`, e.g.
         ``{"rcap": {"lower_bound": 50, "interval": 10, "baseline": "black"},
         "road": {"fractions": (0.1, 0.5, 0.9), "key": key}, "mae": {"sqrt": True}}``; they take
-        precedence over ``batch_size`` / ``mean`` / ``std``.
+        precedence over ``copies_per_call`` / ``mean`` / ``std``.
 
     Returns:
       dict of numpy arrays with leading axis ``B``: one ``(B,)`` entry per metric asked for, plus
@@ -124,6 +125,7 @@ def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Seque
       values = gm.score(model_fn, images, labels, maps, masks, metrics=("rcap", "pointing_game"))
       values["rcap"].shape, values["rcap_ratios"].shape       # (B,), (B, 5)
     """
+    copies_per_call = copies_argument(copies_per_call, batch_size, "score")
     wanted = check_metrics(metrics, masks is not None)
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTION_GROUPS))
@@ -138,15 +140,15 @@ def score(model_fn: ModelFn, images, labels, maps, masks=None, *, metrics: Seque
 
     out: dict[str, np.ndarray] = {}
     if "rcap" in wanted:
-        r = rcap(model_fn, images, labels, maps, **opts("rcap", mean=mean, std=std, batch_size=batch_size))
+        r = rcap(model_fn, images, labels, maps, **opts("rcap", mean=mean, std=std, copies_per_call=copies_per_call))
         out["rcap"], out["rcap_ratios"], out["rcap_probs"] = (np.asarray(r[k]) for k in ("rcap", "ratios", "probs"))
     if "dauc" in wanted or "iauc" in wanted:
-        d = deletion_insertion(model_fn, images, labels, maps, **opts("deletion_insertion", batch_size=batch_size))
+        d = deletion_insertion(model_fn, images, labels, maps, **opts("deletion_insertion", copies_per_call=copies_per_call))
         out.update({k: np.asarray(d[k]) for k in ("dauc", "iauc", "deletion_curve", "insertion_curve")
                     if k in wanted or k.endswith("curve")})
     for order in ("morf", "lerf"):
         if f"road_{order}" in wanted:
-            r = road(model_fn, images, labels, maps, order=order, **opts("road", std=std, batch_size=batch_size))
+            r = road(model_fn, images, labels, maps, order=order, **opts("road", std=std, copies_per_call=copies_per_call))
             out[f"road_{order}"], out[f"road_{order}_curve"] = np.asarray(r["auc"]), np.asarray(r["curve"])
     if "log_cosh_dice" in wanted:
         out["log_cosh_dice"] = np.asarray(log_cosh_dice(maps, masks, **opts("log_cosh_dice")))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax.data._common import pad_rows
-from gag_jax.metrics._common import ModelFn
+from gag_jax.metrics._common import UNSET, ModelFn, copies_argument
 from gag_jax.metrics.scoring import check_metrics, score
 from gag_jax.metrics.segmentation import target_probs
 
@@ -77,22 +77,24 @@ class StreamingEvaluator:
       confidence_threshold: ``None`` (keep all) or keep images with target probability above it.
       rcap_options, auc_options: keyword options for :func:`rcap` / :func:`deletion_insertion`.
       mae_sqrt, dice_smooth: options of :func:`mae` / :func:`log_cosh_dice`.
-      batch_size: forwarded to the model-calling metrics (copies per model call; ``"auto"`` as theirs).
+      copies_per_call: forwarded to the model-calling metrics (perturbed copies per model call; ``"auto"``
+        as theirs).
       options: more per-metric options, as ``score``'s ``options`` (e.g. ``{"road": {...}}``).
     """
 
     def __init__(self, model_fn: ModelFn, *, metrics: Sequence[str] | None = None,
                  confidence_threshold: float | None = None, rcap_options: Mapping | None = None,
                  auc_options: Mapping | None = None, mae_sqrt: bool = False,
-                 dice_smooth: float = 1.0, batch_size: int | str | None = "auto",
-                 options: Mapping[str, Mapping] | None = None):
+                 dice_smooth: float = 1.0, copies_per_call: int | str | None = "auto",
+                 options: Mapping[str, Mapping] | None = None, batch_size=UNSET):
+        copies_per_call = copies_argument(copies_per_call, batch_size, "StreamingEvaluator")
         self.model_fn = model_fn
         self.metrics = None if metrics is None else check_metrics(metrics, has_masks=True)
         self.confidence_threshold = confidence_threshold
         self.options = {"rcap": dict(rcap_options or {}), "deletion_insertion": dict(auc_options or {}),
                         "mae": {"sqrt": bool(mae_sqrt)}, "log_cosh_dice": {"smooth": float(dice_smooth)},
                         **dict(options or {})}
-        self.batch_size = batch_size
+        self.copies_per_call = copies_per_call
         self.stats: dict[str, RunningStat] = {}
         self.n_seen = 0
         self.n_kept = 0
@@ -116,12 +118,12 @@ class StreamingEvaluator:
         keep = np.ones(arrays["images"].shape[0], bool)
         if self.confidence_threshold is not None:
             p = np.asarray(target_probs(self.model_fn, arrays["images"], arrays["labels"],
-                                        batch_size=self.batch_size))
+                                        batch_size=self.copies_per_call))
             keep = p > self.confidence_threshold
         keep[b:] = False
 
         values = score(self.model_fn, arrays["images"], arrays["labels"], arrays["saliency"], arrays.get("masks"),
-                       metrics=wanted, batch_size=self.batch_size, options=self.options)
+                       metrics=wanted, copies_per_call=self.copies_per_call, options=self.options)
         kept = {k: values[k][keep] for k in wanted}
         for k, v in kept.items():
             self.stats.setdefault(k, RunningStat()).update(v)
