@@ -432,6 +432,18 @@ def _explain(images, labels, key, model, *, record, options, postprocess, platfo
 _explain_jit = jax.jit(_explain, static_argnames=("record", "options", "postprocess", "platform"))
 
 
+def _check_inputs(model: ModelFunctions, images, labels, key, validate: bool) -> None:
+    """One key or one per image; with ``validate``, shapes, dtypes, NaN, label range (a host sync)
+    and a warning for a plain model function that closes over its weights."""
+    if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
+        raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
+                         f"{images.shape[0] if images.ndim else 0} images")
+    if validate:
+        check_images(images)
+        check_labels(labels, images.shape[0], _num_classes(model, images))
+        warn_if_closed_over(model, images)
+
+
 def _num_classes(model: ModelFunctions, images) -> int:
     shape = jax.eval_shape(model, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape
     if len(shape) != 2 or shape[0] != images.shape[0]:
@@ -489,13 +501,7 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
         if record.is_random(method_options):
             raise ValueError(f"method {record.name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
         key = jax.random.PRNGKey(0)
-    if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
-        raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
-                         f"{images.shape[0] if images.ndim else 0} images")
-    if validate:
-        check_images(images)
-        check_labels(labels, images.shape[0], _num_classes(model, images))
-        warn_if_closed_over(model, images)
+    _check_inputs(model, images, labels, key, validate)
     if not record.jittable:  # host code: run eagerly
         raw = _attributions(record, method_options, model, images, labels, key)
         return to_saliency(raw, reduce) if postprocess else raw
@@ -581,13 +587,7 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
             raise ValueError(f"method {out_key!r} is listed twice")
         entries.append((out_key, record, tuple(sorted({**method_options, "reduce": reduce}.items()))))
     key = jax.random.PRNGKey(0) if key is None else key
-    if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
-        raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
-                         f"{images.shape[0] if images.ndim else 0} images")
-    if validate:
-        check_images(images)
-        check_labels(labels, images.shape[0], _num_classes(model, images))
-        warn_if_closed_over(model, images)
+    _check_inputs(model, images, labels, key, validate)
     unique = list(dict.fromkeys((record, options) for _, record, options in entries))
     results: dict[tuple, jax.Array] = {}
     groups: list[list[tuple[Method, tuple, Explainer]]] = []
