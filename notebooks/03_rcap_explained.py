@@ -152,7 +152,8 @@ centre, shifted, narrow, wide = S / 2, S / 2 + 0.3 * S, 0.135 * S, 0.3 * S
 fig4 = {"M1": gaussian_map(centre, centre, narrow), "M2": gaussian_map(centre, centre, wide),
         "M3": gaussian_map(shifted, shifted, narrow), "M4": gaussian_map(shifted, shifted, wide)}
 syn_maps = jnp.asarray(np.stack(list(fig4.values())))
-syn_rcap = gj.metrics.rcap(object_model, syn_images, syn_labels, syn_maps)
+syn_rcap = gj.metrics.rcap(object_model, syn_images, syn_labels, syn_maps,   # ImageNet-standardised pixels
+                           mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD)
 syn_di = gj.metrics.deletion_insertion(object_model, syn_images, syn_labels, syn_maps)
 
 r = dict(zip(fig4, np.asarray(syn_rcap["rcap"])))
@@ -217,7 +218,8 @@ plt.show()
 columns = ["rcap", "dauc", "iauc"]
 print(f"{'map':8s}" + "".join(f"{c.upper():>8s}{'R':>8s}" for c in columns))
 cases = [(methods, logits_fn, batch_images, batch_labels, sal, scaling),
-         (list(fig4), object_model, syn_images, syn_labels, syn_maps, {})]  # synthetic: ImageNet statistics
+         (list(fig4), object_model, syn_images, syn_labels, syn_maps,
+          {"mean": gj.IMAGENET_MEAN, "std": gj.IMAGENET_STD})]  # synthetic: ImageNet statistics
 for names, fn, x, y, s, norm in cases:
     original = gj.metrics.score(fn, x, y, s, metrics=columns, **norm)
     reversed_ = gj.metrics.score(fn, x, y, gj.reverse(s, jax.random.PRNGKey(1)), metrics=columns, **norm)

@@ -108,10 +108,13 @@ def test_benchmarks_and_notebooks_are_not_installed():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     root = pathlib.Path(__file__).resolve().parent.parent
-    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    packages = setuptools.find_packages(str(root), include=find["include"])
-    assert "gag_jax" in packages and "models" in packages
-    assert not [p for p in packages if p.split(".")[0] in ("benchmarks", "notebooks", "tests")]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = config["packages"]
+    assert "gag_jax" in packages and "gag_jax.models" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("benchmarks", "notebooks", "tests", "models")]
+    # every package folder of the library is listed (a new subpackage must not be left out)
+    found = setuptools.find_packages(str(root), include=["gag_jax*"])
+    assert set(found) <= set(packages)
 
 
 def test_bound_weights_enter_explain_and_metrics_as_arguments():
