@@ -18,6 +18,8 @@ from gag_jax import cli
 from gag_jax.experiments import runner, specs, stages
 from gag_jax.experiments.tables import read_table_csv
 
+pytestmark = pytest.mark.slow  # the commands end to end (real Lite0 photos, trained tiny models); CI runs it, -m "not slow" skips it
+
 METRIC_COLUMNS = ["log_cosh_dice", "mae", "rcap", "dauc", "iauc"]
 FAST = ["--compile-cache", "none", "--no-progress"]
 

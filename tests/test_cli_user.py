@@ -74,6 +74,7 @@ def _error_lines(err):
 # ----------------------------------------------------------------------------- 8. the command line
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("command", ["explain", "demo", "evaluate", "sanity", "tables"])
 def test_an_out_that_is_a_file_is_refused_in_one_line_and_left_alone(command, tiny_ckpt, tmp_path, capsys):
     photo = _photo(tmp_path / "photo.png")
@@ -187,6 +188,7 @@ def test_a_much_smaller_image_is_upscaled_with_a_one_line_notice(tiny_ckpt, tmp_
     assert rc == 0 and "upscaled" not in err
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_occlusion_rise_and_xrai_are_accepted_wherever_methods_are(tiny_ckpt, tmp_path, capsys):
     photo = _photo(tmp_path / "a.png", (40, 40))
     methods = ["occlusion", "rise"] + (["xrai"] if _has("skimage") else [])
@@ -300,6 +302,7 @@ def test_compile_timer_separates_compilation_from_running():
     assert first.seconds > 0 and second.seconds == 0
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_demo_reports_compile_and_run_time_separately_and_titles_with_the_probability(tiny_ckpt, tmp_path,
                                                                                     monkeypatch):
     titles = []

@@ -19,6 +19,8 @@ import pytest
 import gag_jax as gj
 from gag_jax import distributed as gd
 
+pytestmark = pytest.mark.slow  # subprocesses with 4 simulated devices and two processes; CI runs it, -m "not slow" skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 SIZE = 12
@@ -28,6 +30,7 @@ OPTS = dict(n=4, chunk_size=3)  # two chunks, the second one padded
 _DATA = """
 import jax, jax.numpy as jnp, numpy as np
 from toy_models import tiny_conv_net
+
 SIZE = %d
 module, variables, model_fn = tiny_conv_net(seed=0, size=SIZE, activation="relu")
 images = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (NUM, SIZE, SIZE, 3)))

@@ -139,6 +139,7 @@ def _run(out, model, rows, **kw):
     return runner.run(_config(), rows, str(out), batches=batches, model=model, progress=False, **kw)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_interrupted_run_resumes_without_recomputing_and_matches(tmp_path, tiny_setup, monkeypatch):
     rows = specs.parse_methods(["gag", "sg_r"])
     full = _run(tmp_path / "full", tiny_setup, rows)
@@ -368,6 +369,7 @@ def test_runner_gives_ig_the_black_baseline_of_the_data_scaling():
     assert "mean" not in spec_from_name("gag").explain_options(input_scaling(mean, std))
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_an_images_map_does_not_depend_on_the_batch_size_and_the_manifest_counts_the_cost(tmp_path, tiny_setup):
     rows = specs.parse_methods(["gag", "ag", "gag-85", "vargrad", "ig", "sg_r"])
     batches4 = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)

@@ -23,6 +23,7 @@ def setup():
     return model, images, jnp.array([0, 2]), keys
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_every_map_equals_explain(setup):
     model, images, labels, keys = setup
     many = gj.explain_many(ROWS, model, images, labels, key=keys, n=4, chunk_size=2)
@@ -60,6 +61,7 @@ def test_an_images_maps_depend_only_on_its_own_key(setup):
         np.testing.assert_allclose(both[name][1], second[name][0], atol=2e-5)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_one_key_policy_across_entry_points(setup):
     """The same (method, image, seed) gives the same map from gj.explain with gj.keys.image_keys, the
     demo / explain commands' batching (any batch size), evaluate's stage 2 and the sanity test."""

@@ -53,6 +53,7 @@ def test_sg_of_linear_model_equals_vg():
     ("ig", {"n": 64, "rule": "riemann_middle", "chunk_size": 5}),
     ("guided_ig", {"n": 200}),  # left-point rule: error O(1/n), as the published algorithm
 ])
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_path_methods_satisfy_completeness(method, options):
     _, _, model_fn = tiny_conv_net(size=10)
     # the black baseline needs the model's input scaling: the model carries ImageNet's
@@ -127,6 +128,7 @@ def test_gag_matches_numpy_on_conv_net():
 @pytest.mark.parametrize("interpretation,fn", [("positive", lambda g: np.maximum(g, 0)),
                                                ("negative", lambda g: np.minimum(g, 0)),
                                                ("absolute", np.abs)])
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_table3_variants_of_sg(interpretation, fn):
     _, _, model_fn = tiny_conv_net(size=8)
     x = jax.random.normal(jax.random.PRNGKey(8), (1, 8, 8, 3))
@@ -214,6 +216,7 @@ def test_same_key_same_map_and_different_keys_differ():
     assert not np.allclose(a, c)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_gag_does_not_depend_on_chunk_size():
     _, _, model_fn = tiny_conv_net(size=8)
     x = jax.random.normal(jax.random.PRNGKey(13), (2, 8, 8, 3))
@@ -229,6 +232,7 @@ def test_noise_range_batch_uses_the_batch_range():
     np.testing.assert_allclose(modifications.noise_scale(x, 0.1, "batch").ravel(), [1.0, 1.0])
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_chain_equals_the_steps_by_hand():
     _, _, model_fn = tiny_conv_net(size=8)
     x = jax.random.normal(jax.random.PRNGKey(14), (2, 8, 8, 3))
@@ -313,6 +317,7 @@ def test_unknown_method_and_missing_key():
                       mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD).shape == (1, 4, 4)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_per_image_keys_make_maps_independent_of_the_batch():
     _, _, model_fn = tiny_conv_net(size=8)
     x = jax.random.normal(jax.random.PRNGKey(17), (3, 8, 8, 3))
@@ -343,6 +348,7 @@ def test_defaults_and_valid_options_come_from_the_preset_signatures():
                    percentile=0.5)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_a_preset_is_its_composition():
     _, _, model_fn = tiny_conv_net(size=8)
     x = jax.random.normal(jax.random.PRNGKey(18), (2, 8, 8, 3))

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gag_jax import models
 from gag_jax import cli
 from gag_jax import data as gd
 

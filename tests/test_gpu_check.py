@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import gpu_check, measure
 
+pytestmark = pytest.mark.slow  # the accelerator check's CPU smoke run; CI runs it, -m "not slow" skips it
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

@@ -43,6 +43,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("family", sorted(TINY))
 def test_rewrite_equals_the_hand_built_guided_model(family):
     plain, guided = TINY[family](), TINY[family](guided_backprop=True)
@@ -136,6 +137,7 @@ class _ProbedNet(nn.Module):
         return nn.Dense(3)(h.reshape(h.shape[0], -1))
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("seed", range(2))
 def test_no_negative_gradient_crosses_a_relu(seed):
     net = _ProbedNet()

@@ -7,6 +7,8 @@ from skimage import data
 import gag_jax as gj
 from gag_jax import models
 
+pytestmark = pytest.mark.slow  # the real Lite0 on real photos; CI runs it, -m "not slow" skips it
+
 # scikit-image photos and their ImageNet classes (a Lite0 that sees its inputs scaled as it was
 # trained classifies them with high confidence)
 PHOTOS = {"chelsea": (data.chelsea, (281, 282, 285)), "coffee": (data.coffee, (967, 968, 504))}

@@ -130,6 +130,7 @@ def test_road_matches_reference_without_noise(order):
     assert np.ptp(curves) > 1e-2  # the removals change the prediction (the test is not vacuous)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_road_noise_follows_the_documented_keys():
     images, labels, maps = _data(3)
     key = jax.random.PRNGKey(11)

@@ -232,6 +232,7 @@ def test_deletion_insertion_full_curve_fractions():
     np.testing.assert_allclose(out["iauc"], iauc, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_blur_matches_explicit_kernel_including_large_padding():
     # a kernel wider than the image exercises repeated reflection (numpy semantics)
     from gag_jax.metrics._common import gaussian_blur
@@ -279,6 +280,7 @@ def test_select_confident_matches_reference():
                                   got)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 64])
 def test_chunked_equals_one_call(batch_size):
     model = _model()

@@ -46,6 +46,7 @@ def test_metric_names_are_one_tuple():
         gm.check_metrics(["rcap", "roar"], True)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_score_equals_the_metric_functions():
     images, labels, maps, masks = _data()
     key = jax.random.PRNGKey(3)
@@ -84,6 +85,7 @@ def test_score_errors():
         "rcap", "rcap_ratios", "rcap_probs", "dauc", "iauc", "deletion_curve", "insertion_curve"}
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_runner_and_demo_score_through_score():
     from gag_jax.experiments import demo, runner
     images, labels, maps, masks = _data(5, b=5)

@@ -33,6 +33,8 @@ from gag_jax.models.efficientnet import (
 from gag_jax.models.porter import CheckpointMismatchError, load_variables
 from torch_helpers import randomise_bn
 
+pytestmark = pytest.mark.slow  # model equivalence with the torch references and the shipped weights; CI runs it, -m "not slow" skips it
+
 REPO = Path(__file__).resolve().parents[1]
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -20,6 +20,8 @@ from models import densenet, porter, resnet  # noqa: E402
 from models.porter import CheckpointMismatchError  # noqa: E402
 from torch_helpers import randomise_bn  # noqa: E402
 
+pytestmark = pytest.mark.slow  # checkpoint conversion against torch; CI runs it, -m "not slow" skips it
+
 SHAPE = (1, 32, 32, 3)
 TINY = dict(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2)
 

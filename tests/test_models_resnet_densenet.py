@@ -14,6 +14,8 @@ from gag_jax import models
 from gag_jax.models import densenet, porter, resnet
 from torch_helpers import randomise_bn
 
+pytestmark = pytest.mark.slow  # model equivalence with torchvision; CI runs it, -m "not slow" skips it
+
 TOL = 1e-4
 SHAPE = (1, 64, 64, 3)
 

@@ -54,6 +54,7 @@ def _temp_bytes(module, variables, n, chunk_size):
     return sharded.lower((2, SIZE, SIZE, 3)).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_temporary_memory_does_not_grow_with_n(toy):
     module, variables, _ = toy
     t20 = _temp_bytes(module, variables, 20, 4)
@@ -76,6 +77,7 @@ def test_variables_are_arguments_not_constants(toy):
                for x in jax.tree_util.tree_leaves(sharded.variables))
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_benchmark_entry_point_smoke(tmp_path, capsys):
     from benchmarks import run as bench
 

@@ -134,6 +134,7 @@ def test_rise_of_a_constant_model_is_its_probability():
     np.testing.assert_allclose(sal[1].mean(), 1 - p0, rtol=0.05)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_rise_masks_and_chunking():
     masks = np.asarray(pm.rise_masks(jax.random.PRNGKey(2), jnp.arange(300), (20, 15), cells=5, p_keep=0.3))
     assert masks.shape == (300, 20, 15) and masks.min() >= 0 and masks.max() <= 1

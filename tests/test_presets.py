@@ -36,6 +36,7 @@ def test_every_preset_is_listed_with_options():
         assert record.function is gj.PRESETS[name] and set(OPTIONS[name]) <= set(gj.DEFAULTS[name])
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("name", list(gj.PRESETS))
 def test_preset_shape_range_jit_and_batch_independence(setup, name):
     if name == "xrai":

@@ -6,6 +6,8 @@ import re
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the README's blocks with the real Lite0 at 224 px; CI runs it, -m "not slow" skips it
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 

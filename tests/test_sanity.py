@@ -92,6 +92,7 @@ def test_blocks_of_lite0_with_and_without_folded_batch_norm():
         assert gj.sanity.layer_blocks(other, variables, shape) == expected
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("cascading", [True, False])
 def test_randomised_variables_use_the_module_initialisers_and_keep_batch_stats(cascading):
     x = jnp.zeros((1, 8, 8, 3))
@@ -154,6 +155,7 @@ def test_verdict_averages_the_curve_over_steps():
         gj.sanity.passes(top_insensitive, metric="iou")
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_model_independent_method_keeps_similarity_one_and_fails(synthetic):
     images, labels = synthetic
     module = TinyCNN(num_classes=5, width=4)
@@ -168,6 +170,7 @@ def test_model_independent_method_keeps_similarity_one_and_fails(synthetic):
     assert result["passed"] is False and not gj.sanity.passes(result)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_vanilla_gradient_loses_similarity_on_a_trained_net(trained_tiny, synthetic):
     module, variables = trained_tiny
     images, labels = synthetic
@@ -194,6 +197,7 @@ def test_independent_variant_and_step_subset(trained_tiny, synthetic):
     np.testing.assert_allclose(steps["maps"][1], maps, atol=1e-5)
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_noisy_method_with_options_and_gradcam(trained_tiny, synthetic):
     module, variables = trained_tiny
     images, labels = synthetic
@@ -227,6 +231,7 @@ def test_bad_input(synthetic):
         run(edge_filter, module, variables, images, labels, key, blocks=[("top", ("fc",))])
 
 
+@pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 def test_cli_sanity_writes_csv_and_figures(tmp_path, trained_tiny, capsys):
     from PIL import Image
 
