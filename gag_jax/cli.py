@@ -452,11 +452,10 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def _check_model(name: str, checkpoint: str | None, check=None) -> None:
-    """``modelzoo.check_model`` as a usage error (``check`` is unused, kept for callers that pass it)."""
+def _check_model(name: str, checkpoint: str | None) -> None:
+    """``modelzoo.check_model`` as a usage error."""
     from gag_jax.experiments.modelzoo import check_model
 
-    del check
     try:
         check_model(name, checkpoint)
     except ValueError as err:
@@ -624,12 +623,11 @@ def cmd_sanity(args) -> int:
     """``gag-jax sanity``: ``sanity_command.sanity_check`` with the command-line options."""
     import gag_jax as gj
     from gag_jax.experiments import readme
-    from gag_jax.experiments.modelzoo import check_model_name
     from gag_jax.experiments.sanity_command import sanity_check
 
     methods = args.methods or list(gj.METHODS)
     _check_methods(methods)
-    _check_model(args.model, args.checkpoint, check_model_name)
+    _check_model(args.model, args.checkpoint)
     _check_paths(args.images)
     _check_readme(args.update_readme, "sanity-table")
     test_options = {"by": args.by, "batch_size": args.batch_size, **({"steps": args.steps} if args.steps else {})}
