@@ -420,3 +420,15 @@ def mib(x: Optional[float]) -> str:
 def num(x: Optional[float], fmt: str = "{:,.1f}") -> str:
     """``fmt.format(x)``, or ``"n/a"`` for None."""
     return "n/a" if x is None else fmt.format(x)
+
+
+def print_and_append(table: str, append: bool) -> str:
+    """Print a benchmark's Markdown ``table``; with ``append``, add it to ``benchmarks/RESULTS.md``
+    (only from a source checkout)."""
+    print(table)
+    if append:
+        if not in_checkout():
+            raise SystemExit("--append writes benchmarks/RESULTS.md of a source checkout; run from one")
+        with open(RESULTS, "a", encoding="utf-8") as f:
+            f.write("\n" + table)
+    return table

@@ -21,7 +21,7 @@ import jax
 
 import gag_jax as gj
 from gag_jax import models
-from benchmarks.measure import RESULTS, in_checkout
+from benchmarks.measure import print_and_append
 from gag_jax.metrics._common import chunk_plan
 
 def _time(fn) -> float:
@@ -79,13 +79,7 @@ def main(argv=None) -> str:
         lines.append(f"| {bs} | {calls(5 * b, bs)} | {calls(20 * b, bs)} | {cold[bs]:.1f} | {best:.2f} | "
                      f"{med:.2f} | {b / best:.2f} |")
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.append:
-        if not in_checkout():
-            raise SystemExit("--append writes benchmarks/RESULTS.md of a source checkout; run from one")
-        with open(RESULTS, "a", encoding="utf-8") as f:
-            f.write("\n" + table)
-    return table
+    return print_and_append(table, args.append)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import gag_jax as gj
-from benchmarks.measure import RESULTS, in_checkout
+from benchmarks.measure import print_and_append
 from gag_jax import models
 
 ROWS = ([("gag", {"percentile": p / 100}) for p in (0, 15, 25, 35, 45, 55, 65, 75, 85)]
@@ -90,13 +90,7 @@ def main(argv=None) -> str:
     ratio = statistics.median(warm["each"]) / statistics.median(warm["many"])
     lines += ["", f"explain_many is {ratio:.1f}x faster warm, {first['each'] / first['many']:.1f}x on the first call."]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.append:
-        if not in_checkout():
-            raise SystemExit("--append writes benchmarks/RESULTS.md of a source checkout; run from one")
-        with open(RESULTS, "a", encoding="utf-8") as f:
-            f.write("\n" + table)
-    return table
+    return print_and_append(table, args.append)
 
 
 if __name__ == "__main__":

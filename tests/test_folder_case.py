@@ -41,13 +41,7 @@ def _mask(path, mask):
     Image.fromarray(np.asarray(mask, np.uint8) * 255).save(path)
 
 
-def _rows(batches):
-    out = {}
-    for batch in batches:
-        for key, value in batch.items():
-            if key != "valid":
-                out.setdefault(key, []).append(value[batch["valid"]])
-    return {k: np.concatenate(v) for k, v in out.items()}
+from test_data import _all_rows as _rows  # noqa: E402  (the valid rows of every batch)
 
 
 def _main(args, capsys):

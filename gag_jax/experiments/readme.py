@@ -27,12 +27,18 @@ def check_section(readme: str, name: str) -> None:
     """
     if not os.path.isfile(readme):
         raise FileNotFoundError(f"{readme}: no such file")
+    _locate(readme, name)
+
+
+def _locate(readme: str, name: str) -> tuple[str, int, int]:
+    """``(text, start, end)``: the file's text and where the section's two markers stand."""
     start_marker, end_marker = markers(name)
     with open(readme, encoding="utf-8") as f:
         text = f.read()
     start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         raise ValueError(f"{readme} lacks the markers {start_marker} ... {end_marker}")
+    return text, start, end
 
 
 def replace_section(readme: str, name: str, markdown: str) -> str:
@@ -49,12 +55,8 @@ def replace_section(readme: str, name: str, markdown: str) -> str:
     Raises:
       ValueError: the markers are missing or out of order.
     """
-    start_marker, end_marker = markers(name)
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
-    start, end = text.find(start_marker), text.find(end_marker)
-    if start < 0 or end < start:
-        raise ValueError(f"{readme} lacks the markers {start_marker} ... {end_marker}")
+    text, start, end = _locate(readme, name)
+    start_marker, _ = markers(name)
     text = text[: start + len(start_marker)] + "\n" + markdown.strip() + "\n" + text[end:]
     with open(readme, "w", encoding="utf-8") as f:
         f.write(text)
