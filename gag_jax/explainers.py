@@ -153,19 +153,27 @@ def xrai(model, images, labels, key=None, *, base="ig", base_options=None, basel
     """XRAI (see :func:`gag_jax.perturbation_methods.xrai`) on the attribution of the gradient method
     ``base`` with ``base_options``; a path method (``"ig"``, ``"guided_ig"``) without its own
     ``baseline`` is averaged over ``baselines`` (the reference: IG from the image's minimum and maximum)."""
-    options = dict(base_options) if isinstance(base_options, Mapping) else dict(base_options or ())
-    if base not in PRESETS or METHOD_RECORDS[base].kind != "composition":
-        raise ValueError(f"xrai's base must be a gradient method (a composition in gj.PRESETS), not {base!r}")
-    path = base in ("ig", "guided_ig") and "baseline" not in options
-    functions = [explainer_fn(base, postprocess=False, **options, **({"baseline": b} if path else {}))
-                 for b in (baselines if path else (None,))]
+    runs = _xrai_base_runs(base, base_options, baselines)
 
     def base_attribution(model, images, labels, key):
-        return jnp.mean(jnp.stack([jax.jit(fn)(model, images, labels, key) for fn in functions]), axis=0)
+        return jnp.mean(jnp.stack([explain(base, model, images, labels, key=key, postprocess=False, validate=False,
+                                           **run) for run in runs]), axis=0)
 
     return perturbation_methods.xrai(model, images, labels, key, base=base_attribution, scales=scales, sigma=sigma,
                                      min_size=min_size, segment_size=segment_size, dilation=dilation,
                                      min_pixel_diff=min_pixel_diff, area_threshold=area_threshold, mean=mean, std=std)
+
+
+def _xrai_base_runs(base, base_options, baselines) -> list[dict[str, Any]]:
+    """The option sets of XRAI's base attribution, averaged: a path method (``"ig"``, ``"guided_ig"``)
+    without its own ``baseline`` runs once per entry of ``baselines`` (the reference: the image's
+    minimum and maximum), any other gradient method once."""
+    options = dict(base_options) if isinstance(base_options, Mapping) else dict(base_options or ())
+    if base not in PRESETS or METHOD_RECORDS[base].kind != "composition":
+        raise ValueError(f"xrai's base must be a gradient method (a composition in gj.PRESETS), not {base!r}")
+    if base in ("ig", "guided_ig") and "baseline" not in options:
+        return [{**options, "baseline": b} for b in baselines]
+    return [options]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,6 +541,31 @@ def method_key(name: str, options: Mapping[str, Any] | None = None) -> str:
     return f"{name}[{','.join(f'{k}={v!r}' for k, v in sorted(options.items()))}]"
 
 
+def _entry(item, options: Mapping[str, Any]) -> tuple[str, Method, dict[str, Any], str]:
+    """``(result key, record, method options, reduce)`` of one item of :func:`explain_many`'s
+    ``methods``: a name / record / explainer, or a ``(method, {options})`` pair; ``options`` apply
+    where the method takes them, the pair's own win."""
+    method, own = (item if isinstance(item, tuple) else (item, {}))
+    record = as_method(method)
+    merged = {**{k: v for k, v in options.items() if k in record.defaults}, **dict(own)}
+    method_options, reduce = _split(resolve_options(record, merged))
+    return method_key(method if isinstance(method, str) else record.name, dict(own)), record, method_options, reduce
+
+
+def _sweep_groups(compositions: list[tuple[Method, Mapping[str, Any]]]) -> list[tuple[Explainer, list[int]]]:
+    """``(first member's explainer, indices)`` of ``compositions`` grouped by shared sweep
+    (:func:`gag_jax.pipeline.shares_sweep` of the built presets), in first-seen order."""
+    groups: list[tuple[Explainer, list[int]]] = []
+    for index, (record, method_options) in enumerate(compositions):
+        built = record.function(**_with_placeholder_scaling(method_options))
+        match = next((members for first, members in groups if shares_sweep(first, built)), None)
+        if match is not None:
+            match.append(index)
+        else:
+            groups.append((built, [index]))
+    return groups
+
+
 def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bool = True, validate: bool = True,
                  **options) -> dict[str, jax.Array]:
     """Explain ``images`` with several methods, computing each gradient sweep once.
@@ -573,16 +606,11 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
     channels = images.shape[-1] if images.ndim == 4 else None
     entries: list[tuple[str, Method, tuple]] = []
     for item in methods:
-        method, own = (item if isinstance(item, tuple) else (item, {}))
-        record = as_method(method)
-        defaults = record.defaults
-        merged = {**{k: v for k, v in options.items() if k in defaults}, **dict(own)}
-        method_options, reduce = _split(resolve_options(record, merged))
+        out_key, record, method_options, reduce = _entry(item, options)
         method_options = _with_scaling(record, method_options, model, channels)
         _check_values(record, method_options)
         if key is None and record.is_random(method_options):
             raise ValueError(f"method {record.name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
-        out_key = method_key(method if isinstance(method, str) else record.name, dict(own))
         if any(out_key == k for k, _, _ in entries):
             raise ValueError(f"method {out_key!r} is listed twice")
         entries.append((out_key, record, tuple(sorted({**method_options, "reduce": reduce}.items()))))
@@ -590,23 +618,15 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
     _check_inputs(model, images, labels, key, validate)
     unique = list(dict.fromkeys((record, options) for _, record, options in entries))
     results: dict[tuple, jax.Array] = {}
-    groups: list[list[tuple[Method, tuple, Explainer]]] = []
     for record, options in unique:
         if record.kind != "composition":
             method_options, reduce = _split(options)
             results[(record, options)] = explain(record, model, images, labels, key=key, postprocess=postprocess,
                                                  validate=False, **method_options, reduce=reduce)
-            continue
-        built = record.function(**_split(options)[0])
-        for group in groups:
-            if shares_sweep(group[0][2], built):
-                group.append((record, options, built))
-                break
-        else:
-            groups.append([(record, options, built)])
+    compositions = [(record, options) for record, options in unique if record.kind == "composition"]
     platform = backend.platform_of(images)
-    for group in groups:
-        members = tuple((record, options) for record, options, _ in group)
+    for _, indices in _sweep_groups([(record, _split(options)[0]) for record, options in compositions]):
+        members = tuple(compositions[i] for i in indices)
         for member, maps in zip(members, _many_jit(images, labels, key, model, group=members,
                                                    postprocess=postprocess, platform=platform)):
             results[member] = maps
@@ -624,29 +644,22 @@ def sweep_plan(methods, **options) -> list[dict[str, Any]]:
     "gradients": n}]`` (a composition's sweep: its n samples; Grad-CAM: 1; XRAI: its base method's,
     twice for a path method without its own baseline; occlusion and RISE: 0, they only run the model
     forward). Builds the presets only (nothing is computed)."""
-    groups: list[dict[str, Any]] = []
-    for item in methods:
-        method, own = (item if isinstance(item, tuple) else (item, {}))
-        record = as_method(method)
-        merged = {**{k: v for k, v in options.items() if k in record.defaults}, **dict(own)}
-        method_options, _ = _split(resolve_options(record, merged))
-        name = method_key(method if isinstance(method, str) else record.name, dict(own))
+    entries = [_entry(item, options) for item in methods]
+    compositions = [i for i, (_, record, _, _) in enumerate(entries) if record.kind == "composition"]
+    groups = {}  # first entry index -> {"methods", "gradients"}, kept in the order of the methods
+    for built, indices in _sweep_groups([entries[i][1:3] for i in compositions]):
+        members = [compositions[i] for i in indices]
+        groups[members[0]] = {"methods": [entries[m][0] for m in members],
+                              "gradients": int(built.modification.num_samples)}
+    for index, (name, record, method_options, _) in enumerate(entries):
         if record.kind == "composition":
-            built = record.function(**_with_placeholder_scaling(method_options))
-            match = next((g for g in groups if g["built"] is not None and shares_sweep(g["built"], built)), None)
-            if match is not None:
-                match["methods"].append(name)
-            else:
-                groups.append({"methods": [name], "built": built,
-                               "gradients": int(built.modification.num_samples)})
             continue
         gradients = 1 if record.name == "gradcam" else 0
         if record.name == "xrai":
-            base, base_options = method_options["base"], dict(method_options["base_options"] or ())
-            path = base in ("ig", "guided_ig") and "baseline" not in base_options
-            gradients = sweep_plan([(base, base_options)])[0]["gradients"] * (2 if path else 1)
-        groups.append({"methods": [name], "built": None, "gradients": gradients})
-    return [{"methods": g["methods"], "gradients": g["gradients"]} for g in groups]
+            runs = _xrai_base_runs(method_options["base"], method_options["base_options"], method_options["baselines"])
+            gradients = sum(sweep_plan([(method_options["base"], run)])[0]["gradients"] for run in runs)
+        groups[index] = {"methods": [name], "gradients": gradients}
+    return [groups[index] for index in sorted(groups)]
 
 
 def guided_absolute_grad(model_fn, images, labels, key, *, n: int = 20, noise_level: float = 0.15,
