@@ -37,6 +37,7 @@ import collections
 import functools
 import itertools
 import math
+import os
 import warnings
 from typing import Any
 from collections.abc import Iterable, Iterator, Sequence
@@ -164,8 +165,6 @@ def local_mesh() -> Mesh | None:
     Raises:
       ValueError: ``GAG_JAX_DEVICES`` is not a positive integer.
     """
-    import os
-
     devices = jax.local_devices()
     wanted = os.environ.get(DEVICES_ENV)
     if wanted:
@@ -481,8 +480,8 @@ class ShardedExplainer:
 
 @functools.lru_cache(maxsize=16)
 def _cached(method, options, model_structure, postprocess, mesh, batch_size):
-    """A ``ShardedExplainer`` per model *structure* (apply functions, not weights); the weights are
-    set per call (``with_model``), so new weights reuse the compiled program."""
+    """A ``ShardedExplainer`` per model *structure* (apply functions, not weights); ``explain_sharded``
+    sets its ``model`` (the weights) at every call, so new weights reuse the compiled program."""
     del model_structure  # part of the cache key only
     return ShardedExplainer(method, lambda x: x, batch_size=batch_size, mesh=mesh, postprocess=postprocess,
                             **dict(options))

@@ -124,6 +124,15 @@ def window_starts(size: int, window: int, stride: int) -> np.ndarray:
     return np.asarray(starts, np.int32)
 
 
+def occlusion_positions(size: tuple[int, int], window, stride) -> np.ndarray:
+    """``(P, 2)`` top-left corners ``(y, x)`` of the occlusion windows on an image of ``size`` (H, W):
+    :func:`window_starts` along each axis; ``window``/``stride`` an int or an ``(h, w)`` pair. The
+    occlusion map costs ``P + 1`` model calls per image."""
+    (window_h, window_w), (stride_h, stride_w) = _pair(window, "window"), _pair(stride, "stride")
+    ys, xs = window_starts(size[0], window_h, stride_h), window_starts(size[1], window_w, stride_w)
+    return np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+
+
 def occlusion(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Array | None = None, *,
               window=32, stride=16, baseline: str = "black", output: str = "logit", chunk_size: int | None = 16,
               mean=None, std=None) -> jax.Array:
@@ -155,7 +164,6 @@ def occlusion(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax
     """
     _check_images(images)
     window_h, window_w = _pair(window, "window")
-    stride_h, stride_w = _pair(stride, "stride")
     check_choice(baseline, "baseline", BASELINES)
     check_choice(output, "output", OUTPUTS)
     if chunk_size is not None:
@@ -163,8 +171,7 @@ def occlusion(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax
     images = images.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
     batch, height, width, channels = images.shape
-    ys, xs = window_starts(height, window_h, stride_h), window_starts(width, window_w, stride_w)
-    starts = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)  # (P, 2), static
+    starts = occlusion_positions((height, width), window, stride)  # (P, 2), static
     coverage = np.zeros((height, width), np.float32)
     for y, x in starts:
         coverage[y:y + window_h, x:x + window_w] += 1

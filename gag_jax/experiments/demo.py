@@ -25,11 +25,7 @@ import gag_jax as gj
 from gag_jax.data import pad_rows
 from gag_jax.experiments import figures
 from gag_jax.experiments import readme as readme_sections
-from gag_jax.experiments.specs import LABELS as PAPER_LABELS
-from gag_jax.experiments.specs import input_scaling
-
-LABELS: dict[str, str] = {**PAPER_LABELS, "occlusion": "Occlusion", "rise": "RISE", "xrai": "XRAI"}
-"""Display label of every method the demo and ``explain`` take (``gj.PRESETS``)."""
+from gag_jax.experiments.specs import LABELS, input_scaling
 
 DEMO_N = 20
 """Modifications per method of the paper's methods in the demo (the paper's n)."""

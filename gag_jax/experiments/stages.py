@@ -319,10 +319,8 @@ def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int 
         if method == "rise":
             forward += int(resolved["n"])
         elif method == "occlusion" and image_size:
-            window, stride = (resolved["window"],) * 2 if isinstance(resolved["window"], int) else resolved["window"], \
-                (resolved["stride"],) * 2 if isinstance(resolved["stride"], int) else resolved["stride"]
-            forward += 1 + int(np.prod([len(gj.perturbation_methods.window_starts(image_size, w, s))
-                                        for w, s in zip(window, stride)]))
+            forward += 1 + len(gj.perturbation_methods.occlusion_positions((image_size, image_size),
+                                                                           resolved["window"], resolved["stride"]))
     return {"gradient_evaluations_per_image": int(sum(g["gradients"] for g in sweeps)),
             "forward_passes_per_image": int(forward),
             "sweeps": [{"rows": [row for key in g["methods"] for row in rows_of[key]] or g["methods"],
