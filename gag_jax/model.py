@@ -423,11 +423,6 @@ class ModelFunctions:
         """``{"mean", "std"}`` (pixels in [0, 1]) or None when the model does not carry it."""
         return None if self.mean is None else {"mean": self.mean, "std": self.std}
 
-    @property
-    def has_layers(self) -> bool:
-        """Whether Grad-CAM can name a layer of this model (linen and NNX models)."""
-        return self._statics.tap is not None
-
     def __call__(self, images):
         return self.logits(images)
 
