@@ -25,7 +25,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from gag_jax.metrics import METRIC_NAMES
+from gag_jax.metrics import metric_names
 
 PROG = "gag-jax"
 EXIT_USAGE = 2
@@ -300,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_comma_list, default=None,
                    help="rows to compute instead of the table's (e.g. gag,sg_r,gag-45,ig.guide_abs)")
     p.add_argument("--metrics", type=_comma_list, default=None,
-                   help=f"comma-separated from {', '.join(METRIC_NAMES)} (dice = log_cosh_dice; default: rcap, "
-                   "dauc, iauc, plus log_cosh_dice and mae when the case has masks)")
+                   help=f"comma-separated from {', '.join(metric_names())} (dice = log_cosh_dice), or "
+                   "module:attribute for a metric of your own (default: rcap, dauc, iauc, plus log_cosh_dice and "
+                   "mae when the case has masks)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default %(default)s)")
     p.add_argument("--metric-batch-size", type=_auto_or_positive_int, default="auto",
                    help="perturbed copies per model call in the metrics (default auto: chosen by measurement per "

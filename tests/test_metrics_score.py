@@ -30,13 +30,26 @@ def _data(seed=0, b=B):
     return images, labels, maps, masks
 
 
-def test_metric_names_are_one_tuple():
-    assert set(gm.MASK_METRICS) <= set(gm.METRIC_NAMES)
-    assert set(gm.HIGHER_IS_BETTER) == set(gm.METRIC_NAMES) == set(gm.METRIC_LABELS)
+BUILT_IN = ("log_cosh_dice", "mae", "pointing_game", "rcap", "dauc", "iauc", "road_morf", "road_lerf", "sparseness",
+            "complexity")
+
+
+def test_metric_records_are_the_one_source():
+    assert set(BUILT_IN) <= set(gm.metric_names())
+    assert set(gm.mask_metrics()) >= {"log_cosh_dice", "mae", "pointing_game"}
+    assert all("masks" in gm.metric(m).needs for m in gm.mask_metrics())
+    directions = {m: gm.metric(m).higher_is_better for m in BUILT_IN}
+    assert directions == {"log_cosh_dice": False, "mae": False, "pointing_game": True, "rcap": True, "dauc": False,
+                          "iauc": True, "road_morf": False, "road_lerf": True, "sparseness": True,
+                          "complexity": False}
+    assert gm.metric("dice").name == "log_cosh_dice" and gm.metric("gini").name == "sparseness"
+    # cost: RCAP 5 partitions, DAUC + IAUC one call of 2 x 10 fractions, ROAD 9 per order
+    assert gm.forward_passes_per_map(("rcap", "dauc", "iauc")) == 25
+    assert gm.forward_passes_per_map(("rcap",), {"rcap": {"interval": 25}}) == 2
+    assert gm.forward_passes_per_map(("road_morf", "road_lerf", "sparseness")) == 18
     assert gm.default_metrics(False) == ("rcap", "dauc", "iauc")
     assert gm.default_metrics(True) == ("log_cosh_dice", "mae", "rcap", "dauc", "iauc")
     from gag_jax.experiments import runner
-    assert runner.METRICS == gm.METRIC_NAMES and runner.MASK_METRICS == gm.MASK_METRICS
     assert runner.parse_metrics("road_lerf,pointing,sparseness,complexity,road_morf", True) == \
         ("pointing_game", "road_morf", "road_lerf", "sparseness", "complexity")
     with pytest.raises(ValueError, match="masks"):
@@ -50,7 +63,7 @@ def test_metric_names_are_one_tuple():
 def test_score_equals_the_metric_functions():
     images, labels, maps, masks = _data()
     key = jax.random.PRNGKey(3)
-    out = gm.score(linear_model, images, labels, maps, masks, metrics=gm.METRIC_NAMES, batch_size=7,
+    out = gm.score(linear_model, images, labels, maps, masks, metrics=BUILT_IN, copies_per_call=7,
                    options={"rcap": {"interval": 25}, "road": {"fractions": (0.2, 0.6), "key": key},
                             "pointing_game": {"tolerance": 2}, "mae": {"sqrt": True}}, **SCALING)
     r = gm.rcap(linear_model, images, labels, maps, interval=25, **SCALING)
@@ -124,3 +137,42 @@ def test_pad_rows_repeats_the_last_row_for_arrays_and_pytrees():
         gj.data.pad_rows({"a": np.zeros(2), "b": np.zeros(3)}, 4)
     with pytest.raises(ValueError, match="cannot be padded"):
         gj.data.pad_rows(x, 2)
+
+
+def test_a_registered_metric_is_scored_like_a_built_in_one():
+    """A metric of one's own through the public registry: scored, with its curve, options and direction."""
+    images, labels, maps, masks = _data()
+
+    def centre_mass(model, images, labels, maps, *, border=1):
+        inner = maps[:, border:-border, border:-border].sum((1, 2))
+        return {"centre_mass": inner / maps.sum((1, 2)), "centre_mass_curve": np.stack([inner, inner], 1)}
+
+    def on_mask(model, images, labels, maps, *, masks):
+        return (maps * masks).sum((1, 2))
+
+    try:
+        record = gm.register("centre_mass", centre_mass, label="Centre", higher_is_better=False,
+                             curves=("centre_mass_curve",), category="localisation")
+        gm.register("on_mask", on_mask, needs=("masks",))
+        assert record.source["module"] == __name__ and len(record.source["sha256"]) == 64
+        out = gm.score(linear_model, images, labels, maps, masks, metrics="rcap,centre_mass,on_mask",
+                       options={"centre_mass": {"border": 2}}, **SCALING)
+        want = maps[:, 2:-2, 2:-2].sum((1, 2)) / maps.sum((1, 2))
+        np.testing.assert_allclose(out["centre_mass"], want, rtol=1e-6)
+        np.testing.assert_allclose(out["on_mask"], (maps * masks).sum((1, 2)), rtol=1e-6)
+        assert out["centre_mass_curve"].shape == (B, 2) and "rcap" in out
+        assert gm.check_metrics("centre_mass,rcap", False) == ("rcap", "centre_mass")  # registry order
+        with pytest.raises(ValueError, match="masks"):
+            gm.check_metrics("on_mask", False)
+        with pytest.raises(ValueError, match="built in"):
+            gm.register("rcap", centre_mass)
+        with pytest.raises(ValueError, match="already registered"):
+            gm.register("centre_mass", centre_mass)
+        gm.register("bad_shape", lambda model, images, labels, maps: maps)
+        with pytest.raises(ValueError, match=r"'bad_shape' returned 'bad_shape' of shape \(3, 12, 12\)"):
+            gm.score(linear_model, images, labels, maps, metrics="bad_shape")
+    finally:
+        for name in ("centre_mass", "on_mask", "bad_shape"):
+            gm.unregister(name)
+    with pytest.raises(ValueError, match="unknown metric 'centre_mass'"):
+        gm.check_metrics("centre_mass", False)

@@ -286,9 +286,9 @@ def p_ablation_curve(path: str, results: Mapping[str, Mapping[str, Mapping]],
       metrics_by_case: metrics of each case.
     """
     plt = _plt()
-    from gag_jax.experiments.tables import CASE_LABELS, METRIC_LABELS, METRIC_ORDER
+    from gag_jax.experiments.tables import CASE_LABELS, metric_label, metric_order
 
-    metrics = [m for m in METRIC_ORDER if any(m in ms for ms in metrics_by_case.values())]
+    metrics = [m for m in metric_order() if any(m in ms for ms in metrics_by_case.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 2.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for case, res in results.items():
@@ -298,7 +298,7 @@ def p_ablation_curve(path: str, results: Mapping[str, Mapping[str, Mapping]],
                             if name.startswith("gag-") and metric in r)
             if points:
                 ax.plot([p for p, _ in points], [v for _, v in points], "o-", label=CASE_LABELS.get(case, case))
-        ax.set_title(METRIC_LABELS[metric], fontsize=9)
+        ax.set_title(metric_label(metric), fontsize=9)
         ax.set_xlabel("p (percent)")
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)

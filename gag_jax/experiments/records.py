@@ -20,10 +20,6 @@ import numpy as np
 import gag_jax as gj
 from gag_jax.experiments.specs import MethodSpec
 
-METRICS: tuple[str, ...] = gj.metrics.METRIC_NAMES
-METRIC_ALIASES = {"dice": "log_cosh_dice", "lcd": "log_cosh_dice", "l_lc-dce": "log_cosh_dice",
-                  "pointing": "pointing_game", "gini": "sparseness", "entropy": "complexity"}
-MASK_METRICS = gj.metrics.MASK_METRICS
 
 TARGETS = ("label", "predicted")
 MANIFEST = "manifest.json"
@@ -41,32 +37,20 @@ class OptionError(ValueError):
 
 
 def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[str, ...]:
-    """Normalise metric names (comma-separated allowed; ``dice`` = ``log_cosh_dice``).
+    """Normalise metric names (comma-separated allowed; aliases such as ``dice`` = ``log_cosh_dice``).
 
     Args:
-      names: e.g. ``"rcap,dauc,iauc,dice,mae"`` (any of :data:`METRICS` or :data:`METRIC_ALIASES`);
-        None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and MAE when the case has ground-truth masks.
+      names: e.g. ``"rcap,dauc,iauc,dice,mae"``: any registered metric (``gj.metrics.metric_names()``)
+        or alias; None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and MAE when the case has masks.
       has_masks: whether the data carries masks.
 
     Returns:
-      metric names in the canonical order of :data:`METRICS`.
+      metric names in registry order.
 
     Raises:
       ValueError: unknown metric, or a mask metric for a case without masks.
     """
-    if names is None:
-        return gj.metrics.default_metrics(has_masks)
-    if isinstance(names, str):
-        names = [names]
-    wanted = []
-    for name in (p.strip().lower() for n in names for p in str(n).split(",") if p.strip()):
-        name = METRIC_ALIASES.get(name, name)
-        if name not in METRICS:
-            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (dice = log_cosh_dice)")
-        if name in MASK_METRICS and not has_masks:
-            raise ValueError(f"metric {name!r} needs ground-truth masks, which this case does not have")
-        wanted.append(name)
-    return tuple(m for m in METRICS if m in wanted)
+    return gj.metrics.check_metrics(names, has_masks)
 
 
 # ----------------------------------------------------------------------------- files
@@ -238,7 +222,6 @@ def _check_resume(manifest: Mapping, config: RunConfig) -> None:
 # ----------------------------------------------------------------------------- data adapter
 
 
-CURVES = ("rcap_ratios", "rcap_probs", "deletion_curve", "insertion_curve")
 def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metrics: Sequence[str]) -> dict[str, dict]:
     """Read every record of ``specs`` and reduce it to per-method results, record by record
     (``gj.metrics.RunningStat``: one batch of values in memory at a time).
@@ -264,7 +247,7 @@ def collect(out_dir: str, specs: Sequence[MethodSpec], plan_batches: int, metric
             for m in metrics:
                 if m in rec:
                     stats[m].update(rec[m][valid])
-            for c in CURVES:
+            for c in (c for m in metrics for c in gj.metrics.metric(m).curves):
                 if c in rec:
                     sums[c] = sums.get(c, 0.0) + rec[c][valid].astype(np.float64).sum(axis=0)
                     counts[c] = counts.get(c, 0) + int(valid.sum())

@@ -41,9 +41,6 @@ import jax
 
 import gag_jax as gj
 from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runner's public names)
-    METRICS,
-    METRIC_ALIASES,
-    MASK_METRICS,
     TARGETS,
     MANIFEST,
     FORMAT_VERSION,
@@ -61,7 +58,6 @@ from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runne
     file_digest,
     RunConfig,
     _check_resume,
-    CURVES,
     collect,
     _jsonable,
     load_run,

@@ -16,7 +16,6 @@ import numpy as np
 
 import gag_jax as gj
 from gag_jax.experiments.records import (
-    MASK_METRICS,
     TARGETS,
     RunConfig,
     _atomic_savez,
@@ -252,7 +251,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
       ``{"computed": ..., "reused": ...}`` counts of (spec, batch) records.
     """
     keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
-    needs_masks = any(m in MASK_METRICS for m in config.metrics)
+    needs_masks = any("masks" in gj.metrics.metric(m).needs for m in config.metrics)
     overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
     total = plan.num_kept * len(specs)
     done = {(s.name, k) for s in specs for k in range(len(plan)) if _is_record(record_path(out_dir, s.name, k))}

@@ -23,14 +23,28 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+import gag_jax as gj
 from gag_jax.experiments.records import load_run
 from gag_jax.experiments.specs import TABLE3_BASES, VARIANTS, MethodSpec
-from gag_jax.metrics import HIGHER_IS_BETTER, METRIC_LABELS, METRIC_NAMES
 
 CASE_ORDER = ("imagenet_s", "isic", "places365", "synthetic")
 CASE_LABELS = {"imagenet_s": "ImageNet-S", "isic": "ISIC", "places365": "Places365", "synthetic": "Synthetic",
                "folder": "Folder", "demo": "Photos"}
-METRIC_ORDER = METRIC_NAMES
+
+
+def metric_order() -> tuple[str, ...]:
+    """The order of metric columns: the metric registry's (built-in first, then the user's)."""
+    return gj.metrics.metric_names()
+
+
+def higher_is_better(metric: str) -> bool:
+    """The direction of a metric, from its record."""
+    return gj.metrics.metric(metric).higher_is_better
+
+
+def metric_label(metric: str) -> str:
+    """The column title of a metric, from its record."""
+    return gj.metrics.metric(metric).label
 CAPTIONS = {
     1: "Table 1. Ablation of Guided AbsoluteGrad's percentile p (Equation 4).",
     2: "Table 2. Gradient-based method comparison (part 1: Grad-CAM; part 2: gradient methods; "
@@ -42,7 +56,7 @@ CAPTIONS = {
 
 def _columns(results: Mapping[str, Mapping], metrics_by_case: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
     cases = sorted(results, key=lambda c: CASE_ORDER.index(c) if c in CASE_ORDER else len(CASE_ORDER))
-    return [(c, m) for c in cases for m in METRIC_ORDER if m in metrics_by_case[c]]
+    return [(c, m) for c in cases for m in metric_order() if m in metrics_by_case[c]]
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -103,7 +117,7 @@ def best_value(cells: Sequence[Mapping], metric: str) -> float | None:
     ranked = [c for c in cells if _finite(c.get(metric))]
     if len(ranked) < 2:
         return None
-    ranked.sort(key=lambda c: c[metric], reverse=HIGHER_IS_BETTER[metric])
+    ranked.sort(key=lambda c: c[metric], reverse=higher_is_better(metric))
     best, second = ranked[0], ranked[1]
     n = best.get("n")
     if n is not None and _finite(float(n)) and float(n) < 2:
@@ -133,9 +147,9 @@ def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[st
     """
     columns = _columns(results, metrics_by_case)
     extra = dict(extra_columns or {}) if table != 3 else {}
-    arrows = {m: "\u2191" if HIGHER_IS_BETTER[m] else "\u2193" for m in METRIC_ORDER}
+    arrows = {m: "\u2191" if higher_is_better(m) else "\u2193" for _, m in columns}
     header = ["Method" if table != 3 else "Variant"] + [
-        f"{CASE_LABELS.get(c, c)} {METRIC_LABELS[m]}{arrows[m]}" for c, m in columns] + list(extra)
+        f"{CASE_LABELS.get(c, c)} {metric_label(m)}{arrows[m]}" for c, m in columns] + list(extra)
     lines = [CAPTIONS[table] if caption is None else caption, ""]
     if note:
         lines += [note, ""]
@@ -148,7 +162,7 @@ def render_markdown(table: int, specs: Sequence[MethodSpec], results: Mapping[st
             for col in columns:
                 v = cells[col]
                 text = _fmt(v, 2)
-                better = not math.isnan(v) and ((v > 1) if HIGHER_IS_BETTER[col[1]] else (v < 1))
+                better = not math.isnan(v) and ((v > 1) if higher_is_better(col[1]) else (v < 1))
                 out.append(f"**{text}**" if better else text)
             lines.append("| " + " | ".join(out) + " |")
         return "\n".join(lines) + "\n"

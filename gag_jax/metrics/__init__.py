@@ -35,32 +35,38 @@ from gag_jax.metrics.complexity import complexity, sparseness
 from gag_jax.metrics.deletion_insertion import deletion_insertion
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
 from gag_jax.metrics.road import noisy_linear_impute, road
-from gag_jax.metrics.scoring import (
-    HIGHER_IS_BETTER,
-    MASK_METRICS,
-    METRIC_LABELS,
-    METRIC_NAMES,
-    PAPER_METRICS,
+from gag_jax.metrics.registry import (
+    CATEGORIES,
+    Metric,
     check_metrics,
     default_metrics,
-    score,
+    forward_passes_per_map,
+    mask_metrics,
+    metric_names,
+    register,
+    unregister,
 )
+from gag_jax.metrics.registry import get as metric
+from gag_jax.metrics.scoring import score
 from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game, select_confident, target_probs
 from gag_jax.metrics.streaming import RunningStat, StreamingEvaluator, evaluate_stream
 
 __all__ = [
     "ACCELERATOR_BATCH_SIZE",
     "CPU_BATCH_SIZE",
-    "HIGHER_IS_BETTER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "MASK_METRICS",
-    "METRIC_LABELS",
-    "METRIC_NAMES",
-    "PAPER_METRICS",
     "RunningStat",
     "StreamingEvaluator",
+    "CATEGORIES",
+    "Metric",
     "check_metrics",
+    "forward_passes_per_map",
+    "mask_metrics",
+    "metric",
+    "metric_names",
+    "register",
+    "unregister",
     "complexity",
     "default_batch_size",
     "default_metrics",

@@ -9,7 +9,8 @@ import numpy as np
 
 from gag_jax.data._common import pad_rows
 from gag_jax.metrics._common import UNSET, ModelFn, copies_argument
-from gag_jax.metrics.scoring import check_metrics, score
+from gag_jax.metrics.registry import check_metrics
+from gag_jax.metrics.scoring import score
 from gag_jax.metrics.segmentation import target_probs
 
 
