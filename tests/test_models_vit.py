@@ -224,10 +224,9 @@ def test_shipped_layer_names_and_attributes(tiny):
     assert module.gradcam_layer == "blocks_1/norm1" and module.grid_size == (4, 4) and module.num_prefix_tokens == 1
     assert vit.ViTS16().gradcam_layer == "blocks_11/norm1" and vit.ViTS16().grid_size == (14, 14)
     fns = gj.ModelFunctions.from_module(module, params)
-    _, tokens = fns.layer_output(images(1), module.gradcam_layer)
-    assert tokens.shape == (1, 17, 32)
-    _, grid = fns.layer_output(images(1), "patch_embed/proj")
-    assert grid.shape == (1, 4, 4, 32)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    assert jax.eval_shape(lambda x: fns.layer_output(x, module.gradcam_layer)[1], x).shape == (1, 17, 32)
+    assert jax.eval_shape(lambda x: fns.layer_output(x, "patch_embed/proj")[1], x).shape == (1, 4, 4, 32)
     assert vit.torch_prefix(("blocks_11", "attn", "qkv")) == "blocks.11.attn.qkv"
 
 
