@@ -95,8 +95,8 @@ LAYOUT_SCALING: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 """The input scaling ``(mean, std)`` each layout's weights were trained with, as far as the layout tells.
 A timm state dict of another pretraining (DeiT: ImageNet statistics) has timm's layout but not timm's
-augreg scaling: the file does not say so; load it and pass the scaling to ``model_functions``
-(``mean``/``std`` rescaled as :func:`fold_input_scaling` documents, or fold it yourself)."""
+augreg scaling, and the file does not say so: pass its scaling yourself
+(``model_functions(module, variables, mean=..., std=...)``)."""
 
 _LN_EPS = 1e-6  # timm / torchvision / flax ViTs
 
@@ -481,7 +481,7 @@ def _rules(module: ViT, layout: str, prefix: str, keys) -> list[_Rule]:
     return _npz_rules(module, layout, prefix, scanned)
 
 
-def head_key(layout: str, prefix: str = "") -> tuple[str, int]:
+def _head_key(layout: str, prefix: str = "") -> tuple[str, int]:
     """The classifier weight's key in a layout and the axis of its class count."""
     return {"timm": ("head.weight", 0), "torchvision": ("heads.head.weight", 0)}.get(
         layout, (prefix + "head/kernel", 1))
@@ -555,13 +555,14 @@ def convert_checkpoint(arrays: Mapping[str, Any], module: ViT, *, source: str = 
     if unexpected:
         raise CheckpointMismatchError(f"{source} has unexpected key {unexpected[0]!r} that {what} does not use "
                                       f"({len(unexpected)} unexpected in all)")
-    head = head_key(layout, prefix)[0]
+    head, class_axis = _head_key(layout, prefix)
+    head_bias = head.rsplit("weight", 1)[0] + "bias" if head.endswith("weight") else head.rsplit("kernel", 1)[0] + "bias"
     for rule in rules:
         for key, shape in zip(rule.keys, rule.shapes):
             array = arrays[key]
             if tuple(array.shape) != shape:
-                if key == head or key == head.replace("weight", "bias").replace("kernel", "bias"):
-                    got = array.shape[head_key(layout, prefix)[1] if key == head else 0] if array.ndim else "?"
+                if key in (head, head_bias):
+                    got = array.shape[class_axis if key == head else 0] if array.ndim else "?"
                     raise CheckpointMismatchError(
                         f"{source}: key {key!r} has shape {tuple(array.shape)}, {what} expects {shape}: classifier "
                         f"has {got} classes, model expects {module.num_classes} (pass num_classes= to match it)")
@@ -665,7 +666,7 @@ def load_vit(ctor: Callable[..., ViT], checkpoint_path: str | os.PathLike, *, nu
     arrays = read_checkpoint(path)
     if num_classes is None:
         layout, prefix = detect_layout(list(arrays))
-        key, axis = head_key(layout, prefix)
+        key, axis = _head_key(layout, prefix)
         head = arrays.get(key, arrays.get("module." + key))  # a DataParallel "module." is stripped later
         if head is not None and len(head.shape) == 2:
             probe = ctor(dtype=dtype, num_classes=int(head.shape[axis]))

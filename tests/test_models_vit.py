@@ -10,6 +10,7 @@ import math
 import time
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -192,6 +193,34 @@ def test_logits_and_attention_match_the_numpy_reference(tiny):
         assert sown.shape == (2, 2, 17, 17) and sown.dtype == jnp.float32
         assert rel_err(sown, probs[i]) < RTOL
     np.testing.assert_allclose(np.asarray(sown).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_attention_equals_flax_multi_head_dot_product_attention():
+    rng = np.random.default_rng(0)
+    d, h = 32, 4
+    x = rng.standard_normal((2, 9, d)).astype(np.float32)
+    ours = vit.Attention(d, h)
+    p = random_params_of(ours, x)
+    flax_mha = nn.MultiHeadDotProductAttention(num_heads=h, qkv_features=d, out_features=d)
+    qkv_k, qkv_b = p["params"]["qkv"]["kernel"].reshape(d, 3, h, d // h), p["params"]["qkv"]["bias"].reshape(3, h, d // h)
+    theirs = {"params": {n: {"kernel": qkv_k[:, j], "bias": qkv_b[j]} for j, n in enumerate(("query", "key", "value"))}}
+    theirs["params"]["out"] = {"kernel": p["params"]["proj"]["kernel"].reshape(h, d // h, d),
+                               "bias": p["params"]["proj"]["bias"]}
+    assert rel_err(ours.apply(p, x), flax_mha.apply(theirs, x, x)) < RTOL
+
+
+def random_params_of(module, x, seed=0):
+    rng = np.random.default_rng(seed)
+    tmpl = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+    return jax.tree_util.tree_map(lambda leaf: (0.3 * rng.standard_normal(leaf.shape)).astype(np.float32), tmpl)
+
+
+def test_bfloat16_compute_keeps_float32_logits(tiny):
+    module, params = tiny
+    x = images()
+    low = jax.jit(vit.ViTTiny(dtype=jnp.bfloat16).apply)(params, x)
+    assert low.dtype == jnp.float32
+    assert rel_err(low, jax.jit(module.apply)(params, x)) < 0.05
 
 
 def test_attention_probs_layer_gives_the_probabilities_and_their_gradient(tiny):
