@@ -138,6 +138,7 @@ def _quantus_one_by_one(quantus, cls, options, images, maps, masks):
                       np.float64)
 
 
+@pytest.mark.slow  # imports Quantus (and TensorFlow): 10-20 s on 2 cores
 @pytest.mark.parametrize("signed", [False, True])
 def test_same_values_as_quantus(signed):
     quantus = pytest.importorskip("quantus")
@@ -156,6 +157,7 @@ def test_same_values_as_quantus(signed):
         assert np.isnan(ours[2])
 
 
+@pytest.mark.slow  # imports Quantus (and TensorFlow): 10-20 s on 2 cores
 def test_quantus_batch_normalisation_only_moves_attribution_localisation_by_its_epsilon():
     """Quantus on the whole batch (one max for the batch) gives the same localisation scores."""
     quantus = pytest.importorskip("quantus")
