@@ -556,7 +556,7 @@ def convert_checkpoint(arrays: Mapping[str, Any], module: ViT, *, source: str = 
         raise CheckpointMismatchError(f"{source} has unexpected key {unexpected[0]!r} that {what} does not use "
                                       f"({len(unexpected)} unexpected in all)")
     head, class_axis = _head_key(layout, prefix)
-    head_bias = head.rsplit("weight", 1)[0] + "bias" if head.endswith("weight") else head.rsplit("kernel", 1)[0] + "bias"
+    head_bias = head[: -len("weight")] + "bias" if head.endswith("weight") else head[: -len("kernel")] + "bias"
     for rule in rules:
         for key, shape in zip(rule.keys, rule.shapes):
             array = arrays[key]
@@ -624,7 +624,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             return load_file(path)
         except Exception as err:  # noqa: BLE001 - a bad header raises several kinds
-            raise CheckpointMismatchError(f"{path!r} is not a readable .safetensors file ({type(err).__name__})") from None
+            raise CheckpointMismatchError(
+                f"{path!r} is not a readable .safetensors file ({type(err).__name__})") from None
     if lower.endswith((".pth", ".pth.tar", ".pt", ".tar", ".bin")):
         return porter.read_torch_checkpoint(path)
     raise ValueError(f"cannot tell the format of {path!r}: expected .pth / .pt / .bin (torch), .safetensors, "

@@ -132,7 +132,8 @@ def numpy_vit(w: dict, x, heads: int, depth: int, delta=None, delta_block=None):
         e = f"Transformer/encoderblock_{i}/"
         a = f"{e}MultiHeadDotProductAttention_1/"
         y = _ln(tok, w[f"{e}LayerNorm_0/scale"], w[f"{e}LayerNorm_0/bias"])
-        q, k, v = (np.einsum("btd,dhe->bthe", y, w[f"{a}{n}/kernel"]) + w[f"{a}{n}/bias"] for n in ("query", "key", "value"))
+        q, k, v = (np.einsum("btd,dhe->bthe", y, w[f"{a}{n}/kernel"]) + w[f"{a}{n}/bias"]
+                   for n in ("query", "key", "value"))
         logits = np.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(hd)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs = probs / probs.sum(-1, keepdims=True)
@@ -202,7 +203,8 @@ def test_attention_equals_flax_multi_head_dot_product_attention():
     ours = vit.Attention(d, h)
     p = random_params_of(ours, x)
     flax_mha = nn.MultiHeadDotProductAttention(num_heads=h, qkv_features=d, out_features=d)
-    qkv_k, qkv_b = p["params"]["qkv"]["kernel"].reshape(d, 3, h, d // h), p["params"]["qkv"]["bias"].reshape(3, h, d // h)
+    qkv_k = p["params"]["qkv"]["kernel"].reshape(d, 3, h, d // h)
+    qkv_b = p["params"]["qkv"]["bias"].reshape(3, h, d // h)
     theirs = {"params": {n: {"kernel": qkv_k[:, j], "bias": qkv_b[j]} for j, n in enumerate(("query", "key", "value"))}}
     theirs["params"]["out"] = {"kernel": p["params"]["proj"]["kernel"].reshape(h, d // h, d),
                                "bias": p["params"]["proj"]["bias"]}
@@ -333,7 +335,8 @@ def test_mismatched_npz_is_refused_naming_the_key(tiny):
     w = to_google(params, 2)
     missing = dict(w)
     del missing["Transformer/encoderblock_1/MlpBlock_3/Dense_0/bias"]
-    with pytest.raises(CheckpointMismatchError, match=r"missing key 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/bias'"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"missing key 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/bias'"):
         vit.convert_checkpoint(missing, module)
     extra = {**w, "pre_logits/kernel": np.zeros((32, 32), np.float32)}
     with pytest.raises(CheckpointMismatchError, match=r"unexpected key 'pre_logits/kernel'"):
@@ -432,7 +435,8 @@ def test_npz_written_from_timm_weights_matches_timm(tmp_path, layout):
     model = _timm_tiny()
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     d, h = 32, 2
-    w = {"embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0), "embedding/bias": sd["patch_embed.proj.bias"],
+    w = {"embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+         "embedding/bias": sd["patch_embed.proj.bias"],
          "cls": sd["cls_token"], "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
          "Transformer/encoder_norm/scale": sd["norm.weight"], "Transformer/encoder_norm/bias": sd["norm.bias"],
          "head/kernel": sd["head.weight"].T, "head/bias": sd["head.bias"]}
