@@ -28,22 +28,18 @@ and ``pos_embed``.
 
 Checkpoints (:func:`load_vit`, :func:`convert_checkpoint`; the layout is told from the keys):
 
-=============  ========================================================  ===============================
-layout         keys (block ``i``)                                        files
-=============  ========================================================  ===============================
-``timm``       ``patch_embed.proj.weight``, ``blocks.{i}.attn.qkv.weight``  ``.pth`` ``.pt`` ``.bin``
-                                                                         ``.safetensors``
-``torchvision``  ``conv_proj.weight``, ``class_token``,                  ``.pth`` ``.pt`` ``.bin``
-               ``encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight``, ``heads.head.weight``
-``google``     ``embedding/kernel`` (HWIO), ``cls``,                     ``.npz`` (google-research/
-               ``Transformer/posembed_input/pos_embedding``,             vision_transformer; optional
-               ``Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/query/kernel``  prefix ``opt/target/``)
-               ``(dim, heads, head_dim)``, ``LayerNorm_0``/``_2``, ``MlpBlock_3``, ``head/kernel``
-``big_vision`` ``params/``\\[``img/``\\] ``embedding/kernel``, ``pos_embedding`` ``(1, patches, dim)``  ``.npz``
-               (added before the CLS token is prepended: the CLS row of ``pos_embed`` is 0),
-               ``MultiHeadDotProductAttention_0``, ``LayerNorm_0``/``_1``, ``MlpBlock_0``; blocks
-               ``encoderblock_{i}`` or scanned ``encoderblock`` (leading depth axis)
-=============  ========================================================  ===============================
+* ``timm`` (``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors``): ``patch_embed.proj.weight``,
+  ``blocks.{i}.attn.qkv.weight``, ``head.weight``.
+* ``torchvision`` (``.pth`` / ``.pt`` / ``.bin``): ``conv_proj.weight``, ``class_token``,
+  ``encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight``, ``heads.head.weight``.
+* ``google`` (``.npz`` of google-research/vision_transformer; optional prefix ``opt/target/``):
+  ``embedding/kernel`` (HWIO), ``cls``, ``Transformer/posembed_input/pos_embedding``,
+  ``Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/query/kernel`` ``(dim, heads, head_dim)``,
+  ``LayerNorm_0`` / ``LayerNorm_2``, ``MlpBlock_3``, ``head/kernel``.
+* ``big_vision`` (``.npz``; prefix ``params/`` or ``params/img/``): ``embedding/kernel``, ``pos_embedding``
+  ``(1, patches, dim)`` (added before the CLS token is prepended: the CLS row of ``pos_embed`` is 0),
+  ``MultiHeadDotProductAttention_0``, ``LayerNorm_0`` / ``LayerNorm_1``, ``MlpBlock_0``; blocks
+  ``encoderblock_{i}`` or scanned ``encoderblock`` (leading depth axis).
 
 A checkpoint that does not fit raises :class:`~gag_jax.models.porter.CheckpointMismatchError` naming the
 first missing key (in the layout's order), else the first unexpected key, else the first mis-shaped one.
