@@ -24,6 +24,7 @@ from gag_jax import (
     metrics,
     modifications,
     ops,
+    pixels,
     postprocess,
     sanity,
 )
@@ -35,9 +36,11 @@ from gag_jax.explainers import (
     Method,
     explain,
     explain_many,
-    explainer,
     explainer_fn,
     guided_absolute_grad,
+    per_image_cost,
+    register_method,
+    unregister_method,
 )
 from gag_jax.gradcam import gradcam, layer_gradcam
 from gag_jax.model import BoundFunction, ModelFunctions
@@ -60,7 +63,7 @@ def __getattr__(name):
 __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "METHOD_RECORDS", "METHODS", "Method", "PRESETS", "BoundFunction", "Explainer",
     "ModelFunctions", "layer_gradcam",
-    "aggregations", "backend", "chain", "data", "distributed", "explain", "explain_many", "explainer", "explainer_fn", "gradcam", "gradients",
-    "guided_absolute_grad", "interpretations", "keys", "metrics", "min_max", "modifications", "ops", "postprocess",
-    "reverse", "sanity", "to_saliency",
+    "aggregations", "backend", "chain", "data", "distributed", "explain", "explain_many", "explainer_fn", "gradcam", "gradients",
+    "guided_absolute_grad", "interpretations", "keys", "metrics", "min_max", "modifications", "ops", "pixels", "postprocess",
+    "per_image_cost", "register_method", "reverse", "sanity", "to_saliency", "unregister_method",
 ]

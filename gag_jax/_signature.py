@@ -1,10 +1,8 @@
-"""Option names and defaults read from a method function's signature (the one place they are written).
-
-Also the recognition of a bare function passed as a method, kept for one release: a ``gj.Method``
-record says what a function is; a bare function is recognised by the documented signature rule.
-"""
+"""Option names and defaults read from a method function's signature (the one place they are written),
+and the source identity of a user's function (module, attribute, hash of the module file)."""
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +22,14 @@ def option_defaults(fn: Callable, *, skip: int = 0, name: str | None = None) -> 
     return {p.name: p.default for p in parameters}
 
 
-def looks_like_attribution_function(fn: Callable) -> tuple[bool, bool]:
-    """``(attribution, random)`` of a bare function by the documented rule: an attribution function's
-    first parameter has no default (``fn(model, images, labels, key, ...)``), and it is random when
-    its ``key`` has none; anything else is a preset."""
-    parameters = list(inspect.signature(fn).parameters.values())
-    first = parameters[0] if parameters else None
-    attribution = first is not None and first.default is inspect.Parameter.empty and first.kind in (
-        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    random = attribution and len(parameters) > 3 and parameters[3].default is inspect.Parameter.empty
-    return attribution, random
+def source_of(function: Callable) -> dict[str, str] | None:
+    """``{"module", "attribute", "sha256"}`` of a function (or a module) defined in a module file
+    (the hash of the file's source: a run's manifest records which version of the user's code ran)."""
+    module = function if inspect.ismodule(function) else inspect.getmodule(function)
+    path = getattr(module, "__file__", None)
+    if module is None or not path:
+        return None
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    attribute = "" if inspect.ismodule(function) else getattr(function, "__qualname__", repr(function))
+    return {"module": module.__name__, "attribute": attribute, "sha256": digest}

@@ -32,7 +32,6 @@ To add a method, pass ``gj.Method("mine", my_function, kind=..., random=...)`` (
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,10 +40,12 @@ import jax.numpy as jnp
 
 from gag_jax import aggregations, backend, gradients, interpretations, modifications
 from gag_jax import perturbation_methods
-from gag_jax._signature import looks_like_attribution_function, option_defaults
+from gag_jax._signature import option_defaults, source_of
 from gag_jax._validation import check_images, check_labels
-from gag_jax.gradcam import gradcam, layer_gradcam
-from gag_jax.model import ModelFunctions, as_model_functions, resolve_scaling, warn_if_closed_over
+from gag_jax.attention import attention_rollout, generic_attention
+from gag_jax.gradcam import model_gradcam
+from gag_jax import pixels
+from gag_jax.model import ModelFunctions, as_model_functions, warn_if_closed_over
 from gag_jax.perturbation_methods import occlusion, rise
 from gag_jax.pipeline import Explainer, chain, run_sweep, shares_sweep
 from gag_jax.postprocess import to_saliency
@@ -131,18 +132,13 @@ def gag(n=20, noise_level=0.15, noise_range="image", percentile=0.85, guide_axes
                  interpretations.absolute(), aggregations.guide(percentile, guide_axes), chunk_size=chunk_size)
 
 
-def gradcam_attribution(model, images, labels, key=None, layer=None) -> jax.Array:
+def gradcam_attribution(model, images, labels, key=None, layer=None, prefix_tokens=None, grid=None) -> jax.Array:
     """Grad-CAM ``(B, H, W, 1)`` (see ``gag_jax.gradcam``): on the output of the submodule ``layer``
-    (its path in a linen or NNX model, e.g. ``"layer4"``, ``"conv2"``) or, without ``layer``, on the
-    model's ``features``/``head`` split."""
-    if layer is not None:
-        return layer_gradcam(model, images, labels, layer)
-    features, head = getattr(model, "features", None), getattr(model, "head", None)
-    if features is None or head is None:
-        raise ValueError("method 'gradcam' needs a layer: pass layer='<submodule path>' for a Flax linen or NNX "
-                         "model (gj.ModelFunctions.from_module / from_nnx), or a model split into 'features' and "
-                         "'head' functions (models.model_functions(module, variables))")
-    return gradcam(features, head, images, labels)
+    (its path in a linen or NNX model, e.g. ``"layer4"``, ``"conv2"``, ``"blocks_11/norm1"``) or,
+    without ``layer``, on the model's ``features``/``head`` split, else a ViT's last ``blocks_{i}/norm1``.
+    A token layer ``(B, T, D)`` drops ``prefix_tokens`` (None: the model's, else 1) and lays the rest
+    on ``grid=(h, w)`` (None: inferred)."""
+    return model_gradcam(model, images, labels, layer, prefix_tokens, grid)
 
 
 def xrai(model, images, labels, key=None, *, base="ig", base_options=None, baselines=("min", "max"),
@@ -190,6 +186,12 @@ class Method:
       reduce: default channel reduction of ``explain`` (``"abs_sum"`` or ``"sum"``).
       jittable: False for host code (called eagerly, outside ``jax.jit``).
       needs_scaling: always needs the model's input scaling (a ``"black"`` baseline always does).
+      label: display label in tables and figures (default: the name).
+      paper: one of the paper's ten methods (Table 2's rows, ``gj.METHODS``).
+      cost: attribution functions: ``cost(options, image_shape) -> {"gradients": g, "forward_passes": f}``
+        per image (model gradient evaluations and forward passes) for the run's manifest; None: 0.
+        Compositions count their sweep's samples (``Modification.num_samples``) as gradients.
+      source: a user's method loaded as ``module:attribute``: ``{"module", "attribute", "sha256"}``.
     """
 
     name: str
@@ -199,6 +201,10 @@ class Method:
     reduce: str = "abs_sum"
     jittable: bool = True
     needs_scaling: bool = False
+    label: str | None = None
+    paper: bool = False
+    cost: Callable | None = dataclasses.field(default=None, compare=False)
+    source: Any = dataclasses.field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
         if self.kind not in ("composition", "attribution"):
@@ -207,6 +213,19 @@ class Method:
             raise ValueError(f"method {self.name!r}: an attribution function must say whether it is random")
         if self.reduce not in ("abs_sum", "sum"):
             raise ValueError(f"Method.reduce must be 'abs_sum' or 'sum'; got {self.reduce!r}")
+        if self.label is None:
+            object.__setattr__(self, "label", self.name)
+
+    def per_image_cost(self, method_options: Mapping[str, Any], image_shape=None) -> dict[str, int]:
+        """Model gradient evaluations and forward passes one image costs with these options:
+        a composition's sweep samples (gradients); an attribution function's ``cost``."""
+        if self.kind == "composition":
+            built = self.function(**_with_placeholder_scaling(method_options))
+            return {"gradients": int(built.modification.num_samples), "forward_passes": 0}
+        if self.cost is None:
+            return {"gradients": 0, "forward_passes": 0}
+        counted = self.cost(dict(method_options), image_shape)
+        return {"gradients": int(counted.get("gradients", 0)), "forward_passes": int(counted.get("forward_passes", 0))}
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -221,15 +240,41 @@ class Method:
         return bool(self.function(**_with_placeholder_scaling(method_options)).modification.random)
 
 
+def _occlusion_cost(options, image_shape) -> dict[str, int]:
+    if image_shape is None:
+        return {"forward_passes": 0}
+    positions = perturbation_methods.occlusion_positions(tuple(image_shape[:2]), options["window"], options["stride"])
+    return {"forward_passes": 1 + len(positions)}
+
+
+def _xrai_cost(options, image_shape) -> dict[str, int]:
+    runs = _xrai_base_runs(options["base"], options["base_options"], options["baselines"])
+    return {"gradients": sum(per_image_cost(options["base"], run, image_shape)["gradients"] for run in runs)}
+
+
 _RECORDS = (
-    Method("vg", vg), Method("sg", sg), Method("vargrad", vargrad), Method("ig", ig), Method("guided_ig", guided_ig),
-    Method("blur_ig", blur_ig), Method("gb", gb), Method("gradcam", gradcam_attribution, "attribution", random=False),
-    Method("ag", ag), Method("gag", gag),
+    Method("vg", vg, label="VG", paper=True), Method("sg", sg, label="SG", paper=True),
+    Method("vargrad", vargrad, label="VarGrad", paper=True), Method("ig", ig, label="IG", paper=True),
+    Method("guided_ig", guided_ig, label="Guided IG", paper=True),
+    Method("blur_ig", blur_ig, label="BlurIG", paper=True), Method("gb", gb, label="GB", paper=True),
+    Method("gradcam", gradcam_attribution, "attribution", random=False, label="Grad-CAM", paper=True,
+           cost=lambda options, shape: {"gradients": 1}),
+    Method("ag", ag, label="AG", paper=True), Method("gag", gag, label="GAG", paper=True),
     # beyond the paper: signed one-channel maps (scaled as they are); XRAI segments on the host
-    Method("occlusion", occlusion, "attribution", random=False, reduce="sum"),
-    Method("rise", rise, "attribution", random=True, reduce="sum"),
-    Method("xrai", xrai, "attribution", random=False, reduce="sum", jittable=False, needs_scaling=True),
+    Method("occlusion", occlusion, "attribution", random=False, reduce="sum", label="Occlusion", cost=_occlusion_cost),
+    Method("rise", rise, "attribution", random=True, reduce="sum", label="RISE",
+           cost=lambda options, shape: {"forward_passes": int(options["n"])}),
+    Method("xrai", xrai, "attribution", random=False, reduce="sum", jittable=False, needs_scaling=True, label="XRAI",
+           cost=_xrai_cost),
+    # transformers: read the attention probabilities (gag_jax.attention)
+    Method("attention_rollout", attention_rollout, "attribution", random=False, label="Attention rollout",
+           cost=lambda options, shape: {"forward_passes": 1}),
+    Method("generic_attention", generic_attention, "attribution", random=False, label="Generic attention",
+           cost=lambda options, shape: {"gradients": 1}),
 )
+
+BUILT_IN_METHODS: tuple[str, ...] = tuple(m.name for m in _RECORDS)
+"""The package's own methods (a user's are added by :func:`register_method`)."""
 
 METHOD_RECORDS: dict[str, Method] = {m.name: m for m in _RECORDS}
 """Method name -> its :class:`Method` record."""
@@ -237,8 +282,8 @@ METHOD_RECORDS: dict[str, Method] = {m.name: m for m in _RECORDS}
 PRESETS: dict[str, Callable] = {m.name: m.function for m in _RECORDS}
 """Method name -> preset (returns an ``Explainer``) or attribution function; see the module docstring."""
 
-METHODS: tuple[str, ...] = tuple(m.name for m in _RECORDS[:10])
-"""The methods of the paper's Table 2, in its order."""
+METHODS: tuple[str, ...] = tuple(m.name for m in _RECORDS if m.paper)
+"""The methods of the paper's Table 2 (``Method.paper``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,12 +303,12 @@ def _explainer_method(explainer: Explainer) -> Method:
 def as_method(method) -> Method:
     """The :class:`Method` record of a name in ``PRESETS``, a ``Method``, or a composed ``Explainer``.
 
-    A bare function is still accepted for this release (a ``DeprecationWarning`` asks for a
-    ``gj.Method``): an attribution function when its first parameter has no default (random unless
-    its ``key`` has a default), else a preset.
+    Your own function: wrap it in a record, ``gj.Method(name, fn, kind="composition" | "attribution",
+    random=...)`` (a bare function is refused: the record says what it is).
 
     Raises:
-      ValueError: an unknown name or something that is not a method.
+      ValueError: an unknown name, a bare function (the message names ``gj.Method``) or something
+        that is not a method.
     """
     if isinstance(method, Method):
         return method
@@ -277,13 +322,10 @@ def as_method(method) -> Method:
         if method is record.function:
             return record
     if callable(method):
-        name = getattr(method, "__name__", repr(method))
-        warnings.warn(f"pass your method as gj.Method({name!r}, fn, kind='composition' | 'attribution', random=...) "
-                      "(a bare function is recognised by its signature for this release only)",
-                      DeprecationWarning, stacklevel=3)
-        attribution, random = looks_like_attribution_function(method)
-        return Method(name, method, "attribution" if attribution else "composition",
-                      random=random if attribution else None)
+        name = getattr(method, "__name__", "my_method")
+        raise ValueError(f"a bare function is not a method: wrap it in a record, gj.Method({name!r}, {name}, "
+                         "kind='composition' (returns a gj.Explainer) | 'attribution' (fn(model, images, labels, key)), "
+                         "random=...), or pass a composed gj.Explainer")
     raise ValueError(f"method must be a name in gj.PRESETS, a gj.Method or a composed gj.Explainer; got {method!r}")
 
 
@@ -298,6 +340,80 @@ def method_defaults(method) -> dict[str, Any]:
 
 DEFAULTS: dict[str, dict[str, Any]] = {m.name: m.defaults for m in _RECORDS}
 """Method name -> its options and their defaults (derived from ``PRESETS``)."""
+
+
+def per_image_cost(method, options: Mapping[str, Any] | None = None, image_shape=None) -> dict[str, int]:
+    """``{"gradients", "forward_passes"}`` one image costs with ``method`` and ``options`` (defaults
+    filled in), read from its record (:meth:`Method.per_image_cost`)."""
+    record = as_method(method)
+    method_options, _ = _split(resolve_options(record, dict(options or {})))
+    return record.per_image_cost(method_options, image_shape)
+
+
+def register_method(name: str, factory, *, label: str | None = None, replace: bool = False) -> Method:
+    """Register a method of your own so that ``gj.explain``, ``gj.explain_many``, ``gag-jax evaluate`` /
+    ``explain`` / ``demo`` / ``sanity``, the tables and the figures take it by name.
+
+    Args:
+      name: its name (a row of tables and records); must not shadow a built-in method.
+      factory: what a preset is: ``factory(**options) -> gj.Explainer`` (a composition of the four
+        seams; every option needs a default, e.g. ``def edge_grad(n=20, noise_level=0.15): ...``);
+        or a composed ``gj.Explainer``; or a ready ``gj.Method`` (an attribution function, say).
+        Compositions share gradient sweeps with the built-in rows whose modification and gradient seam
+        are equal (``gj.explain_many``).
+      label: display label (default: the name, or the record's label).
+      replace: allow re-registering a user method of the same name.
+
+    Returns:
+      the :class:`Method` record.
+
+    Raises:
+      ValueError: a built-in name, a name taken (without ``replace``), a factory that does not build
+        a ``gj.Explainer`` with its defaults.
+
+    Example::
+
+      def edge_grad(n=20, noise_level=0.15, chunk_size=None):
+          return gj.chain(gj.modifications.gaussian_noise(n, noise_level), gj.gradients.logit_gradient(),
+                          gj.interpretations.square(), gj.aggregations.mean(), chunk_size=chunk_size)
+      gj.register_method("edge_grad", edge_grad, label="EdgeGrad")
+      gj.explain_many(["gag", "edge_grad"], model, images, labels, key=key)   # one noise sweep
+    """
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"a method name must be letters, digits, '_' or '-'; got {name!r}")
+    if any(name == m.name for m in _RECORDS):
+        raise ValueError(f"method {name!r} is built in; choose another name")
+    if name in METHOD_RECORDS and not replace:
+        raise ValueError(f"method {name!r} is already registered (pass replace=True to replace it)")
+    if isinstance(factory, Method):
+        record = dataclasses.replace(factory, name=name, label=label or factory.label)
+    elif isinstance(factory, Explainer):
+        record = Method(name, _Composed(factory), label=label)
+    elif callable(factory):
+        record = Method(name, factory, label=label, source=source_of(factory))
+    else:
+        raise ValueError(f"method {name!r}: factory must be a function returning a gj.Explainer, a gj.Explainer or "
+                         f"a gj.Method; got {type(factory).__name__}")
+    if record.kind == "composition":
+        try:
+            built = record.function(**_with_placeholder_scaling(dict(option_defaults(record.function, name=name))))
+        except TypeError as err:
+            raise ValueError(f"method {name!r}: calling its factory with its defaults failed: {err}") from None
+        if not isinstance(built, Explainer):
+            raise ValueError(f"method {name!r}: its factory must return a gj.Explainer (gj.chain(...)); got "
+                             f"{type(built).__name__}")
+    METHOD_RECORDS[name] = record
+    PRESETS[name] = record.function
+    DEFAULTS[name] = record.defaults
+    return record
+
+
+def unregister_method(name: str) -> None:
+    """Remove a user's method (built-in ones stay)."""
+    if any(name == m.name for m in _RECORDS):
+        raise ValueError(f"method {name!r} is built in and cannot be removed")
+    for table in (METHOD_RECORDS, PRESETS, DEFAULTS):
+        table.pop(name, None)
 
 
 def _hashable(value):
@@ -345,8 +461,8 @@ def _with_scaling(record: Method, method_options: dict, model: ModelFunctions, c
     baseline = method_options.get("baseline")
     what = f"method {record.name!r}" + (f" (baseline {baseline!r})" if baseline is not None else "")
     needed = record.needs_scaling or baseline == "black"
-    mean, std = resolve_scaling(model, method_options.get("mean"), method_options.get("std"),
-                                needed=needed, what=what, channels=channels)
+    mean, std = pixels.resolve(model, method_options.get("mean"), method_options.get("std"),
+                               needed=needed, what=what, channels=channels)
     return {**method_options, "mean": mean, "std": std}
 
 
@@ -409,12 +525,6 @@ def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
     return fn
 
 
-def explainer(method, *, postprocess: bool = True, **options) -> Callable:
-    """Deprecated alias of :func:`explainer_fn` (the first release's name); warns."""
-    warnings.warn("gj.explainer is deprecated; use gj.explainer_fn", DeprecationWarning, stacklevel=2)
-    return explainer_fn(method, postprocess=postprocess, **options)
-
-
 def needs_key(method, options: Mapping[str, Any] = ()) -> bool:
     """Whether ``method`` with ``options`` draws random numbers, so that ``explain`` needs a key.
 
@@ -441,8 +551,9 @@ _explain_jit = jax.jit(_explain, static_argnames=("record", "options", "postproc
 
 
 def _check_inputs(model: ModelFunctions, images, labels, key, validate: bool) -> None:
-    """One key or one per image; with ``validate``, shapes, dtypes, NaN, label range (a host sync)
-    and a warning for a plain model function that closes over its weights."""
+    """One key or one per image; with ``validate``, shapes, dtypes, NaN, label range (a host sync),
+    a warning for a plain model function that closes over its weights and one for images far outside
+    the range the model's scaling implies (:func:`gag_jax.pixels.warn_if_out_of_range`)."""
     if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
         raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
                          f"{images.shape[0] if images.ndim else 0} images")
@@ -450,6 +561,7 @@ def _check_inputs(model: ModelFunctions, images, labels, key, validate: bool) ->
         check_images(images)
         check_labels(labels, images.shape[0], _num_classes(model, images))
         warn_if_closed_over(model, images)
+        pixels.warn_if_out_of_range(images, model.mean, model.std, where="images", stacklevel=3)
 
 
 def _num_classes(model: ModelFunctions, images) -> int:
@@ -643,7 +755,7 @@ def sweep_plan(methods, **options) -> list[dict[str, Any]]:
     """:func:`sweeps_of` with each group's model gradient evaluations per image: ``[{"methods": [...],
     "gradients": n}]`` (a composition's sweep: its n samples; Grad-CAM: 1; XRAI: its base method's,
     twice for a path method without its own baseline; occlusion and RISE: 0, they only run the model
-    forward). Builds the presets only (nothing is computed)."""
+    forward: each record's ``cost``). Builds the presets only (nothing is computed)."""
     entries = [_entry(item, options) for item in methods]
     compositions = [i for i, (_, record, _, _) in enumerate(entries) if record.kind == "composition"]
     groups = {}  # first entry index -> {"methods", "gradients"}, kept in the order of the methods
@@ -652,13 +764,8 @@ def sweep_plan(methods, **options) -> list[dict[str, Any]]:
         groups[members[0]] = {"methods": [entries[m][0] for m in members],
                               "gradients": int(built.modification.num_samples)}
     for index, (name, record, method_options, _) in enumerate(entries):
-        if record.kind == "composition":
-            continue
-        gradients = 1 if record.name == "gradcam" else 0
-        if record.name == "xrai":
-            runs = _xrai_base_runs(method_options["base"], method_options["base_options"], method_options["baselines"])
-            gradients = sum(sweep_plan([(method_options["base"], run)])[0]["gradients"] for run in runs)
-        groups[index] = {"methods": [name], "gradients": gradients}
+        if record.kind != "composition":
+            groups[index] = {"methods": [name], "gradients": record.per_image_cost(method_options)["gradients"]}
     return [groups[index] for index in sorted(groups)]
 
 

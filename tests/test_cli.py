@@ -125,7 +125,7 @@ def test_demo_explains_real_photos_for_every_method(tmp_path, capsys):
     assert [r["method"] for r in rows] == list(gj.METHODS)
     assert all(0.0 <= float(r["rcap"]) <= 1.0 and float(r["images"]) == 4 for r in rows)
     md = (tmp_path / "demo_table.md").read_text()
-    assert all(f"| {specs.LABELS[m]} |" in md for m in gj.METHODS)
+    assert all(f"| {specs.label_of(m)} |" in md for m in gj.METHODS)
     assert "chelsea" in md and "coffee" in md
     assert len(os.listdir(tmp_path / "overlays")) == 4 * len(gj.METHODS)
     partitions = sorted(f for f in os.listdir(tmp_path) if f.startswith("rcap_partitions_") and f.endswith("_gag.png"))

@@ -25,7 +25,7 @@ import gag_jax as gj
 from gag_jax.data import pad_rows
 from gag_jax.experiments import figures
 from gag_jax.experiments import readme as readme_sections
-from gag_jax.experiments.specs import LABELS, input_scaling
+from gag_jax.experiments.specs import input_scaling, label_of  # noqa: F401  (demo.label_of)
 
 DEMO_N = 20
 """Modifications per method of the paper's methods in the demo (the paper's n)."""
@@ -38,11 +38,6 @@ that much, and its maps cannot show detail finer than its own pixels."""
 class BadInputError(ValueError):
     """An input that cannot be explained as given (no readable image, labels that do not fit the
     images or the model); the message names it. The command line reports it in one line, exit 2."""
-
-
-def label_of(method: str) -> str:
-    """The display label of ``method`` (the paper's abbreviation, or the perturbation method's name)."""
-    return LABELS.get(method, method)
 
 
 def probability_text(class_name: str, probability: float) -> str:
@@ -221,7 +216,7 @@ def method_options(method: str, *, n: int | None, chunk_size: int | None, mean, 
     """The options the CLI jobs pass to ``gj.explain``: ``n``, ``chunk_size`` and the input scaling, where
     ``method`` takes them; ``n=None`` keeps the method's default."""
     options = {"n": n, "chunk_size": chunk_size, **input_scaling(mean, std)}
-    return {k: v for k, v in options.items() if v is not None and k in gj.DEFAULTS[method]}
+    return {k: v for k, v in options.items() if v is not None and k in gj.METHOD_RECORDS[method].defaults}
 
 
 def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, maps: np.ndarray, *,
@@ -352,9 +347,9 @@ def _checked_model(methods: Sequence[str], model_name: str, checkpoint: str | No
     )
 
     for m in methods:
-        if m not in gj.PRESETS:
-            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.PRESETS)}")
-    model, info = load_model(model_name, checkpoint)
+        if m not in gj.METHOD_RECORDS:
+            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHOD_RECORDS)}")
+    model, info = load_model(model_name, checkpoint, image_size=size)
     check_input_size(model, size, name=model_name, option="--size")
     mean, std = model_normalization(model_name)
     return model, info, mean, std

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 import gag_jax as gj
-from gag_jax import models
+from gag_jax import models, user_code
+from gag_jax._signature import source_of
 
 TINY = "tiny"
 """Name of the small synthetic-case CNN (:mod:`gag_jax.experiments.tiny`)."""
@@ -21,6 +23,12 @@ def model_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
     """``(mean, std)`` per RGB channel that the model's inputs are standardised with (pixels in [0, 1]):
     ``gag_jax.models.input_normalization`` (the one registry; the shipped EfficientNet-Lite0 takes
     ``(x - 127) / 128``, the others and the synthetic-case ``tiny`` CNN ImageNet statistics)."""
+    if user_code.is_reference(name):
+        model = user_code.user_model(name)
+        if model.mean is None or model.std is None:
+            raise ValueError(f"model {name!r} carries no input scaling: build its ModelFunctions with mean=..., std=... "
+                             "(the per-channel normalisation its inputs expect, pixels in [0, 1])")
+        return model.mean, model.std
     check_model_name(name)
     scaling = models.input_normalization(name)
     return scaling["mean"], scaling["std"]
@@ -32,21 +40,28 @@ def model_names() -> tuple[str, ...]:
 
 
 def check_model_name(name: str) -> None:
-    """Raise ``ValueError`` (listing the valid names) for an unknown model name."""
+    """Raise ``ValueError`` (listing the valid names) for an unknown model name; a ``module:attribute``
+    reference is imported (one line naming a missing module or attribute)."""
+    if user_code.is_reference(name):
+        user_code.load_attribute(name, "model")
+        return
     if name not in model_names():
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
 
 
 def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_classes: int | None = None,
-               dtype: Any = None) -> tuple[gj.ModelFunctions, dict]:
+               dtype: Any = None, image_size: int = 224) -> tuple[gj.ModelFunctions, dict]:
     """Load a model as ``gj.ModelFunctions`` (logits, features, head, guided_logits).
 
     Args:
-      name: ``resnet50``, ``efficientnet_b0``, ``efficientnet_lite0``, ``densenet161`` or ``tiny``.
+      name: ``resnet50``, ``efficientnet_b0``, ``efficientnet_lite0``, ``densenet161``, ``tiny``, or
+        ``module:attribute`` naming a factory of your own that returns a ``gj.ModelFunctions``
+        (its weights and input scaling are its own; ``checkpoint`` is not used).
       checkpoint: torch ``.pth``/``.pt`` or ``.msgpack`` (``tiny``: a file written by
         :func:`gag_jax.experiments.tiny.save_tiny`); None only for ``efficientnet_lite0``.
       num_classes: classifier outputs (None: inferred from the checkpoint).
       dtype: compute dtype (None: float32).
+      image_size: the input side a ``module:attribute`` model's classes are counted at.
 
     Returns:
       ``(model_functions, info)`` where info has ``name``, ``checkpoint``, ``num_classes``; the
@@ -56,6 +71,14 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
       ValueError: unknown name or missing checkpoint; FileNotFoundError: no such checkpoint;
       ``models.CheckpointMismatchError``: a checkpoint for another architecture.
     """
+    if user_code.is_reference(name):
+        model = user_code.user_model(name)
+        model_normalization(name)  # it must carry its input scaling
+        shape = jax.eval_shape(model, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)).shape
+        if len(shape) != 2:
+            raise ValueError(f"model {name!r} must map images (B, H, W, 3) to logits (B, K); got shape {shape}")
+        return model, {"name": name, "checkpoint": None, "num_classes": int(shape[1]),
+                       "source": source_of(user_code.load_attribute(name, "model")[0])}
     check_model_name(name)
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
@@ -76,6 +99,10 @@ def check_model(name: str, checkpoint: str | os.PathLike | None = None) -> None:
         ``efficientnet_lite0`` (built-in weights) and ``tiny``.
     """
     check_model_name(name)
+    if user_code.is_reference(name):
+        if checkpoint is not None:
+            raise ValueError(f"model {name!r} is your own factory: it loads its own weights (drop --checkpoint)")
+        return
     if checkpoint is not None and not os.path.isfile(checkpoint) and name != TINY:
         raise ValueError(f"--checkpoint {os.fspath(checkpoint)}: no such file")
     if checkpoint is None and name not in ("efficientnet_lite0", TINY):
@@ -107,7 +134,7 @@ def load_or_train(name: str, checkpoint: str | os.PathLike | None, *, num_classe
         _, _, trained = trained_tiny(checkpoint, classes, image_size, seed=seed, steps=steps)
         report(f"  train accuracy {trained['train_accuracy']:.3f} in {trained['seconds']:.1f} s -> {checkpoint}")
         training = {k: v for k, v in trained.items() if k != "path"}
-    model, info = load_model(name, checkpoint, num_classes=num_classes)
+    model, info = load_model(name, checkpoint, num_classes=num_classes, image_size=image_size)
     return model, info, training
 
 

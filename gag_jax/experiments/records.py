@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 import gag_jax as gj
+from gag_jax import user_code
 from gag_jax.experiments.specs import MethodSpec
 
 
@@ -40,8 +41,8 @@ def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[s
     """Normalise metric names (comma-separated allowed; aliases such as ``dice`` = ``log_cosh_dice``).
 
     Args:
-      names: e.g. ``"rcap,dauc,iauc,dice,mae"``: any registered metric (``gj.metrics.metric_names()``)
-        or alias; None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and MAE when the case has masks.
+      names: e.g. ``"rcap,dauc,iauc,dice,mae"``: any registered metric (``gj.metrics.metric_names()``),
+        alias, or ``module:attribute`` (a metric of your own, registered under the attribute's name); None: RCAP, DAUC, IAUC, plus Log-Cosh Dice and MAE when the case has masks.
       has_masks: whether the data carries masks.
 
     Returns:
@@ -50,6 +51,10 @@ def parse_metrics(names: Sequence[str] | str | None, has_masks: bool) -> tuple[s
     Raises:
       ValueError: unknown metric, or a mask metric for a case without masks.
     """
+    if names is not None:
+        names = [names] if isinstance(names, str) else names
+        names = [user_code.user_metric(p.strip()) if user_code.is_reference(p.strip()) else p
+                 for n in names for p in str(n).split(",") if p.strip()]
     return gj.metrics.check_metrics(names, has_masks)
 
 
@@ -276,6 +281,35 @@ def _jsonable(value):
 # ----------------------------------------------------------------------------- reading and orchestration
 
 
+def _hashable(value):
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _known_metric(described: Mapping[str, Any]) -> None:
+    """Make a run's metric known to the tables of this process: a user's metric is imported again from
+    its ``module:attribute`` when it can be, else registered from its description in the manifest (its
+    label and direction: enough for tables and figures, which read the stored values)."""
+    name = described["name"]
+    if name in gj.metrics.metric_names():
+        return
+    source = described.get("source") or {}
+    if source.get("module") and source.get("attribute"):
+        try:
+            user_code.user_metric(f"{source['module']}:{source['attribute']}")
+            return
+        except ValueError:
+            pass
+
+    def not_importable(*args, **kwargs):
+        raise ValueError(f"metric {name!r} ({source.get('module', '?')}:{source.get('attribute', '?')}) is not "
+                         "importable here: only its stored values can be read")
+
+    gj.metrics.register(name, gj.metrics.Metric(
+        name, not_importable, described.get("label", name), described.get("category", "faithfulness"),
+        bool(described.get("higher_is_better", True)), frozenset(described.get("needs", ())),
+        tuple(described.get("curves", ())), source=source or None), replace=True)
+
+
 def load_run(run_dir: str) -> dict[str, Any]:
     """Read a finished (or interrupted) run directory back.
 
@@ -289,15 +323,18 @@ def load_run(run_dir: str) -> dict[str, Any]:
     Raises:
       FileNotFoundError: ``run_dir`` has no manifest (not a run directory).
     """
-    from gag_jax.experiments.specs import spec_from_name
-
     path = os.path.join(run_dir, MANIFEST)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir}: not an evaluate output directory (no {MANIFEST})")
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
-    specs = [spec_from_name(m["name"]) for m in manifest["methods"]]
+    specs = [MethodSpec(name=m["name"], label=m["label"], method=m["method"],
+                        options=tuple(sorted((k, _hashable(v)) for k, v in m.get("options", {}).items())),
+                        reverse=m.get("reverse", False), part=m.get("part", 1), base=m.get("base"),
+                        variant=m.get("variant")) for m in manifest["methods"]]
     metrics = tuple(manifest["config"]["metrics"])
+    for described in manifest.get("metrics", []):
+        _known_metric(described)
     results = collect(run_dir, specs, manifest.get("plan", {}).get("batches", 0), metrics)
     return {"case": manifest["config"]["case"], "manifest": manifest, "specs": specs, "metrics": metrics,
             "results": results}

@@ -48,12 +48,20 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     import jax
 
     import gag_jax as gj
+    from gag_jax import user_code
     from gag_jax.data._common import list_image_files
     from gag_jax.experiments.demo import read_images
     from gag_jax.experiments.modelzoo import TINY, model_normalization
     from gag_jax.experiments.specs import input_scaling
 
-    if model_name == TINY:
+    if user_code.is_reference(model_name):
+        parts = user_code.user_model(model_name).linen_parts()
+        if parts is None:
+            raise ValueError(f"sanity --model {model_name}: the layer randomisation needs a Flax linen model "
+                             "(gj.ModelFunctions.from_module); for an NNX model call gj.sanity.model_randomisation "
+                             "in Python")
+        module, variables = parts
+    elif model_name == TINY:
         from gag_jax.experiments.tiny import load_tiny
 
         if checkpoint is None:
@@ -80,7 +88,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     methods = list(methods or gj.METHODS)
     options = {k: v for k, v in (("n", n), ("chunk_size", chunk_size)) if v is not None}
     options.update(input_scaling(mean, std))  # IG's / Guided IG's black baseline in the model's scaling
-    method_options = {m: {k: v for k, v in options.items() if k in gj.DEFAULTS[m]} for m in methods}
+    method_options = {m: {k: v for k, v in options.items() if k in gj.METHOD_RECORDS[m].defaults} for m in methods}
     report(f"gag-jax sanity: {model_name}, {len(names)} image(s) at {size}, {len(methods)} method(s), "
            f"{'cascading' if cascading else 'independent'} randomisation")
     os.makedirs(out_dir, exist_ok=True)

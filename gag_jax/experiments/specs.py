@@ -26,17 +26,17 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gag_jax.explainers import DEFAULTS, METHODS, PRESETS
+from gag_jax import user_code
+from gag_jax.explainers import METHOD_RECORDS, METHODS, as_method
 
 TABLE1_PERCENTS: tuple[int, ...] = (0, 15, 25, 35, 45, 55, 65, 75, 85)
 """The p values (percent) of Table 1's rows GAG-0 ... GAG-85."""
 
-LABELS: dict[str, str] = {
-    "vg": "VG", "sg": "SG", "vargrad": "VarGrad", "ig": "IG", "guided_ig": "Guided IG",
-    "blur_ig": "BlurIG", "gb": "GB", "gradcam": "Grad-CAM", "ag": "AG", "gag": "GAG",
-    "occlusion": "Occlusion", "rise": "RISE", "xrai": "XRAI",
-}
-"""Display label of each ``gj.PRESETS`` entry (the paper's abbreviations for its methods)."""
+def label_of(method: str) -> str:
+    """Display label of a method: its record's (``gj.Method.label``, the paper's abbreviations for its
+    methods; a user's method its name or the label it was registered with)."""
+    return METHOD_RECORDS[method].label if method in METHOD_RECORDS else method
+
 
 TABLE3_BASES: tuple[str, ...] = ("sg", "ig", "guided_ig", "blur_ig", "gb")
 """The methods whose gradient-processing variants Table 3 averages."""
@@ -98,7 +98,7 @@ class MethodSpec:
         """
         options = dict(self.options)
         for key, value in (overrides or {}).items():
-            if value is not None and key in DEFAULTS[self.method]:
+            if value is not None and key in as_method(self.method).defaults:
                 options[key] = value
         return options
 
@@ -108,9 +108,11 @@ class MethodSpec:
         return zlib.crc32(self.name.encode()) & 0x7FFFFFFF
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly description (stored in the run manifest)."""
+        """JSON-friendly description (stored in the run manifest; a user's method with its source)."""
+        source = METHOD_RECORDS[self.method].source if self.method in METHOD_RECORDS else None
         return {"name": self.name, "label": self.label, "method": self.method, "options": dict(self.options),
-                "reverse": self.reverse, "part": self.part, "base": self.base, "variant": self.variant}
+                "reverse": self.reverse, "part": self.part, "base": self.base, "variant": self.variant,
+                **({"source": dict(source)} if source else {})}
 
 
 def _opts(**options) -> tuple[tuple[str, Any], ...]:
@@ -129,9 +131,9 @@ def gag_spec(percent: float) -> MethodSpec:
 
 def base_spec(method: str, part: int = 2) -> MethodSpec:
     """The plain row of one ``gj.PRESETS`` entry (paper defaults; occlusion, RISE and XRAI beyond the paper)."""
-    if method not in PRESETS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRESETS)}")
-    return MethodSpec(name=method, label=LABELS[method], method=method, part=1 if method == "gradcam" else part)
+    if method not in METHOD_RECORDS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHOD_RECORDS)}")
+    return MethodSpec(name=method, label=label_of(method), method=method, part=1 if method == "gradcam" else part)
 
 
 def reversed_spec(method: str) -> MethodSpec:
@@ -144,8 +146,8 @@ def variant_spec(method: str, variant: str) -> MethodSpec:
     """A Table 3 gradient-processing variant of ``method`` (``variant`` a key of :data:`VARIANTS`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    if "interpretation" not in DEFAULTS.get(method, {}):
-        with_interpretation = [m for m in METHODS if "interpretation" in DEFAULTS[m]]
+    if method not in METHOD_RECORDS or "interpretation" not in METHOD_RECORDS[method].defaults:
+        with_interpretation = [m for m in METHODS if "interpretation" in METHOD_RECORDS[m].defaults]
         raise ValueError(f"method {method!r} has no gradient-processing variants; "
                          f"methods with variants: {', '.join(with_interpretation)}")
     row, options = VARIANTS[variant]
@@ -191,22 +193,24 @@ def spec_from_name(name: str) -> MethodSpec:
     Raises:
       ValueError: an unknown name, with the accepted forms listed.
     """
+    if user_code.is_reference(name):  # module:attribute: the user's method, registered under the attribute
+        return base_spec(user_code.user_method(name.strip()))
     text = name.strip().lower()
     match = _GAG_P.match(text)
     if match:
         return gag_spec(float(match.group(1)))
-    if text in PRESETS:
-        return base_spec(text)
-    if text.endswith("_r") and text[:-2] in PRESETS:
+    if text in METHOD_RECORDS or name.strip() in METHOD_RECORDS:
+        return base_spec(text if text in METHOD_RECORDS else name.strip())
+    if text.endswith("_r") and text[:-2] in METHOD_RECORDS:
         return reversed_spec(text[:-2])
     if "." in text:
         method, variant = text.split(".", 1)
         if method in METHODS:
             return variant_spec(method, variant)
     raise ValueError(
-        f"unknown method {name!r}; expected one of {', '.join(PRESETS)}, gag-<p> (p in percent, e.g. gag-85), "
-        f"<method>_r (reversed, e.g. sg_r) or <method>.<variant> with variant in {', '.join(VARIANTS)} "
-        "(e.g. ig.guide_abs)")
+        f"unknown method {name!r}; expected one of {', '.join(METHOD_RECORDS)}, gag-<p> (p in percent, e.g. gag-85), "
+        f"<method>_r (reversed, e.g. sg_r), <method>.<variant> with variant in {', '.join(VARIANTS)} "
+        "(e.g. ig.guide_abs) or module:attribute (a method of your own)")
 
 
 def parse_methods(names: Sequence[str] | str | None, table: int | None = None) -> list[MethodSpec]:

@@ -17,16 +17,19 @@ with ``masks=`` / ``key=`` / ``explainer=`` added when the record ``needs`` them
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from gag_jax._signature import source_of
 from gag_jax._validation import check_choice
-from gag_jax.metrics.complexity import complexity, sparseness
+from gag_jax.metrics import axioms as _ax
+from gag_jax.metrics import localisation as _lo
+from gag_jax.metrics.complexity import complexity, effective_complexity, sparseness
 from gag_jax.metrics.deletion_insertion import DEFAULT_FRACTIONS, deletion_insertion
+from gag_jax.metrics import faithfulness as _fa
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
 from gag_jax.metrics.road import ROAD_FRACTIONS, road
 from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game
@@ -182,8 +185,31 @@ _BUILTIN: tuple[Metric, ...] = (
            forward_passes=_curve_cost(ROAD_FRACTIONS, 1), options_key="road"),
     Metric("road_lerf", _road("lerf"), "ROAD-LeRF", "faithfulness", True, curves=("road_lerf_curve",),
            forward_passes=_curve_cost(ROAD_FRACTIONS, 1), options_key="road"),
+    Metric("faithfulness_correlation", _fa.faithfulness_correlation, "Faithfulness corr.", "faithfulness", True,
+           {"key"}, forward_passes=_fa.cost("faithfulness_correlation")),
+    Metric("faithfulness_estimate", _fa.faithfulness_estimate, "Faithfulness est.", "faithfulness", True,
+           forward_passes=_fa.cost("faithfulness_estimate")),
+    Metric("infidelity", _fa.infidelity, "Infidelity", "faithfulness", False, forward_passes=_fa.cost("infidelity")),
+    Metric("pixel_flipping", _fa.pixel_flipping, "Pixel flipping", "faithfulness", False,
+           curves=("pixel_flipping_curve",), forward_passes=_fa.cost("pixel_flipping")),
+    Metric("region_perturbation", _fa.region_perturbation, "Region pert.", "faithfulness", True,  # MoRF drop
+           curves=("region_perturbation_curve",), forward_passes=_fa.cost("region_perturbation")),
+    Metric("selectivity", _fa.selectivity, "Selectivity", "faithfulness", False, curves=("selectivity_curve",),
+           forward_passes=_fa.cost("selectivity")),
+    Metric("irof", _fa.irof, "IROF", "faithfulness", True, forward_passes=_fa.cost("irof")),  # curve length varies
+    Metric("monotonicity_correlation", _fa.monotonicity_correlation, "Monotonicity corr.", "faithfulness", True,
+           {"key"}, forward_passes=_fa.cost("monotonicity_correlation")),
     Metric("sparseness", _map_only(sparseness), "Sparseness", "complexity", True, aliases=("gini",)),
     Metric("complexity", _map_only(complexity), "Complexity", "complexity", False, aliases=("entropy",)),
+    Metric("attribution_localisation", _lo.attribution_localisation, "Attr. loc.", "localisation", True, {"masks"}),
+    Metric("top_k_intersection", _lo.top_k_intersection, "Top-k inter.", "localisation", True, {"masks"}),
+    Metric("relevance_rank_accuracy", _lo.relevance_rank_accuracy, "Rank acc.", "localisation", True, {"masks"}),
+    Metric("relevance_mass_accuracy", _lo.relevance_mass_accuracy, "Mass acc.", "localisation", True, {"masks"}),
+    Metric("localisation_auc", _lo.localisation_auc, "Loc. AUC", "localisation", True, {"masks"}),
+    Metric("effective_complexity", effective_complexity, "Eff. complexity", "complexity", False),
+    Metric("completeness", _ax.completeness, "Completeness", "axiomatic", True, forward_passes=2),  # x, baseline
+    Metric("non_sensitivity", _ax.non_sensitivity, "Non-sensitivity", "axiomatic", False,
+           forward_passes=_ax.non_sensitivity_forward_passes),
 )
 
 _REGISTRY: dict[str, Metric] = {m.name: m for m in _BUILTIN}
@@ -210,18 +236,6 @@ def get(name: str) -> Metric:
             return record
     raise ValueError(f"unknown metric {name!r}; choose from {', '.join(_REGISTRY)} (or register your own: "
                      "gj.metrics.register(name, fn), or module:attribute on the command line)")
-
-
-def source_of(function: Callable) -> dict[str, str] | None:
-    """``{"module", "attribute", "sha256"}`` of a function defined in a module file (hash of the file)."""
-    module = inspect.getmodule(function)
-    path = getattr(module, "__file__", None)
-    if module is None or not path:
-        return None
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    return {"module": module.__name__, "attribute": getattr(function, "__qualname__", repr(function)),
-            "sha256": digest}
 
 
 def register(name: str, fn: Callable | Metric, *, label: str | None = None, higher_is_better: bool = True,
