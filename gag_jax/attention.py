@@ -25,7 +25,8 @@ counts twice); their probabilities must be self-attention over the same ``T`` to
 
 **Tokens to maps.** The first ``prefix_tokens`` tokens are the CLS token (and registers): row 0 is
 read, columns ``prefix_tokens:`` are the patches, laid out row-major on the patch grid ``grid=(h, w)``
-(inferred: a square ``T - prefix``, else the image's aspect ratio); the grid map is upsampled
+(inferred: the model's ``grid_size`` if it has one, else the factorisation of ``T - prefix`` closest to
+the image's aspect ratio: a square for a square image); the grid map is upsampled
 bilinearly to the image (as Grad-CAM's). ``prefix_tokens=None`` reads the model's
 ``num_prefix_tokens`` attribute when it has one (timm's name; the shipped ViT has it), else 1.
 """
@@ -223,6 +224,8 @@ def _nnx_run(graphdef, variables, images, deltas):
                                  "attention methods need full self-attention (decode=False)")
             object.__setattr__(node, "attention_fn", _nnx_attention_fn(node.attention_fn, path, state))
         object.__setattr__(node, "sow", _nnx_sow(node.sow, path, state))
+        if not callable(node):  # a container (nnx.List, nnx.Dict): its members are recorded
+            continue
         parent, last = nodes[parts[:-1]], parts[-1]
         recorder = _LayerRecorder(node, path, state)
         if isinstance(last, int):
@@ -378,8 +381,8 @@ def prefix_tokens_of(model: ModelFunctions, prefix_tokens: int | None = None) ->
 def patch_grid(num_patches: int, image_hw: tuple[int, int], grid: Sequence[int] | None = None,
                declared: Sequence[int] | None = None) -> tuple[int, int]:
     """The patch grid ``(h, w)`` of ``num_patches`` tokens: ``grid`` if given (checked), else the model's
-    ``declared`` one (its ``grid_size``) when it holds them, else the square one, else the one with the
-    image's aspect ratio.
+    ``declared`` one (its ``grid_size``) when it holds them, else the ``h x w = num_patches`` closest to
+    the image's aspect ratio (a square for a square image), if within a factor 1.5 of it.
 
     Raises:
       ValueError: ``grid`` does not hold ``num_patches`` tokens, or no grid is found (pass ``grid=(h, w)``).
@@ -393,16 +396,14 @@ def patch_grid(num_patches: int, image_hw: tuple[int, int], grid: Sequence[int] 
         return int(h), int(w)
     if declared is not None and len(tuple(declared)) == 2 and declared[0] * declared[1] == num_patches:
         return int(declared[0]), int(declared[1])
-    side = math.isqrt(num_patches)
-    if side * side == num_patches and num_patches > 0:
-        return side, side
     height, width = image_hw
-    h = round(math.sqrt(num_patches * height / width)) if num_patches > 0 else 0
-    if h > 0 and num_patches % h == 0:
-        return h, num_patches // h
-    raise ValueError(f"cannot lay {num_patches} patch tokens on a grid (not a square, not the image's aspect ratio "
-                     f"{height}x{width}): pass grid=(h, w), or prefix_tokens= if the count of CLS/register tokens "
-                     "is wrong")
+    pairs = [(h, num_patches // h) for h in range(1, num_patches + 1) if num_patches % h == 0]
+    if pairs:
+        h, w = min(pairs, key=lambda hw: abs(math.log(hw[0] * width / (hw[1] * height))))
+        if abs(math.log(h * width / (w * height))) <= math.log(1.5):
+            return h, w
+    raise ValueError(f"cannot lay {num_patches} patch tokens on a grid of the image's aspect ratio ({height}x{width}): "
+                     "pass grid=(h, w), or prefix_tokens= if the count of CLS/register tokens is wrong")
 
 
 def model_grid(model: ModelFunctions) -> tuple[int, int] | None:

@@ -104,7 +104,7 @@ def layer_gradcam(model, images: jax.Array, labels: jax.Array, layer: str, prefi
       layer: the layer's path, ``/``-separated.
       prefix_tokens: token layers: tokens ahead of the patches (None: the model's
         ``num_prefix_tokens``, else 1).
-      grid: token layers: the patch grid ``(h, w)`` (None: square, else the image's aspect ratio).
+      grid: token layers: the patch grid ``(h, w)`` (None: the model's ``grid_size``, else inferred from the image's aspect ratio).
       cam_grid: return the map on the layer's grid ``(B, h, w)`` before upsampling (for checks).
 
     Returns:
