@@ -166,17 +166,31 @@ def randomisation_layers(model, image_shape: Sequence[int], *, layer_order: str 
     if layers is not None:
         spec = sanity._check_blocks(layers, set(top))
     elif isinstance(variables, Mapping) and "params" in variables:
-        logits = model._statics.logits
-        module = logits.module if isinstance(logits, _Linen) else _ApplyAsModule(logits.fn) \
-            if isinstance(logits, _Apply) else None
-        if module is None:
-            raise ValueError("the model's layers cannot be found: pass layers=[(label, (names, ...)), ...] top first")
-        spec = sanity.layer_blocks(module, dict(variables), tuple(image_shape))
+        spec = _traced_layers(model, tuple(int(d) for d in image_shape))
     else:
         raise ValueError("randomising layers needs their names: this model's variables have no 'params' collection "
                          f"(top-level names {sorted(top)[:20]}); pass layers=[(label, (names, ...)), ...] top first "
                          "and randomised_variables=")
     return list(spec) if layer_order == "top_down" else list(spec)[::-1]
+
+
+_LAYERS: dict = {}
+"""(apply functions, weight shapes, image shape) -> the traced layers (a trace per model, not per call)."""
+
+
+def _traced_layers(model: ModelFunctions, image_shape: tuple[int, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    variables = model.variables
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    cache_key = (model._statics, treedef, tuple((np.shape(v), str(np.asarray(v).dtype) if not hasattr(v, "dtype")
+                                                 else str(v.dtype)) for v in leaves), image_shape)
+    if cache_key not in _LAYERS:
+        logits = model._statics.logits
+        module = logits.module if isinstance(logits, _Linen) else _ApplyAsModule(logits.fn) \
+            if isinstance(logits, _Apply) else None
+        if module is None:
+            raise ValueError("the model's layers cannot be found: pass layers=[(label, (names, ...)), ...] top first")
+        _LAYERS[cache_key] = sanity.layer_blocks(module, dict(variables), image_shape)
+    return _LAYERS[cache_key]
 
 
 def _top_level(variables) -> list[str]:
