@@ -95,7 +95,8 @@ def ref_completeness(weights, image, label, a, baseline, softmax=False):
 def test_effective_complexity_matches_the_numpy_reference(options):
     _, _, maps = _data(1)
     maps = maps - 0.4  # signed
-    ref = {"eps": options.get("eps", 1e-5), "abs_": options.get("abs", True), "normalise": options.get("normalise", True)}
+    ref = {"eps": options.get("eps", 1e-5), "abs_": options.get("abs", True),
+           "normalise": options.get("normalise", True)}
     got = np.asarray(effective_complexity(None, None, None, maps, **options)["effective_complexity"])
     want = [np.sum(_pre(maps[i], ref["abs_"], ref["normalise"]) > ref["eps"]) for i in range(B)]
     np.testing.assert_array_equal(got, want)
@@ -133,8 +134,8 @@ def test_completeness_matches_the_numpy_reference():
         out = A.completeness(_model(w), images, labels, maps, **options)
         kind = options.get("perturb_baseline", "black")
         for i in range(B):
-            base = {"black": np.full_like(images[i], images[i].min()), "white": np.full_like(images[i], images[i].max()),
-                    "mean": np.full_like(images[i], images[i].mean())}.get(kind, np.full_like(images[i], 0.7))
+            value = {"black": images[i].min(), "white": images[i].max(), "mean": images[i].mean()}.get(kind, 0.7)
+            base = np.full_like(images[i], value)
             total, delta = ref_completeness(w, images[i], labels[i], maps[i], base, softmax)
             np.testing.assert_allclose(out["attribution_sum"][i], total, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(out["output_difference"][i], delta, rtol=1e-5, atol=1e-5)
@@ -160,7 +161,8 @@ def test_raw_integrated_gradients_of_a_linear_model_are_complete(baseline):
     np.testing.assert_allclose(out["output_difference"], closed, rtol=1e-5)
     # the same attribution in [0, 1] (the explainers' default output) is not complete
     sal = gj.explain("ig", model, images, labels, key=jax.random.PRNGKey(0), n=5, baseline=baseline)
-    np.testing.assert_array_equal(A.completeness(model, images, labels, sal, perturb_baseline=perturb)["completeness"], 0.0)
+    scaled = A.completeness(model, images, labels, sal, perturb_baseline=perturb)
+    np.testing.assert_array_equal(scaled["completeness"], 0.0)
 
 
 @pytest.mark.slow  # imports Quantus (and TensorFlow): 10-20 s on 2 cores
@@ -272,4 +274,5 @@ def test_bad_input_raises_value_error_naming_the_problem():
 def test_exported_from_gag_jax_metrics():
     assert gm.completeness is A.completeness and gm.non_sensitivity is A.non_sensitivity
     assert gm.effective_complexity is effective_complexity
-    assert A.non_sensitivity_forward_passes((224, 224, 3), 1) == 150529
+    assert A.non_sensitivity_forward_passes({}) == 150529
+    assert A.non_sensitivity_forward_passes({"features_in_step": 16}, (16, 16, 3)) == 49

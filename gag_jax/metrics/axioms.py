@@ -24,69 +24,35 @@ import numpy as np
 from gag_jax import _validation as V
 from gag_jax.metrics import _common as C
 from gag_jax.metrics.complexity import preprocess_attributions
+from gag_jax.metrics.faithfulness import _baseline_values, _check_baseline, _scores_of_items
 from gag_jax.model import as_model_functions, jit_with_model
 
-_BASELINES = ("black", "white", "mean")
+_BASELINES = ("black", "white", "mean")  # Quantus's names
 _NON_FINITE = "maps contain NaN or inf; an attribution map must be finite"
-
-
-def _target_outputs_of_items(model_fn, make_inputs, items, labels, batch_size, softmax: bool):
-    """Each item's target softmax probability (``softmax``) or logit, inputs built chunk by chunk as
-    :func:`gag_jax.metrics._common.target_probs_of_items` (same chunk plan, no padding copies).
-
-    Returns ``outputs (n,)`` float32 and ``bad_label`` (bool scalar).
-    """
-    if softmax:
-        return C.target_probs_of_items(model_fn, make_inputs, items, labels, batch_size)
-
-    def chunk(args):
-        *its, lab = args
-        logits = jnp.asarray(model_fn(make_inputs(*its))).astype(jnp.float32)
-        k = logits.shape[-1]
-        out = jnp.take_along_axis(logits, jnp.clip(lab, 0, k - 1)[:, None], axis=1)[:, 0]
-        return out, jnp.any((lab < 0) | (lab >= k))
-
-    args = (*items, labels)
-    size, full, rest = C.chunk_plan(labels.shape[0], batch_size)
-    if full == 1 and rest == 0:
-        return chunk(args)
-    head = size * full
-    out, bad = jax.lax.map(chunk, tuple(a[:head].reshape((full, size) + a.shape[1:]) for a in args))
-    out, bad = out.reshape(-1), jnp.any(bad)
-    if rest:
-        out_rest, bad_rest = chunk(tuple(a[head:] for a in args))
-        out, bad = jnp.concatenate([out, out_rest]), bad | bad_rest
-    return out, bad
 
 
 def _baseline_images(images: jax.Array, perturb_baseline, custom) -> jax.Array:
     """``(B, H, W, C)`` baseline: Quantus's per-image min / max / mean, a constant, or ``custom``."""
     if custom is not None:
         return jnp.broadcast_to(custom.astype(jnp.float32), images.shape)
-    if isinstance(perturb_baseline, str):
-        reduce = {"black": jnp.min, "white": jnp.max, "mean": jnp.mean}[perturb_baseline]
-        return jnp.broadcast_to(reduce(images, axis=(1, 2, 3), keepdims=True), images.shape)
-    return jnp.full(images.shape, perturb_baseline, jnp.float32)
+    return jnp.broadcast_to(_baseline_values(images, perturb_baseline)[:, None, None, None], images.shape)
 
 
 def _split_baseline(perturb_baseline, images):
-    """Static part and traced part of ``perturb_baseline`` (checked)."""
-    if isinstance(perturb_baseline, str):
-        return V.check_choice(perturb_baseline, "perturb_baseline", _BASELINES), None
-    if isinstance(perturb_baseline, (int, float, np.integer, np.floating)) and not isinstance(perturb_baseline, bool):
-        if not np.isfinite(float(perturb_baseline)):
-            raise ValueError(f"perturb_baseline must be finite; got {perturb_baseline!r}")
-        return float(perturb_baseline), None
+    """Static part (a name or a number, checked) and traced part (an array) of ``perturb_baseline``."""
+    if isinstance(perturb_baseline, (str, bool, int, float, np.integer, np.floating)):
+        return _check_baseline(perturb_baseline, _BASELINES), None
     custom = jnp.asarray(perturb_baseline)
+    if not (jnp.issubdtype(custom.dtype, jnp.floating) or jnp.issubdtype(custom.dtype, jnp.integer)):
+        raise ValueError(f"perturb_baseline must be one of {_BASELINES}, a number or a numeric array; got "
+                         f"{perturb_baseline!r}")
     try:
         np.broadcast_shapes(custom.shape, np.shape(images))
     except ValueError as err:
         raise ValueError(f"perturb_baseline of shape {custom.shape} does not broadcast to the images' shape "
                          f"{tuple(np.shape(images))}") from err
-    if custom.ndim > 4 or not jnp.issubdtype(custom.dtype, jnp.floating) and not jnp.issubdtype(custom.dtype,
-                                                                                                 jnp.integer):
-        raise ValueError(f"perturb_baseline must be one of {_BASELINES}, a number or a numeric array; got "
-                         f"{perturb_baseline!r}")
+    if custom.ndim > 4:
+        raise ValueError(f"perturb_baseline must have at most 4 axes (B, H, W, C); got shape {custom.shape}")
     return None, custom
 
 
@@ -112,7 +78,7 @@ def _completeness_core(images, labels, maps, custom, *, model_fn, perturb_baseli
     def make_inputs(bi, ib):
         return jnp.where(ib[:, None, None, None], base[bi], x[bi])
 
-    out, bad_label = _target_outputs_of_items(model_fn, make_inputs, (b_idx, is_base),
+    out, bad_label = _scores_of_items(model_fn, make_inputs, (b_idx, is_base),
                                               labels[b_idx].astype(jnp.int32), batch_size, softmax)
     delta = out[:B] - out[B:]
     if output_func is not None:
@@ -219,7 +185,7 @@ def _non_sensitivity_core(images, labels, maps, custom, *, model_fn, eps, featur
     def make_inputs(bi, st):
         return jnp.where(step_of[None] == st[:, None, None, None], base[bi], x[bi])
 
-    out, bad_label = _target_outputs_of_items(model_fn, make_inputs, (b_idx, step_items),
+    out, bad_label = _scores_of_items(model_fn, make_inputs, (b_idx, step_items),
                                               labels[b_idx].astype(jnp.int32), batch_size, softmax)
     out = out.reshape(steps + 1, B).T
     unchanged = jnp.abs(out[:, 1:] - out[:, :1]) < eps  # (B, S)
@@ -290,7 +256,8 @@ def non_sensitivity(model, images, labels, maps, *, key=None, masks=None, eps: f
     return out
 
 
-def non_sensitivity_forward_passes(image_shape, features_in_step: int = 1) -> int:
-    """Model forward passes of :func:`non_sensitivity` per image of ``image_shape`` ``(H, W, C)``."""
-    h, w, c = image_shape[-3:]
-    return 1 + c * h * w // int(features_in_step)
+def non_sensitivity_forward_passes(options=None, image_shape=(224, 224, 3)) -> int:
+    """Model forward passes :func:`non_sensitivity` costs per map with ``options`` (its keyword options)
+    on images of ``image_shape`` ``(H, W, C)``: ``1 + C H W / features_in_step``."""
+    h, w, c = tuple(image_shape)[-3:]
+    return 1 + c * h * w // int(dict(options or {}).get("features_in_step", 1))
