@@ -6,6 +6,11 @@ dtype float32 as ``inputs``. It differentiates the *target logit* (pre-softmax);
 logit depends only on that image, the gradient of the summed target logits gives every image's own
 gradient in one backward pass.
 
+Several targets per image: ``labels`` int ``(B, K)``, or a target function ``target(logits) ->
+(B, K)`` (:func:`target_values`), give ``grads (B, K, H, W, C)``: one forward pass (``jax.vjp``) and
+the pullback vmapped over the K one-hot cotangents. A target function returning ``(B,)`` gives
+``(B, H, W, C)``.
+
 Guided Backprop works on any model function: ``guided_backprop(model_fn)`` traces ``model_fn`` to a
 jaxpr and evaluates it again with every ReLU replaced by the guided ReLU (see ``guided_backprop``).
 """
@@ -26,24 +31,81 @@ ModelFn = Callable[[jax.Array], jax.Array]
 GradientFn = Callable[[ModelFn, jax.Array, jax.Array], jax.Array]
 
 
-def target_logits(model_fn: ModelFn, inputs: jax.Array, labels: jax.Array) -> jax.Array:
-    """Logit of each image's target class.
+def target_values(logits: jax.Array, labels) -> jax.Array:
+    """The targets of each image, read from the model's output.
 
     Args:
-      model_fn: ``images (B, H, W, C) -> logits (B, K)``.
-      inputs: ``(B, H, W, C)`` float images.
-      labels: ``(B,)`` int target classes.
+      logits: the model's output, ``(B, classes)`` for a classifier (any shape for a target function).
+      labels: ``(B,)`` int (one class per image), ``(B, K)`` int (K classes per image), or a *target
+        function* ``target(logits) -> (B,) | (B, K)`` for anything that is not one class logit (a
+        sigmoid model's class, a detection score, a sum over a region of a segmentation output).
 
     Returns:
-      ``(B,)`` float32 target logits.
+      ``(B,)`` or ``(B, K)`` float32.
+
+    Raises:
+      ValueError: (at trace time) a target function whose output is not ``(B,)`` or ``(B, K)``.
     """
-    logits = model_fn(inputs)
-    picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
-    return picked.astype(jnp.float32)
+    if callable(labels):
+        values = jnp.asarray(labels(logits))
+        batch = logits.shape[0] if getattr(logits, "ndim", 0) else None
+        if values.ndim not in (1, 2) or (batch is not None and values.shape[0] != batch):
+            raise ValueError(f"the target function must map the model output {tuple(logits.shape)} to (B,) or "
+                             f"(B, K) with B = {batch}; got shape {tuple(values.shape)}")
+        return values.astype(jnp.float32)
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    if labels.ndim == 1:
+        return jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0].astype(jnp.float32)
+    return jnp.take_along_axis(logits, labels, axis=1).astype(jnp.float32)
+
+
+def target_logits(model_fn: ModelFn, inputs: jax.Array, labels) -> jax.Array:
+    """Logit of each image's target class (or classes, or the value of a target function).
+
+    Args:
+      model_fn: ``images (B, H, W, C) -> logits (B, classes)`` (any output for a target function).
+      inputs: ``(B, H, W, C)`` float images.
+      labels: ``(B,)`` or ``(B, K)`` int target classes, or a target function (:func:`target_values`).
+
+    Returns:
+      ``(B,)`` (or ``(B, K)``) float32 target logits.
+    """
+    return target_values(model_fn(inputs), labels)
+
+
+def num_targets(model_fn: ModelFn, inputs: jax.Array, labels) -> int | None:
+    """K for ``(B, K)`` targets (int labels, or a target function returning ``(B, K)``), None for one
+    target per image. Reads shapes only (``jax.eval_shape`` for a target function)."""
+    if callable(labels):
+        shape = jax.eval_shape(lambda x: target_logits(model_fn, x, labels),
+                               jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)).shape
+        return None if len(shape) == 1 else shape[1]
+    ndim = jnp.ndim(labels)
+    if ndim not in (1, 2):
+        raise ValueError(f"labels must have shape (B,) or (B, K); got {jnp.shape(labels)}")
+    return None if ndim == 1 else jnp.shape(labels)[1]
+
+
+def target_column(labels, k: int):
+    """The ``k``-th target of ``(B, K)`` targets as one target per image: ``labels[:, k]`` of int
+    labels, or a hashable target function returning column ``k`` of a target function's output."""
+    if callable(labels):
+        return functools.partial(_column_of, labels, k)
+    return labels[:, k]
+
+
+def _column_of(target, k, logits):
+    return target(logits)[:, k]
 
 
 def logit_gradient() -> GradientFn:
     """Gradient seam: ``d logit_c / d input`` of each image, float32.
+
+    ``labels`` of shape ``(B,)`` give ``grads (B, H, W, C)``. Several targets per image (``labels``
+    ``(B, K)``, or a target function returning ``(B, K)``, see :func:`target_values`) give
+    ``grads (B, K, H, W, C)`` from ONE forward pass: ``jax.vjp`` once at the inputs, then its
+    pullback ``vmap``-ped over the K one-hot cotangents of the targets (K backward passes, batched).
+    A target function returning ``(B,)`` gives ``(B, H, W, C)``, the gradient of its value.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -52,16 +114,26 @@ def logit_gradient() -> GradientFn:
       >>> g = logit_gradient()(model_fn, jnp.ones((2, 2, 2, 3)), jnp.zeros(2, jnp.int32))
       >>> bool(jnp.allclose(g[1], w[0]))
       True
+      >>> logit_gradient()(model_fn, jnp.ones((2, 2, 2, 3)), jnp.zeros((2, 3), jnp.int32)).shape
+      (2, 3, 2, 2, 3)
     """
     return _logit_gradient
 
 
-def _logit_gradient(model_fn: ModelFn, inputs: jax.Array, labels: jax.Array) -> jax.Array:
+def _logit_gradient(model_fn: ModelFn, inputs: jax.Array, labels) -> jax.Array:
     # one function object: explainers with equal seams compare equal (``gj.explain_many`` shares them)
     def total(x):
         return jnp.sum(target_logits(model_fn, x, labels))
 
-    return jax.grad(total)(inputs).astype(jnp.float32)
+    if not callable(labels) and jnp.ndim(labels) == 1:
+        return jax.grad(total)(inputs).astype(jnp.float32)
+    values, pullback = jax.vjp(lambda x: target_logits(model_fn, x, labels), inputs)
+    if values.ndim == 1:  # a target function with one value per image
+        return pullback(jnp.ones_like(values))[0].astype(jnp.float32)
+    k = values.shape[1]
+    one_hot = jnp.broadcast_to(jnp.eye(k, dtype=values.dtype)[:, None, :], (k,) + values.shape)  # (K, B, K)
+    (grads,) = jax.vmap(pullback)(one_hot)  # (K, B, H, W, C): one backward pass per target
+    return jnp.moveaxis(grads, 0, 1).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------- Guided Backprop on any model function

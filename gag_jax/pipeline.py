@@ -8,6 +8,14 @@ The n samples are processed in a ``jax.lax.scan`` over chunks of ``chunk_size`` 
 chunk is a ``jax.vmap`` over its samples (and the whole batch), and its signals are folded
 into the aggregation's streaming state. Peak memory therefore grows with ``chunk_size``,
 never with n. Sample i is the same whatever the chunking (noise is keyed by i).
+
+Several targets per image (``labels`` ``(B, K)``, or a target function ``target(logits) -> (B, K)``;
+see :func:`gag_jax.gradients.target_values`) give ``(B, K, H, W, C)`` from the same program: the
+modified inputs and their forward passes are shared, one backward pass runs per target (the gradient
+seam's ``vmap`` over one-hot cotangents), and the streaming state holds ``B * K`` attributions. Each
+target's attribution equals the single-target run's with the same key, to float rounding (a
+variance guide's percentile threshold may then flip a pixel where two variances nearly tie). The
+adaptive Guided IG path follows its target's gradient, so it runs one path per target.
 """
 from __future__ import annotations
 
@@ -40,8 +48,8 @@ class Explainer:
     chunk_size: int | None = None
 
     def __call__(self, model_fn, images, labels, key, *, platform: str | None = None):
-        """Attributions ``(B, H, W, C)`` float32 for ``images (B, H, W, C)`` and ``labels (B,)``
-        (``platform``: see :func:`run`)."""
+        """Attributions ``(B, H, W, C)`` float32 for ``images (B, H, W, C)`` and ``labels (B,)``;
+        ``(B, K, H, W, C)`` for ``labels (B, K)`` or a target function (see :func:`run`)."""
         return run(self, model_fn, images, labels, key, platform=platform)
 
 
@@ -95,6 +103,10 @@ def run(explainer: Explainer, model_fn: Callable, images: jax.Array, labels: jax
         platform: str | None = None) -> jax.Array:
     """Run an explainer (see ``Explainer``); returns ``(B, H, W, C)`` float32 attributions.
 
+    ``labels``: int ``(B,)``; int ``(B, K)`` (K targets per image: ``(B, K, H, W, C)``, one forward
+    pass per modified input, one backward pass per target); or a hashable target function
+    ``target(logits) -> (B,) | (B, K)`` (a module-level function or a ``functools.partial``).
+
     ``platform`` (``"cpu"``, ``"gpu"`` ...; None: the default backend) picks ``chunk_size=None``'s
     samples per call (:func:`gag_jax.backend.sample_chunk`); ``gj.explain`` passes where the images live.
     """
@@ -121,10 +133,11 @@ def run_sweep(explainer: Explainer, readings, model_fn: Callable, images: jax.Ar
     Args:
       explainer: gives the modification, the gradient seam and the chunk size.
       readings: sequence of ``(interpretation, aggregation)``.
-      model_fn, images, labels, key, platform: as :func:`run`.
+      model_fn, images, labels, key, platform: as :func:`run` (``labels`` ``(B, K)`` or a target
+        function returning ``(B, K)``: K targets per image, see the module docstring).
 
     Returns:
-      One ``(B, H, W, C)`` float32 attribution per reading, in order.
+      One ``(B, H, W, C)`` (K targets: ``(B, K, H, W, C)``) float32 attribution per reading, in order.
 
     Raises:
       ValueError: an aggregation that needs more samples than the modification draws.
@@ -136,9 +149,19 @@ def run_sweep(explainer: Explainer, readings, model_fn: Callable, images: jax.Ar
             raise ValueError(f"this aggregation needs n >= {aggregation.min_samples} gradient samples (a variance "
                              f"does); the modification has n = {modification.num_samples}")
     images = images.astype(jnp.float32)
-    labels = labels.astype(jnp.int32)
+    targets = gradients_lib.num_targets(model_fn, images, labels)  # None: one target per image; else K
+    if not callable(labels):
+        labels = labels.astype(jnp.int32)
+    if targets is not None and modification.step is not None:
+        # an adaptive path (Guided IG) follows the gradient of its target: one path per target
+        per_target = [run_sweep(explainer, readings, model_fn, images, gradients_lib.target_column(labels, k), key,
+                                platform=platform) for k in range(targets)]
+        return [jnp.stack([maps[r] for maps in per_target], axis=1) for r in range(len(readings))]
     state = modification.prepare(images, key)
-    agg_states = tuple(aggregation.init(images.shape) for _, aggregation in readings)
+    batch = images.shape[0]
+    # several targets: the aggregation state holds B * K attributions (image-major), one per (image, target)
+    state_shape = images.shape if targets is None else (batch * targets,) + images.shape[1:]
+    agg_states = tuple(aggregation.init(state_shape) for _, aggregation in readings)
     n = modification.num_samples
 
     def grad_at(inputs):
@@ -149,7 +172,10 @@ def run_sweep(explainer: Explainer, readings, model_fn: Callable, images: jax.Ar
                      for s, (interpret, aggregation) in zip(agg_states, readings))
 
     def finalize_all(agg_states):
-        return [aggregation.finalize(s) for s, (_, aggregation) in zip(agg_states, readings)]
+        results = [aggregation.finalize(s) for s, (_, aggregation) in zip(agg_states, readings)]
+        if targets is None:
+            return results
+        return [r.reshape((batch, targets) + images.shape[1:]) for r in results]
 
     if modification.step is not None:  # adaptive path: sequential over samples
         def body(carry, _):
@@ -169,7 +195,12 @@ def run_sweep(explainer: Explainer, readings, model_fn: Callable, images: jax.Ar
     def signal_of(i):
         index = jnp.minimum(i, n - 1)  # padded samples of the last chunk recompute sample n-1, masked out
         inputs, scale = modification.sample(state, index)
-        return (scale * grad_at(inputs)).astype(jnp.float32)
+        grads = grad_at(inputs)
+        if targets is None:
+            return (scale * grads).astype(jnp.float32)
+        # (B, K, H, W, C): the sample's factor is the image's, the same for each of its targets
+        scale = jnp.expand_dims(jnp.broadcast_to(scale, inputs.shape), 1)
+        return (scale * grads).astype(jnp.float32).reshape(state_shape)
 
     def body(carry, _):
         agg_states, chunk_index = carry
@@ -180,3 +211,14 @@ def run_sweep(explainer: Explainer, readings, model_fn: Callable, images: jax.Ar
 
     (agg_states, _), _ = jax.lax.scan(body, (agg_states, jnp.int32(0)), None, length=num_chunks)
     return finalize_all(agg_states)
+
+
+def per_target(fn: Callable[[jax.Array], jax.Array], attributions: jax.Array) -> jax.Array:
+    """``fn`` of ``(B, H, W, C)`` attributions applied to each target of ``(B, K, H, W, C)`` ones (as
+    a batch of ``B * K`` maps: a per-image step such as min-max stays per (image, target)); returns
+    ``(B, K, ...)``. Attributions with one target per image (4-D) go to ``fn`` as they are."""
+    if attributions.ndim != 5:
+        return fn(attributions)
+    batch, targets = attributions.shape[:2]
+    out = fn(attributions.reshape((batch * targets,) + attributions.shape[2:]))
+    return out.reshape((batch, targets) + out.shape[1:])
