@@ -327,3 +327,20 @@ def test_bad_arguments_raise(setup):
     plain = gj.ModelFunctions(lambda v: _apply(_jax(_weights(0)), v))
     with pytest.raises(ValueError, match="layers="):
         Rn.efficient_mprt(plain, x, labels, maps, explainer="vg")
+
+
+@pytest.mark.slow  # eager Flax init of convs: ~10 s of small compilations on a loaded 2-core CPU
+def test_linen_models_randomise_with_their_initialisers_and_the_sanity_blocks():
+    """A Flax linen model: the layers of gj.sanity.layer_blocks, fresh weights from module.init(PRNGKey(seed))."""
+    from toy_models import tiny_conv_net
+
+    from gag_jax import sanity
+
+    module, variables, _ = tiny_conv_net(size=8)
+    model = gj.ModelFunctions.from_module(module, variables)
+    shape = (1, 8, 8, 3)
+    assert Rn.randomisation_layers(model, shape, layer_order="top_down") == sanity.layer_blocks(module, variables, shape)
+    assert [label for label, _ in Rn.randomisation_layers(model, shape)] == ["conv1", "conv2", "dense"]
+    fresh = Rn._default_fresh(model, shape, 42)["params"]
+    expected = module.init(jax.random.PRNGKey(42), jnp.zeros(shape))["params"]
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), fresh, expected)

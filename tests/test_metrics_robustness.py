@@ -311,3 +311,21 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="one key per image"):
         R.max_sensitivity(model, x, np.zeros(2, int), np.ones((2, H, W)), explainer="vg",
                           key=jnp.zeros((3, 2), jnp.uint32))
+
+
+def test_registry_records_run_the_functions(setup, results):
+    """The metric records (category, direction, needs) and the registry's call give the function's values."""
+    import gag_jax.metrics as gm
+    from gag_jax.metrics import registry
+
+    model, _, x, labels, maps, noise = setup
+    for name in METRICS:
+        record = gm.metric(name)
+        assert record.category == "robustness" and not record.higher_is_better
+        assert record.needs == {"key", "explainer"}
+    assert gm.metric("max_sensitivity").cost({"samples": 10}) == 20  # 10 gradients
+    assert gm.metric("relative_output_stability").cost({"samples": 10}) == 31  # + 10 copies' and the image's logits
+    out = registry.compute([gm.metric("max_sensitivity")], model, x, labels, maps, explainer="vg",
+                           options={"max_sensitivity": {"samples": S, "perturbations": noise["uniform"],
+                                                        "copies_per_call": None}})
+    np.testing.assert_allclose(out["max_sensitivity"], np.asarray(results["max_sensitivity"]["max_sensitivity"]))

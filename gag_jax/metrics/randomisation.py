@@ -511,3 +511,21 @@ def efficient_mprt(model, images, labels, maps, *, explainer, key=None, layer_or
         n_bins=int(n_bins), normalise="second_moment" if normalise else None, absolute=bool(absolute))
     return {"efficient_mprt": (curve[:, -1] - original) / original, "efficient_mprt_original": original,
             "efficient_mprt_curve": curve}
+
+
+def cost(metric: str):
+    """``forward_passes(options, image_shape=None) -> int`` for the registry. Each explanation is counted
+    as one model gradient (2 forwards, Vanilla Gradient's cost; an explainer of ``n`` gradients costs
+    ``n`` times as much). The MPRTs' counts are **per randomisation step**: a model of ``L`` layers
+    takes ``L + 1`` steps in smooth MPRT (1 + 1 with ``skip_layers``) and ``L`` in efficient MPRT (1 with
+    ``skip_layers``, its default), which the record cannot know without the model."""
+    counts = {"random_logit": lambda o: 2,
+              "smooth_mprt": lambda o: 2 * int(o.get("samples", 50)),
+              "efficient_mprt": lambda o: 2}
+    count = counts[V.check_choice(metric, "metric", tuple(counts))]
+
+    def forward_passes(options, image_shape=None) -> int:
+        return int(count(dict(options or {})))
+
+    forward_passes.__name__ = f"{metric}_forward_passes"
+    return forward_passes

@@ -27,6 +27,8 @@ from gag_jax._signature import source_of
 from gag_jax._validation import check_choice
 from gag_jax.metrics import axioms as _ax
 from gag_jax.metrics import localisation as _lo
+from gag_jax.metrics import randomisation as _ra
+from gag_jax.metrics import robustness as _ro
 from gag_jax.metrics.complexity import complexity, effective_complexity, sparseness
 from gag_jax.metrics.deletion_insertion import DEFAULT_FRACTIONS, deletion_insertion
 from gag_jax.metrics import faithfulness as _fa
@@ -199,6 +201,22 @@ _BUILTIN: tuple[Metric, ...] = (
     Metric("irof", _fa.irof, "IROF", "faithfulness", True, forward_passes=_fa.cost("irof")),  # curve length varies
     Metric("monotonicity_correlation", _fa.monotonicity_correlation, "Monotonicity corr.", "faithfulness", True,
            {"key"}, forward_passes=_fa.cost("monotonicity_correlation")),
+    Metric("max_sensitivity", _ro.max_sensitivity, "Max-Sens.", "robustness", False, {"key", "explainer"},
+           forward_passes=_ro.cost("max_sensitivity")),
+    Metric("avg_sensitivity", _ro.avg_sensitivity, "Avg-Sens.", "robustness", False, {"key", "explainer"},
+           forward_passes=_ro.cost("avg_sensitivity")),
+    Metric("local_lipschitz_estimate", _ro.local_lipschitz_estimate, "Local Lipschitz", "robustness", False,
+           {"key", "explainer"}, forward_passes=_ro.cost("local_lipschitz_estimate")),
+    Metric("relative_input_stability", _ro.relative_input_stability, "RIS", "robustness", False, {"key", "explainer"},
+           forward_passes=_ro.cost("relative_input_stability")),
+    Metric("relative_output_stability", _ro.relative_output_stability, "ROS", "robustness", False,
+           {"key", "explainer"}, forward_passes=_ro.cost("relative_output_stability")),
+    Metric("random_logit", _ra.random_logit, "Random logit", "randomisation", False, {"key", "explainer"},
+           forward_passes=_ra.cost("random_logit")),
+    Metric("smooth_mprt", _ra.smooth_mprt, "sMPRT", "randomisation", False, {"key", "explainer"},
+           curves=("smooth_mprt_curve",), forward_passes=_ra.cost("smooth_mprt")),  # per randomisation step
+    Metric("efficient_mprt", _ra.efficient_mprt, "eMPRT", "randomisation", True, {"key", "explainer"},
+           forward_passes=_ra.cost("efficient_mprt")),  # per randomisation step
     Metric("sparseness", _map_only(sparseness), "Sparseness", "complexity", True, aliases=("gini",)),
     Metric("complexity", _map_only(complexity), "Complexity", "complexity", False, aliases=("entropy",)),
     Metric("attribution_localisation", _lo.attribution_localisation, "Attr. loc.", "localisation", True, {"masks"}),

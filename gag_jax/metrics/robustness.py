@@ -405,3 +405,24 @@ def forward_passes(explainer_cost: int, *, samples: int, extra_forward: bool) ->
     the image) when the logits are read."""
     return int(samples) * (int(explainer_cost) + int(extra_forward)) + int(extra_forward)
 
+
+
+def cost(metric: str):
+    """``forward_passes(options, image_shape=None) -> int`` for the registry: model forward passes one map
+    costs in ``metric`` with ``options``. Each re-explanation is counted as one model gradient (= 2
+    forwards: Vanilla Gradient's cost); an explainer of ``n`` gradients (SmoothGrad, IG) costs ``n``
+    times that part. One forward per copy (and one of the image) is added where the logits are read
+    (the output stability, or ``nan_when_prediction_changes``)."""
+    defaults = {"max_sensitivity": False, "avg_sensitivity": False, "local_lipschitz_estimate": False,
+                "relative_input_stability": True, "relative_output_stability": True}
+    nan_default = defaults[V.check_choice(metric, "metric", tuple(defaults))]
+
+    def forward_passes(options, image_shape=None) -> int:
+        options = dict(options or {})
+        samples = int(options.get("samples", 200))
+        logits = metric == "relative_output_stability" or bool(options.get("nan_when_prediction_changes",
+                                                                           nan_default))
+        return samples * (2 + int(logits)) + int(logits)
+
+    forward_passes.__name__ = f"{metric}_forward_passes"
+    return forward_passes
