@@ -41,6 +41,7 @@ from gag_jax.explainers import (
     per_image_cost,
     register_method,
     unregister_method,
+    variant,
 )
 from gag_jax.gradcam import gradcam, layer_gradcam
 from gag_jax.model import BoundFunction, ModelFunctions
@@ -65,5 +66,5 @@ __all__ = [
     "ModelFunctions", "layer_gradcam",
     "aggregations", "backend", "chain", "data", "distributed", "explain", "explain_many", "explainer_fn", "gradcam", "gradients",
     "guided_absolute_grad", "interpretations", "keys", "metrics", "min_max", "modifications", "ops", "pixels", "postprocess",
-    "per_image_cost", "register_method", "reverse", "sanity", "to_saliency", "unregister_method",
+    "per_image_cost", "register_method", "reverse", "sanity", "to_saliency", "unregister_method", "variant",
 ]

@@ -59,64 +59,90 @@ from gag_jax.postprocess import to_saliency
 _FROM_MODEL = None
 
 
-def _guide_or(aggregation: aggregations.Aggregation, guide: bool, percentile: float,
-              guide_axes: str) -> aggregations.Aggregation:
-    """The variance-guided sum (Table 3 "G") when ``guide``, else ``aggregation``."""
-    return aggregations.guide(percentile, guide_axes) if guide else aggregation
+def variant(explainer: Explainer, *, interpretation: str = "raw", guide: bool = False, percentile: float = 0.85,
+            guide_axes: str = "channel", n: int = 20, noise_level: float = 0.15,
+            noise_range: str = "image") -> Explainer:
+    """Table 3's gradient processing as one wrapper over any composition (as Captum's ``NoiseTunnel``
+    wraps any attribution method).
+
+    The interpretation seam is replaced by ``interpretation`` ("raw", "positive" (+), "negative" (-),
+    "absolute" (A), "square"); with ``guide=True`` the aggregation becomes the variance-guided sum of
+    eq. 2-5 (G; GA with ``interpretation="absolute"``) over the explainer's own samples, or, for a
+    single-sample modification (VG's and GB's one gradient, which has no variance), over ``n`` noisy
+    copies (``gaussian_noise(n, noise_level, noise_range)``). ``n`` / ``noise_*`` are used for that
+    case only.
+
+    Args:
+      explainer: a composition (``gj.chain(...)``, a preset's result).
+      interpretation, guide, percentile, guide_axes: the processing; defaults leave ``explainer``'s
+        aggregation and put the raw interpretation in.
+      n, noise_level, noise_range: the noise of a guided single-sample method.
+
+    Returns:
+      the processed ``Explainer`` (same gradient seam and chunk size).
+
+    Example::
+
+      gj.explain(gj.variant(gj.PRESETS["ig"](n=20), interpretation="absolute", guide=True), model, x, y)
+      gj.explain("ig", model, x, y, interpretation="absolute", guide=True)   # the same, by options
+    """
+    if not isinstance(explainer, Explainer):
+        raise ValueError(f"variant() wraps a composition (gj.Explainer); got {type(explainer).__name__}")
+    modification, aggregation = explainer.modification, explainer.aggregation
+    if guide:
+        if modification.num_samples == 1:
+            modification = modifications.gaussian_noise(n, noise_level, noise_range)
+        aggregation = aggregations.guide(percentile, guide_axes)
+    return dataclasses.replace(explainer, modification=modification,
+                               interpretation=interpretations.by_name(interpretation), aggregation=aggregation)
 
 
-def vg(n=20, noise_level=0.15, noise_range="image", interpretation="raw", guide=False, percentile=0.85,
-       guide_axes="channel", chunk_size=None) -> Explainer:
-    """Vanilla Gradient; with ``guide=True``, n noisy gradients for the variance guide (Table 3 "G")."""
-    modification = modifications.gaussian_noise(n, noise_level, noise_range) if guide else modifications.identity()
-    return chain(modification, gradients.logit_gradient(), interpretations.by_name(interpretation),
-                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+VARIANT_OPTIONS: dict[str, Any] = option_defaults(variant, skip=1, name="variant")
+"""The options :func:`variant` adds to a method whose record has ``variants=True``."""
 
 
-def gb(n=20, noise_level=0.15, noise_range="image", interpretation="raw", guide=False, percentile=0.85,
-       guide_axes="channel", chunk_size=None) -> Explainer:
+def vg(chunk_size=None) -> Explainer:
+    """Vanilla Gradient: the gradient of the target logit (with a guide: n noisy copies, see :func:`variant`)."""
+    return chain(modifications.identity(), gradients.logit_gradient(), interpretations.raw(), aggregations.total(),
+                 chunk_size=chunk_size)
+
+
+def gb(chunk_size=None) -> Explainer:
     """Guided Backprop: Vanilla Gradient through guided ReLUs (``gradients.guided_logit_gradient``)."""
-    modification = modifications.gaussian_noise(n, noise_level, noise_range) if guide else modifications.identity()
-    return chain(modification, gradients.guided_logit_gradient(), interpretations.by_name(interpretation),
-                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+    return chain(modifications.identity(), gradients.guided_logit_gradient(), interpretations.raw(),
+                 aggregations.total(), chunk_size=chunk_size)
 
 
-def sg(n=20, noise_level=0.15, noise_range="image", interpretation="raw", guide=False, percentile=0.85,
-       guide_axes="channel", chunk_size=None) -> Explainer:
+def sg(n=20, noise_level=0.15, noise_range="image", chunk_size=None) -> Explainer:
     """SmoothGrad: mean of the gradients at n noisy copies."""
     return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
-                 interpretations.by_name(interpretation),
-                 _guide_or(aggregations.mean(), guide, percentile, guide_axes), chunk_size=chunk_size)
+                 interpretations.raw(), aggregations.mean(), chunk_size=chunk_size)
 
 
-def vargrad(n=20, noise_level=0.15, noise_range="image", interpretation="raw", chunk_size=None) -> Explainer:
+def vargrad(n=20, noise_level=0.15, noise_range="image", chunk_size=None) -> Explainer:
     """VarGrad: variance (ddof=1) of the gradients at n noisy copies."""
     return chain(modifications.gaussian_noise(n, noise_level, noise_range), gradients.logit_gradient(),
-                 interpretations.by_name(interpretation), aggregations.variance(), chunk_size=chunk_size)
+                 interpretations.raw(), aggregations.variance(), chunk_size=chunk_size)
 
 
-def ig(n=20, baseline="black", rule="riemann_right", mean=_FROM_MODEL, std=_FROM_MODEL, interpretation="raw",
-       guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
+def ig(n=20, baseline="black", rule="riemann_right", mean=_FROM_MODEL, std=_FROM_MODEL, chunk_size=None) -> Explainer:
     """Integrated Gradients on the straight path from ``baseline`` (black in pixel space), n steps."""
     return chain(modifications.straight_path(n, baseline, rule, mean, std), gradients.logit_gradient(),
-                 interpretations.by_name(interpretation),
-                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+                 interpretations.raw(), aggregations.total(), chunk_size=chunk_size)
 
 
 def guided_ig(n=20, baseline="black", fraction=0.25, max_dist=0.02, mean=_FROM_MODEL, std=_FROM_MODEL,
-              interpretation="raw", guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
+              chunk_size=None) -> Explainer:
     """Guided Integrated Gradients (Kapishnikov et al. 2021): the adaptive path, n steps."""
     return chain(modifications.guided_ig_path(n, baseline, fraction, max_dist, mean, std), gradients.logit_gradient(),
-                 interpretations.by_name(interpretation),
-                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+                 interpretations.raw(), aggregations.total(), chunk_size=chunk_size)
 
 
-def blur_ig(n=20, max_sigma=50.0, grad_step=0.01, sqrt=False, mode="constant", radius=None, interpretation="raw",
-            guide=False, percentile=0.85, guide_axes="channel", chunk_size=None) -> Explainer:
+def blur_ig(n=20, max_sigma=50.0, grad_step=0.01, sqrt=False, mode="constant", radius=None,
+            chunk_size=None) -> Explainer:
     """Blur Integrated Gradients (Xu et al. 2020) as published, n steps from ``max_sigma``."""
     return chain(modifications.blur_path(n, max_sigma, grad_step, sqrt, mode, radius), gradients.logit_gradient(),
-                 interpretations.by_name(interpretation),
-                 _guide_or(aggregations.total(), guide, percentile, guide_axes), chunk_size=chunk_size)
+                 interpretations.raw(), aggregations.total(), chunk_size=chunk_size)
 
 
 def ag(n=20, noise_level=0.15, noise_range="image", chunk_size=None) -> Explainer:
@@ -188,6 +214,9 @@ class Method:
       needs_scaling: always needs the model's input scaling (a ``"black"`` baseline always does).
       label: display label in tables and figures (default: the name).
       paper: one of the paper's ten methods (Table 2's rows, ``gj.METHODS``).
+      variants: a composition that takes Table 3's gradient processing (:func:`variant`): its options
+        ``interpretation``, ``guide``, ``percentile``, ``guide_axes`` (and ``n`` / ``noise_*`` for a
+        guided single-sample method) are added to the function's own.
       cost: attribution functions: ``cost(options, image_shape) -> {"gradients": g, "forward_passes": f}``
         per image (model gradient evaluations and forward passes) for the run's manifest; None: 0.
         Compositions count their sweep's samples (``Modification.num_samples``) as gradients.
@@ -203,6 +232,7 @@ class Method:
     needs_scaling: bool = False
     label: str | None = None
     paper: bool = False
+    variants: bool = False
     cost: Callable | None = dataclasses.field(default=None, compare=False)
     source: Any = dataclasses.field(default=None, compare=False, hash=False)
 
@@ -220,7 +250,7 @@ class Method:
         """Model gradient evaluations and forward passes one image costs with these options:
         a composition's sweep samples (gradients); an attribution function's ``cost``."""
         if self.kind == "composition":
-            built = self.function(**_with_placeholder_scaling(method_options))
+            built = self.build(_with_placeholder_scaling(method_options))
             return {"gradients": int(built.modification.num_samples), "forward_passes": 0}
         if self.cost is None:
             return {"gradients": 0, "forward_passes": 0}
@@ -229,15 +259,27 @@ class Method:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """Option names and defaults (from the function's signature) plus ``reduce``."""
+        """Option names and defaults (from the function's signature; with ``variants``, those of
+        :func:`variant` too) plus ``reduce``."""
         skip = 4 if self.kind == "attribution" else 0
-        return {**option_defaults(self.function, skip=skip, name=self.name), "reduce": self.reduce}
+        own = option_defaults(self.function, skip=skip, name=self.name)
+        extra = {k: v for k, v in VARIANT_OPTIONS.items() if k not in own} if self.variants else {}
+        return {**own, **extra, "reduce": self.reduce}
+
+    def build(self, method_options: Mapping[str, Any]) -> Explainer:
+        """A composition's ``Explainer`` for these options (no ``reduce``): the function called with its
+        own options, then :func:`variant` with the processing options when the record has ``variants``."""
+        own = option_defaults(self.function, name=self.name)
+        built = self.function(**{k: v for k, v in method_options.items() if k in own})
+        if not self.variants:
+            return built
+        return variant(built, **{k: v for k, v in method_options.items() if k in VARIANT_OPTIONS})
 
     def is_random(self, method_options: Mapping[str, Any]) -> bool:
         """Whether the method with these options draws random numbers (so that it needs a key)."""
         if self.kind == "attribution":
             return bool(self.random)
-        return bool(self.function(**_with_placeholder_scaling(method_options)).modification.random)
+        return bool(self.build(_with_placeholder_scaling(method_options)).modification.random)
 
 
 def _occlusion_cost(options, image_shape) -> dict[str, int]:
@@ -253,10 +295,12 @@ def _xrai_cost(options, image_shape) -> dict[str, int]:
 
 
 _RECORDS = (
-    Method("vg", vg, label="VG", paper=True), Method("sg", sg, label="SG", paper=True),
-    Method("vargrad", vargrad, label="VarGrad", paper=True), Method("ig", ig, label="IG", paper=True),
-    Method("guided_ig", guided_ig, label="Guided IG", paper=True),
-    Method("blur_ig", blur_ig, label="BlurIG", paper=True), Method("gb", gb, label="GB", paper=True),
+    Method("vg", vg, label="VG", paper=True, variants=True), Method("sg", sg, label="SG", paper=True, variants=True),
+    Method("vargrad", vargrad, label="VarGrad", paper=True, variants=True),
+    Method("ig", ig, label="IG", paper=True, variants=True),
+    Method("guided_ig", guided_ig, label="Guided IG", paper=True, variants=True),
+    Method("blur_ig", blur_ig, label="BlurIG", paper=True, variants=True),
+    Method("gb", gb, label="GB", paper=True, variants=True),
     Method("gradcam", gradcam_attribution, "attribution", random=False, label="Grad-CAM", paper=True,
            cost=lambda options, shape: {"gradients": 1}),
     Method("ag", ag, label="AG", paper=True), Method("gag", gag, label="GAG", paper=True),
@@ -396,7 +440,7 @@ def register_method(name: str, factory, *, label: str | None = None, replace: bo
                          f"a gj.Method; got {type(factory).__name__}")
     if record.kind == "composition":
         try:
-            built = record.function(**_with_placeholder_scaling(dict(option_defaults(record.function, name=name))))
+            built = record.function(**_with_placeholder_scaling(option_defaults(record.function, name=name)))
         except TypeError as err:
             raise ValueError(f"method {name!r}: calling its factory with its defaults failed: {err}") from None
         if not isinstance(built, Explainer):
@@ -480,15 +524,20 @@ def _check_values(record: Method, method_options: dict) -> None:
     """Let the seam factories check the option values now, on the host (a scaling still to be read
     from the model is checked when it is)."""
     if record.kind == "composition":
-        record.function(**_with_placeholder_scaling(method_options))
+        record.build(_with_placeholder_scaling(method_options))
 
 
 def _attributions(record: Method, method_options: dict, model: ModelFunctions, images, labels, key,
                   platform: str | None = None) -> jax.Array:
     if record.kind == "attribution":
+        if not callable(labels) and jnp.ndim(labels) == 2:
+            # labels (B, K): one call per target inside the same program (K static), each with the same
+            # key, so each map equals the single-target call; nothing is shared between the targets
+            return jnp.stack([record.function(model, images, labels[:, k], key, **method_options)
+                              for k in range(labels.shape[1])], axis=1)
         return record.function(model, images, labels, key, **method_options)
     # the ModelFunctions itself: callable as its logits; gb's gradient seam uses its guided_logits if any
-    return record.function(**method_options)(model, images, labels, key, platform=platform)
+    return record.build(method_options)(model, images, labels, key, platform=platform)
 
 
 def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
@@ -540,38 +589,75 @@ def needs_key(method, options: Mapping[str, Any] = ()) -> bool:
 # explain: the one entry point
 
 
-def _explain(images, labels, key, model, *, record, options, postprocess, platform):
+def _explain(images, labels, key, model, *, record, options, postprocess, platform, target=None):
+    from gag_jax.pipeline import per_target  # (B, K, H, W, C): min-max per (image, target)
+
     method_options, reduce = _split(options)
-    raw = _attributions(record, method_options, model, images, labels, key, platform)
-    return to_saliency(raw, reduce) if postprocess else raw
+    # labels (B,) / (B, K), or the target function (static) in their place
+    raw = _attributions(record, method_options, model, images, labels if target is None else target, key, platform)
+    return per_target(lambda a: to_saliency(a, reduce), raw) if postprocess else raw
 
 
 # the model is an ordinary argument (a pytree): its weights are traced, its apply functions static
-_explain_jit = jax.jit(_explain, static_argnames=("record", "options", "postprocess", "platform"))
+_explain_jit = jax.jit(_explain, static_argnames=("record", "options", "postprocess", "platform", "target"))
 
 
-def _check_inputs(model: ModelFunctions, images, labels, key, validate: bool) -> None:
-    """One key or one per image; with ``validate``, shapes, dtypes, NaN, label range (a host sync),
-    a warning for a plain model function that closes over its weights and one for images far outside
-    the range the model's scaling implies (:func:`gag_jax.pixels.warn_if_out_of_range`)."""
+def _check_inputs(model: ModelFunctions, images, labels, key, validate: bool, target=None, record=None) -> None:
+    """One key or one per image; labels ``(B,)`` / ``(B, K)`` or a hashable ``target`` function (not
+    both; an attribution function ``record`` takes labels only); with ``validate``, shapes, dtypes,
+    NaN, label range (a host sync) or the target function's output shape, a warning for a plain model
+    function that closes over its weights and one for images far outside the range the model's
+    scaling implies (:func:`gag_jax.pixels.warn_if_out_of_range`)."""
     if modifications.is_key_batch(key) and key.shape[0] != images.shape[0]:
         raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for "
                          f"{images.shape[0] if images.ndim else 0} images")
+    if target is not None:
+        if labels is not None:
+            raise ValueError("give labels or target=, not both (target=fn explains fn(logits) instead of class logits)")
+        if not callable(target):
+            raise ValueError(f"target must be a function logits -> (B,) or (B, K); got {type(target).__name__}")
+        try:
+            hash(target)
+        except TypeError:
+            raise ValueError("target must be hashable (it is a static argument of the compiled program): pass a "
+                             "module-level function or a functools.partial of one") from None
+        if record is not None and record.kind != "composition":
+            raise ValueError(f"method {record.name!r} is an attribution function: it explains class labels "
+                             "(B,) or (B, K), not target=fn; target= works with the gradient methods (compositions)")
+    elif labels is None:
+        raise ValueError("labels are required: (B,) or (B, K) int class indices, or labels=None with target=fn")
     if validate:
         check_images(images)
-        check_labels(labels, images.shape[0], _num_classes(model, images))
+        if target is None:
+            check_labels(labels, images.shape[0], _num_classes(model, images), many=True)
+        else:
+            _num_classes(model, images, target)
         warn_if_closed_over(model, images)
         pixels.warn_if_out_of_range(images, model.mean, model.std, where="images", stacklevel=3)
 
 
-def _num_classes(model: ModelFunctions, images) -> int:
-    shape = jax.eval_shape(model, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape
+def _num_classes(model: ModelFunctions, images, target=None) -> int:
+    """The model's number of classes (its logits must be ``(B, classes)``); with ``target``, the
+    target function's output must be ``(B,)`` or ``(B, K)`` (returns K, 1 for ``(B,)``)."""
+    image_shape = jax.ShapeDtypeStruct(images.shape, images.dtype)
+    if target is not None:
+        try:
+            shape = jax.eval_shape(lambda x: target(model(x)), image_shape).shape
+        except Exception as err:  # noqa: BLE001 - a target that does not fit the model's output: say so
+            out = jax.eval_shape(model, image_shape).shape
+            raise ValueError(f"target= failed on the model's output of shape {out}: {err}") from None
+        if len(shape) not in (1, 2) or shape[0] != images.shape[0]:
+            raise ValueError(f"target must map the model's output to (B,) or (B, K) with B = {images.shape[0]}; "
+                             f"got shape {shape}")
+        return 1 if len(shape) == 1 else shape[1]
+    shape = jax.eval_shape(model, image_shape).shape
     if len(shape) != 2 or shape[0] != images.shape[0]:
-        raise ValueError(f"model_fn must map images {tuple(images.shape)} to logits (B, K); got shape {shape}")
+        raise ValueError(f"model_fn must map images {tuple(images.shape)} to logits (B, K); got shape {shape}"
+                         + (" (explain another output with target=fn)" if len(shape) > 2 else ""))
     return shape[1]
 
 
-def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = True,
+def explain(method, model_fn, images, labels=None, *, key=None, target=None, postprocess: bool = True,
             validate: bool = True, **options) -> jax.Array:
     """Explain ``images`` with ``method``: the one entry point for every method.
 
@@ -586,13 +672,26 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
         ``images -> logits (B, K)`` / mapping of functions: compiled once per function object, so
         weights it reads from outside are those of its first call (pass them as a ModelFunctions).
       images: ``(B, H, W, C)`` float, normalised as the model expects.
-      labels: ``(B,)`` int target classes.
+      labels: ``(B,)`` int target classes; or ``(B, K)``: K targets per image (e.g. the top-5
+        classes), maps ``(B, K, H, W)`` from one compiled program. Gradient methods share the forward
+        passes and the noise / path sweep and run one backward pass per target (each map equals the
+        single-target call with the same key, to float rounding; Guided IG's adaptive path is one path
+        per target); attribution functions (Grad-CAM, occlusion, RISE, XRAI, attention methods) run
+        once per target inside the same program.
       key: PRNG key; required by the methods that draw random numbers (sg, vargrad, ag, gag; vg/gb
         with a guide; see ``needs_key``). A batch of keys (one per image) makes each image's noise
         independent of its batch.
+      target: with ``labels=None``, explain ``target(output)`` instead of class logits:
+        ``target(model output) -> (B,)`` (maps ``(B, H, W)``) or ``(B, K)`` (maps ``(B, K, H, W)``),
+        e.g. a sigmoid model's class, a detection score, one class's logits summed over a region of a
+        segmentation output. Gradient methods only. It is a static argument of the compiled program,
+        so it must be hashable: a module-level function or a ``functools.partial`` of one, made once
+        and reused (a new function object compiles again).
       postprocess: True: ``(B, H, W)`` float32 maps in [0, 1] (sum over channels of ``|A|``, per-image
-        min-max, constant map -> zeros; ``reduce="sum"`` for the signed sum). False: raw ``(B, H, W, C)``.
-      validate: check shapes, dtypes, NaN and label range first (a host sync); False skips it.
+        min-max, constant map -> zeros; ``reduce="sum"`` for the signed sum). False: raw ``(B, H, W, C)``
+        (several targets: ``(B, K, H, W)`` / ``(B, K, H, W, C)``, min-max per image and target).
+      validate: check shapes, dtypes, NaN and label range (or the target's output shape) first (a host
+        sync); False skips it.
       **options: the method's options, e.g. ``n``, ``noise_level``, ``noise_range``, ``percentile``,
         ``guide_axes``, ``interpretation`` ("raw", "positive", "negative", "absolute", "square"),
         ``guide`` (variance guide, Table 3 "G"), ``baseline``, ``rule``, ``max_sigma``,
@@ -600,20 +699,23 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
         the model's input scaling); and ``reduce``. See ``DEFAULTS[method]``.
 
     Returns:
-      ``(B, H, W)`` maps (or ``(B, H, W, C)`` with ``postprocess=False``).
+      ``(B, H, W)`` maps (or ``(B, H, W, C)`` with ``postprocess=False``); K targets per image
+      (``labels (B, K)`` or a target returning ``(B, K)``): ``(B, K, H, W)`` (``(B, K, H, W, C)``).
 
     Raises:
       ValueError: unknown method or option, an option value out of range, bad shapes/dtypes, NaN
-        input, labels out of range, missing key or model functions, a method that needs pixel-space
-        black on a model whose input scaling is unknown.
+        input, labels out of range (the entry named), missing key or model functions, a method that
+        needs pixel-space black on a model whose input scaling is unknown; both or neither of
+        ``labels`` and ``target``, a target that is not hashable or does not give ``(B,)`` / ``(B, K)``,
+        ``target`` with an attribution function.
 
-    The computation is jit-compiled once per (shapes, method, options, apply functions); repeated
-    calls reuse it, with whatever weights the ModelFunctions holds.
+    The computation is jit-compiled once per (shapes, method, options, apply functions, target);
+    repeated calls reuse it, with whatever weights the ModelFunctions holds.
     """
     record = as_method(method)
     method_options, reduce = _split(resolve_options(record, options))
     images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
+    labels = None if labels is None else jnp.asarray(labels)
     model = as_model_functions(model_fn)
     method_options = _with_scaling(record, method_options, model, images.shape[-1] if images.ndim == 4 else None)
     _check_values(record, method_options)  # the seam factories check the values now, on the host
@@ -621,28 +723,32 @@ def explain(method, model_fn, images, labels, *, key=None, postprocess: bool = T
         if record.is_random(method_options):
             raise ValueError(f"method {record.name!r} draws random numbers: pass key=jax.random.PRNGKey(...)")
         key = jax.random.PRNGKey(0)
-    _check_inputs(model, images, labels, key, validate)
-    if not record.jittable:  # host code: run eagerly
-        raw = _attributions(record, method_options, model, images, labels, key)
-        return to_saliency(raw, reduce) if postprocess else raw
+    _check_inputs(model, images, labels, key, validate, target, record)
     options = tuple(sorted({**method_options, "reduce": reduce}.items()))
+    if not record.jittable:  # host code: run eagerly
+        return _explain(images, labels, key, model, record=record, options=options, postprocess=postprocess,
+                        platform=None)
     return _explain_jit(images, labels, key, model, record=record, options=options, postprocess=postprocess,
-                        platform=backend.platform_of(images))
+                        platform=backend.platform_of(images), target=target)
 
 
-def _many(images, labels, key, model, *, group, postprocess, platform):
-    """One sweep of ``group``'s first explainer, read by every member: ``[(record, options), ...]``."""
+def _many(images, labels, key, model, *, group, postprocess, platform, target=None):
+    """One sweep of ``group``'s first explainer, read by every member: ``[(record, options), ...]``
+    (``target``: a target function in place of the labels)."""
+    from gag_jax.pipeline import per_target  # (B, K, H, W, C): min-max per (image, target)
+
     explainers, reduces = [], []
     for record, options in group:
         method_options, reduce = _split(options)
-        explainers.append(record.function(**method_options))
+        explainers.append(record.build(method_options))
         reduces.append(reduce)
-    raws = run_sweep(explainers[0], [(e.interpretation, e.aggregation) for e in explainers], model, images, labels,
-                     key, platform=platform)
-    return [to_saliency(raw, reduce) if postprocess else raw for raw, reduce in zip(raws, reduces)]
+    raws = run_sweep(explainers[0], [(e.interpretation, e.aggregation) for e in explainers], model, images,
+                     labels if target is None else target, key, platform=platform)
+    return [per_target(lambda a, r=reduce: to_saliency(a, r), raw) if postprocess else raw
+            for raw, reduce in zip(raws, reduces)]
 
 
-_many_jit = jax.jit(_many, static_argnames=("group", "postprocess", "platform"))
+_many_jit = jax.jit(_many, static_argnames=("group", "postprocess", "platform", "target"))
 
 
 def method_key(name: str, options: Mapping[str, Any] | None = None) -> str:
@@ -669,7 +775,7 @@ def _sweep_groups(compositions: list[tuple[Method, Mapping[str, Any]]]) -> list[
     (:func:`gag_jax.pipeline.shares_sweep` of the built presets), in first-seen order."""
     groups: list[tuple[Explainer, list[int]]] = []
     for index, (record, method_options) in enumerate(compositions):
-        built = record.function(**_with_placeholder_scaling(method_options))
+        built = record.build(_with_placeholder_scaling(method_options))
         match = next((members for first, members in groups if shares_sweep(first, built)), None)
         if match is not None:
             match.append(index)
@@ -678,8 +784,8 @@ def _sweep_groups(compositions: list[tuple[Method, Mapping[str, Any]]]) -> list[
     return groups
 
 
-def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bool = True, validate: bool = True,
-                 **options) -> dict[str, jax.Array]:
+def explain_many(methods, model_fn, images, labels=None, *, key=None, target=None, postprocess: bool = True,
+                 validate: bool = True, **options) -> dict[str, jax.Array]:
     """Explain ``images`` with several methods, computing each gradient sweep once.
 
     A *sweep* is one pass of a modification and a gradient seam over the batch (n noisy copies;
@@ -700,20 +806,21 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
     Args:
       methods: sequence of method names, ``gj.Method`` records, or ``(method, {options})`` pairs
         (e.g. ``("gag", {"percentile": 0.45})``).
-      model_fn, images, labels, key, postprocess, validate: as :func:`explain` (one key, or one key
-        per image: then every image's maps depend only on its own key).
+      model_fn, images, labels, key, target, postprocess, validate: as :func:`explain` (one key, or
+        one key per image: then every image's maps depend only on its own key; labels ``(B, K)`` or a
+        target function returning ``(B, K)``: K maps per image, each sweep still run once).
       **options: applied to every method that takes them (e.g. ``n=20``, ``chunk_size=4``); a
         pair's own options win.
 
     Returns:
-      ``{method_key(name, options): maps}``: ``(B, H, W)`` (or raw ``(B, H, W, C)``) per entry, in
-      the order given.
+      ``{method_key(name, options): maps}``: ``(B, H, W)`` (or raw ``(B, H, W, C)``; K targets:
+      ``(B, K, H, W)`` / ``(B, K, H, W, C)``) per entry, in the order given.
 
     Raises:
       ValueError: as :func:`explain`, for any entry; two entries with the same key.
     """
     images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
+    labels = None if labels is None else jnp.asarray(labels)
     model = as_model_functions(model_fn)
     channels = images.shape[-1] if images.ndim == 4 else None
     entries: list[tuple[str, Method, tuple]] = []
@@ -727,7 +834,9 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
             raise ValueError(f"method {out_key!r} is listed twice")
         entries.append((out_key, record, tuple(sorted({**method_options, "reduce": reduce}.items()))))
     key = jax.random.PRNGKey(0) if key is None else key
-    _check_inputs(model, images, labels, key, validate)
+    for _, record, _ in entries:  # labels or target (not both); target= with an attribution function, named
+        _check_inputs(model, images, labels, key, False, target, record)
+    _check_inputs(model, images, labels, key, validate, target)
     unique = list(dict.fromkeys((record, options) for _, record, options in entries))
     results: dict[tuple, jax.Array] = {}
     for record, options in unique:
@@ -740,7 +849,7 @@ def explain_many(methods, model_fn, images, labels, *, key=None, postprocess: bo
     for _, indices in _sweep_groups([(record, _split(options)[0]) for record, options in compositions]):
         members = tuple(compositions[i] for i in indices)
         for member, maps in zip(members, _many_jit(images, labels, key, model, group=members,
-                                                   postprocess=postprocess, platform=platform)):
+                                                   postprocess=postprocess, platform=platform, target=target)):
             results[member] = maps
     return {out_key: results[(record, options)] for out_key, record, options in entries}
 

@@ -341,11 +341,43 @@ def test_defaults_and_valid_options_come_from_the_preset_signatures():
         if record.kind == "attribution":  # fn(model, images, labels, key, *options)
             assert len(params) >= 4 and all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params[:4])
             params = params[4:]
-        assert gj.DEFAULTS[name] == {**{p.name: p.default for p in params}, "reduce": record.reduce}
+        own = {p.name: p.default for p in params}
+        processing = {k: v for k, v in gj.explainers.VARIANT_OPTIONS.items() if k not in own} if record.variants else {}
+        assert gj.DEFAULTS[name] == {**own, **processing, "reduce": record.reduce}
     assert gj.METHODS == tuple(gj.DEFAULTS)[:10]
+    assert {m for m in gj.METHODS if gj.METHOD_RECORDS[m].variants} == {"vg", "gb", "sg", "vargrad", "ig", "guided_ig",
+                                                                       "blur_ig"}
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['percentile'\] for method 'ag'"):
         gj.explain("ag", linear_model(jnp.ones((4, 4, 3))), jnp.ones((1, 4, 4, 3)), jnp.array([0]), key=KEY,
                    percentile=0.5)
+
+
+def test_table3_processing_is_one_wrapper_over_any_composition():
+    """interpretation= / guide= on a method = gj.variant of its composition = the four seams by hand."""
+    _, _, model_fn = tiny_conv_net(size=8)
+    x = jax.random.normal(jax.random.PRNGKey(18), (2, 8, 8, 3))
+    labels = jnp.array([1, 2])
+    path = modifications.straight_path(4, "black", "riemann_right", (0.0,) * 3, (1.0,) * 3)
+    by_hand = gj.chain(path, gradients.logit_gradient(), interpretations.absolute(),
+                       aggregations.guide(0.85))(model_fn, x, labels, KEY)
+    wrapped = gj.variant(gj.PRESETS["ig"](n=4, mean=(0.0,) * 3, std=(1.0,) * 3), interpretation="absolute", guide=True)
+    np.testing.assert_array_equal(wrapped(model_fn, x, labels, KEY), by_hand)
+    by_option = gj.explain("ig", model_fn, x, labels, key=KEY, n=4, mean=(0.0,) * 3, std=(1.0,) * 3,
+                           interpretation="absolute", guide=True, postprocess=False)
+    np.testing.assert_allclose(by_option, by_hand, rtol=1e-5, atol=1e-7)
+    # VG has one gradient, no variance: its guide is over n noisy copies
+    vg_guided = gj.variant(gj.PRESETS["vg"](), interpretation="positive", guide=True, n=3, noise_level=0.2)
+    noisy = gj.chain(modifications.gaussian_noise(3, 0.2), gradients.logit_gradient(), interpretations.positive(),
+                     aggregations.guide(0.85))
+    np.testing.assert_array_equal(vg_guided(model_fn, x, labels, KEY), noisy(model_fn, x, labels, KEY))
+    # a user's composition takes the same wrapper
+    mine = gj.chain(modifications.gaussian_noise(3, 0.2), gradients.logit_gradient(), interpretations.square(),
+                    aggregations.mean())
+    np.testing.assert_array_equal(gj.variant(mine, interpretation="negative")(model_fn, x, labels, KEY),
+                                  gj.chain(mine.modification, mine.gradient, interpretations.negative(),
+                                           mine.aggregation)(model_fn, x, labels, KEY))
+    with pytest.raises(ValueError, match="composition"):
+        gj.variant("ig")
 
 
 @pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it

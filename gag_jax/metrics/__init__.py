@@ -3,7 +3,7 @@ and MAE; ROAD, the pointing game, sparseness and complexity; confident-sample se
 ``score`` entry for all of them and a streaming dataset evaluator.
 
 All model-calling metrics are batched and jit-compiled: every perturbed copy of a batch goes
-through ``model_fn`` in chunks of at most ``batch_size`` copies (``"auto"``: :func:`default_batch_size`,
+through ``model_fn`` in chunks of at most ``copies_per_call`` copies (``"auto"``: :func:`default_batch_size`,
 measured on CPU), percentiles are computed per image on device, and repeated calls with the same shapes, the same
 ``model_fn`` object and the same options reuse the compiled function.
 
@@ -19,7 +19,7 @@ Example::
 
     import gag_jax.metrics as gm
     out = gm.rcap(model_fn, images, labels, saliency)          # out["rcap"]: (B,)
-    di = gm.deletion_insertion(model_fn, images, labels, saliency, batch_size=64)
+    di = gm.deletion_insertion(model_fn, images, labels, saliency, copies_per_call=64)
     values = gm.score(model_fn, images, labels, saliency, masks, metrics=("rcap", "road_morf", "pointing_game"))
     res = gm.evaluate_stream(model_fn, batches, confidence_threshold=0.9)
     res["rcap"]["mean"], res["rcap"]["sem"]
@@ -31,10 +31,36 @@ from gag_jax.metrics._common import (
     IMAGENET_STD,
     default_batch_size,
 )
-from gag_jax.metrics.complexity import complexity, sparseness
+from gag_jax.metrics.axioms import completeness, non_sensitivity
+from gag_jax.metrics.complexity import complexity, effective_complexity, sparseness
 from gag_jax.metrics.deletion_insertion import deletion_insertion
+from gag_jax.metrics.faithfulness import (
+    faithfulness_correlation,
+    faithfulness_estimate,
+    infidelity,
+    irof,
+    monotonicity_correlation,
+    pixel_flipping,
+    region_perturbation,
+    selectivity,
+)
+from gag_jax.metrics.localisation import (
+    attribution_localisation,
+    localisation_auc,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
+from gag_jax.metrics.randomisation import efficient_mprt, random_logit, randomisation_layers, smooth_mprt
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
 from gag_jax.metrics.road import noisy_linear_impute, road
+from gag_jax.metrics.robustness import (
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+)
 from gag_jax.metrics.registry import (
     CATEGORIES,
     Metric,
@@ -67,7 +93,32 @@ __all__ = [
     "metric_names",
     "register",
     "unregister",
+    "attribution_localisation",
+    "completeness",
     "complexity",
+    "effective_complexity",
+    "localisation_auc",
+    "non_sensitivity",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "top_k_intersection",
+    "faithfulness_correlation",
+    "faithfulness_estimate",
+    "infidelity",
+    "irof",
+    "monotonicity_correlation",
+    "pixel_flipping",
+    "region_perturbation",
+    "selectivity",
+    "avg_sensitivity",
+    "local_lipschitz_estimate",
+    "max_sensitivity",
+    "relative_input_stability",
+    "relative_output_stability",
+    "efficient_mprt",
+    "random_logit",
+    "randomisation_layers",
+    "smooth_mprt",
     "default_batch_size",
     "default_metrics",
     "deletion_insertion",
