@@ -73,19 +73,6 @@ def check_choice(value, name: str, choices: Sequence[str]) -> str:
     return value
 
 
-def as_channel_tuple(name: str, value: Sequence[float], channels: int) -> tuple[float, ...]:
-    """``mean`` / ``std`` as a hashable tuple with 1 or ``channels`` entries (``std`` entries > 0)."""
-    try:
-        tup = tuple(float(v) for v in np.ravel(np.asarray(value, dtype=np.float64)))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a sequence of floats; got {value!r}") from err
-    if len(tup) not in (1, channels):
-        raise ValueError(f"{name} must have 1 or C={channels} entries; got {len(tup)}: {tup}")
-    if name == "std" and any(not (s > 0) for s in tup):
-        raise ValueError(f"std entries must be > 0; got {tup}")
-    return tup
-
-
 def check_blur(blur_kernel, blur_sigma) -> tuple[int, float]:
     """A positive odd kernel size and a positive sigma, as ``(int, float)``."""
     if isinstance(blur_kernel, bool) or not isinstance(blur_kernel, (int, np.integer)) \

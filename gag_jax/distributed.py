@@ -308,27 +308,6 @@ def gather(x: Any) -> Any:
 # ---------------------------------------------------------------------------- the sharded explainer
 
 
-def _is_linen_module(model) -> bool:
-    try:
-        import flax.linen as nn
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, nn.Module)
-
-
-def as_model(model, variables=None) -> ModelFunctions:
-    """The ``gj.ModelFunctions`` of what ``ShardedExplainer`` accepts: a ``ModelFunctions`` / NNX
-    module / plain callable (``variables`` None), a linen module with its ``variables``
-    (``ModelFunctions.from_module``) or ``apply(variables, images)`` with them (``from_apply``)."""
-    if variables is None:
-        return as_model_functions(model)
-    if _is_linen_module(model):
-        return ModelFunctions.from_module(model, variables)
-    if callable(model):
-        return ModelFunctions.from_apply(model, variables)
-    raise ValueError(f"with variables, model must be a flax linen Module or apply(variables, images); got {type(model)}")
-
-
 class ShardedExplainer:
     """An explainer compiled once, with the batch axis sharded over a 1-D device mesh.
 
@@ -338,7 +317,7 @@ class ShardedExplainer:
         its input scaling is used), an NNX module, a flax linen module with ``variables``, a
         function ``apply(variables, images)`` with ``variables``, or a plain ``images -> logits``
         (weights it reads from outside are compile-time constants).
-      variables: the variables of a linen module / ``apply`` function (see :func:`as_model`).
+      variables: the variables of a linen module / ``apply`` function (see :func:`gag_jax.model.as_model_functions`).
       batch_size: fixed global batch size every call is padded to (a multiple of the device
         count); ``None``: the first call's batch rounded up to a multiple of the device count.
       mesh: a 1-D mesh with axis ``"batch"`` (default ``make_mesh()``: all devices).
@@ -371,7 +350,7 @@ class ShardedExplainer:
             warnings.warn("jax_threefry_partitionable is off: the noise of a row then depends on the padded batch "
                           "size and the sharding, so padded / sharded maps differ from gj.explain's", stacklevel=2)
         self._fn = explainers_lib.explainer_fn(method, postprocess=postprocess, **options)
-        self.model = replicate(as_model(model, variables), self.mesh)
+        self.model = replicate(as_model_functions(model, variables), self.mesh)
         batch, repl = batch_sharding(self.mesh), replicated_sharding(self.mesh)
         self._donate = bool(donate and not postprocess)
 
@@ -512,12 +491,3 @@ def explain_sharded(method: str, model, images, labels, key, *, mesh: Mesh | Non
     sharded = _cached(method, options, jax.tree_util.tree_structure(model), postprocess, mesh, batch_size)
     sharded.model = replicate(model, mesh)
     return sharded(images, labels, key)
-
-
-def __getattr__(name):
-    """``pad_batch`` is ``pad_rows`` (the name ``gj.data.pad_batch`` has another contract)."""
-    if name == "pad_batch":
-        warnings.warn("gag_jax.distributed.pad_batch is now pad_rows (gj.data.pad_rows)", DeprecationWarning,
-                      stacklevel=2)
-        return pad_rows
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,8 +11,9 @@ static, ``params`` traced). Every jitted computation takes it as an ordinary arg
 
 It also carries the model's **input scaling** (``mean``/``std`` of the standardisation of pixels
 in [0, 1]): the methods and metrics that put black in pixel space (IG's and Guided IG's baseline,
-occlusion, RISE, XRAI, RCAP, ROAD's noise) read it from here. Explicit ``mean=``/``std=`` keywords
-still override; a model without it gets a clear error from those methods, never a guess.
+occlusion, RISE, XRAI, RCAP, ROAD's noise) read it from here, through :mod:`gag_jax.pixels`, which
+builds every pixel-space value. Explicit ``mean=``/``std=`` keywords still override; a model without
+it gets a clear error from those methods, never a guess.
 
 Build it with
 
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["BoundFunction", "ModelFunctions", "as_model_functions", "guided_backprop_activation", "guided_relu",
-           "jit_with_model", "resolve_scaling", "warn_if_closed_over"]
+           "check_scaling", "jit_with_model", "scaling_tuple", "warn_if_closed_over"]
 
 _PARTS = ("logits", "features", "head", "guided_logits")
 
@@ -235,7 +236,13 @@ class _Statics:
     std: tuple[float, ...] | None = None
 
 
-def _scaling_tuple(name: str, value) -> tuple[float, ...] | None:
+def scaling_tuple(name: str, value, channels: int | None = None) -> tuple[float, ...] | None:
+    """``mean`` / ``std`` as a hashable tuple of floats (None stays None): the package's one check of
+    an input scaling. ``std`` entries must be > 0; with ``channels``, 1 or ``channels`` entries.
+
+    Raises:
+      ValueError: not a sequence of floats, empty, a ``std`` entry <= 0, or the wrong length.
+    """
     if value is None:
         return None
     try:
@@ -246,13 +253,21 @@ def _scaling_tuple(name: str, value) -> tuple[float, ...] | None:
         raise ValueError(f"{name} must not be empty")
     if name == "std" and any(not s > 0 for s in out):
         raise ValueError(f"std entries must be > 0; got {out}")
+    if channels is not None and len(out) not in (1, channels):
+        raise ValueError(f"{name} must have 1 or C={channels} entries; got {len(out)}: {out}")
     return out
 
 
-def _check_pair(mean, std) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+def check_scaling(mean, std, channels: int | None = None
+                  ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """Both of ``mean`` / ``std`` (checked by :func:`scaling_tuple`) or neither (``(None, None)``).
+
+    Raises:
+      ValueError: only one given, or a bad value (see :func:`scaling_tuple`).
+    """
     if (mean is None) != (std is None):
         raise ValueError("give the input scaling as both mean and std (pixels in [0, 1]), or neither")
-    return _scaling_tuple("mean", mean), _scaling_tuple("std", std)
+    return scaling_tuple("mean", mean, channels), scaling_tuple("std", std, channels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +306,7 @@ class ModelFunctions:
         for name, fn in (("features", features), ("head", head), ("guided_logits", guided_logits)):
             if fn is not None and not callable(fn):
                 raise ValueError(f"{name} must be a callable or None; got {type(fn)}")
-        mean, std = _check_pair(mean, std)
+        mean, std = check_scaling(mean, std)
         wrap = (lambda f: None if f is None else _Plain(f))
         self._statics = _Statics(_Plain(logits), wrap(features), wrap(head), wrap(guided_logits), None, mean, std)
         self._variables = None
@@ -324,7 +339,7 @@ class ModelFunctions:
           features, head, guided_logits: optional ``f(variables, x)`` functions (see the class).
           mean, std: the input scaling (pixels in [0, 1]); None if unknown.
         """
-        mean, std = _check_pair(mean, std)
+        mean, std = check_scaling(mean, std)
         wrap = (lambda f: None if f is None else _Apply(f))
         return cls._make(_Statics(_Apply(apply), wrap(features), wrap(head), wrap(guided_logits), None, mean, std),
                          variables)
@@ -346,7 +361,7 @@ class ModelFunctions:
           jit: ignored (kept for compatibility: every call is jitted with the variables as arguments).
         """
         del jit
-        mean, std = _check_pair(mean, std)
+        mean, std = check_scaling(mean, std)
         split = callable(getattr(module, "features", None)) and callable(getattr(module, "head", None))
         guided = "guided_backprop" in getattr(module, "__dataclass_fields__", {})
         return cls._make(_Statics(
@@ -375,7 +390,7 @@ class ModelFunctions:
 
         if not isinstance(module, nnx.Module):
             raise ValueError(f"from_nnx takes a flax.nnx.Module; got {type(module)}")
-        mean, std = _check_pair(mean, std)
+        mean, std = check_scaling(mean, std)
         graphdef, state = nnx.split(module)
         if eval_mode:
             copy = nnx.merge(graphdef, state)
@@ -433,7 +448,7 @@ class ModelFunctions:
         if mean is not dataclasses.MISSING or std is not dataclasses.MISSING:
             new_mean = statics.mean if mean is dataclasses.MISSING else mean
             new_std = statics.std if std is dataclasses.MISSING else std
-            new_mean, new_std = _check_pair(new_mean, new_std)
+            new_mean, new_std = check_scaling(new_mean, new_std)
             statics = dataclasses.replace(statics, mean=new_mean, std=new_std)
         return self._make(statics, self._variables if variables is dataclasses.MISSING else variables)
 
@@ -495,18 +510,35 @@ def _is_nnx_module(obj) -> bool:
     return isinstance(obj, nnx.Module)
 
 
-def as_model_functions(model) -> ModelFunctions:
-    """Normalise what the entry points accept into a ``ModelFunctions``.
+def _is_linen_module(obj) -> bool:
+    try:
+        import flax.linen as nn
+    except ImportError:  # pragma: no cover - flax is a dependency
+        return False
+    return isinstance(obj, nn.Module)
+
+
+def as_model_functions(model, variables=None) -> ModelFunctions:
+    """Normalise what the entry points accept into a ``ModelFunctions`` (the package's one normaliser).
 
     * a ``ModelFunctions``: as is; its ``.logits`` (a :class:`BoundFunction`): its model;
     * a Flax NNX module: :meth:`ModelFunctions.from_nnx` (weights as leaves, eval mode, re-split
       at every call so that in-place changes of its weights are seen);
     * a mapping ``{"logits": f, "features": g, ...}`` or a plain callable ``images -> logits``:
-      ``ModelFunctions(...)`` (weights it reads from outside are constants of the compiled program).
+      ``ModelFunctions(...)`` (weights it reads from outside are constants of the compiled program);
+    * with ``variables``: a Flax linen module (:meth:`ModelFunctions.from_module`) or a pure
+      ``apply(variables, images)`` (:meth:`ModelFunctions.from_apply`).
 
     Raises:
       ValueError: anything else, or a mapping with unknown keys / without ``"logits"``.
     """
+    if variables is not None:
+        if _is_linen_module(model):
+            return ModelFunctions.from_module(model, variables)
+        if callable(model) and not isinstance(model, (ModelFunctions, BoundFunction)) and not _is_nnx_module(model):
+            return ModelFunctions.from_apply(model, variables)
+        raise ValueError(f"with variables, model must be a flax linen Module or apply(variables, images); "
+                         f"got {type(model)}")
     if isinstance(model, ModelFunctions):
         return model
     if isinstance(model, BoundFunction) and model.part == "logits":
@@ -524,42 +556,6 @@ def as_model_functions(model) -> ModelFunctions:
         return ModelFunctions(model)
     raise ValueError(f"model_fn must be a callable images -> logits, a gj.ModelFunctions, an NNX module or a "
                      f"mapping of model functions; got {type(model)}")
-
-
-def resolve_scaling(model: ModelFunctions, mean=None, std=None, *, needed: bool, what: str,
-                    channels: int | None = None, keywords: str = "mean=..., std=...",
-                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The input scaling to use: explicit ``mean``/``std``, else the model's.
-
-    Args:
-      model: a ``ModelFunctions``.
-      mean, std: explicit values (override the model's), or None.
-      needed: whether the caller puts values in pixel space (black = pixel 0): then an unknown
-        scaling is an error; otherwise the identity ``(0,), (1,)`` is returned (the caller's
-        operation commutes with a per-channel affine scaling, e.g. a blur).
-      what: the caller, for the message (e.g. ``"method 'ig' (baseline 'black')"``).
-      channels: number of image channels, to check the length (1 or C entries).
-      keywords: how the caller takes the scaling, for the message (ROAD: ``"std=..."``).
-
-    Raises:
-      ValueError: only one of mean/std given, bad values, or ``needed`` with no scaling known.
-    """
-    mean, std = _check_pair(mean, std)
-    if mean is None:
-        mean, std = model.mean, model.std
-    if mean is None:
-        if needed:
-            raise ValueError(
-                f"{what} works in pixel space and needs the model's input scaling, which this model does "
-                "not carry: build it with gj.ModelFunctions.from_module(module, variables, mean=..., std=...) / "
-                ".from_nnx(module, mean=..., std=...) (gj.models.model_functions sets it for the shipped models), "
-                f"or pass {keywords} (pixels in [0, 1]; mean=(0, 0, 0), std=(1, 1, 1) for a model that "
-                "takes pixels in [0, 1])")
-        return (0.0,), (1.0,)
-    for name, value in (("mean", mean), ("std", std)):
-        if channels is not None and len(value) not in (1, channels):
-            raise ValueError(f"{name} must have 1 or C={channels} entries; got {len(value)}: {value}")
-    return mean, std
 
 
 CLOSED_OVER_WARN_BYTES = 1024

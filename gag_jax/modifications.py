@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gag_jax import ops
+from gag_jax import ops, pixels
 from gag_jax._validation import check_choice, check_positive_int
 
 NOISE_RANGES = ("image", "batch")
@@ -193,9 +193,10 @@ def gaussian_noise(num_samples: int = 20, noise_level: float = 0.15, noise_range
 
 
 def _check_black_scaling(baseline, mean, std) -> None:
-    if isinstance(baseline, str) and baseline == "black" and (mean is None or std is None):
-        raise ValueError("baseline 'black' is zero in pixel space and needs the model's input scaling: pass "
-                         "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
+    """A ``"black"`` baseline needs the scaling (:func:`gag_jax.pixels.require`); checked when the
+    modification is built (``gj.explain`` fills ``mean``/``std`` from the model first)."""
+    if isinstance(baseline, str) and baseline == "black":
+        pixels.require(mean, std, what="baseline 'black'")
 
 
 def make_baseline(images: jax.Array, baseline, mean=None, std=None) -> jax.Array:
@@ -209,7 +210,7 @@ def make_baseline(images: jax.Array, baseline, mean=None, std=None) -> jax.Array
     _check_black_scaling(baseline, mean, std)
     if isinstance(baseline, str):
         if baseline == "black":
-            return jnp.broadcast_to(ops.from_pixels(jnp.zeros((3,), jnp.float32), mean, std), images.shape)
+            return pixels.black(images, mean, std)
         if baseline == "zero":
             return jnp.zeros_like(images, jnp.float32)
         reduce = jnp.min if baseline == "min" else jnp.max

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gag_jax import ops
+from gag_jax import pixels
 from gag_jax._validation import check_positive_int
 from gag_jax._validation import check_choice
 from gag_jax.modifications import check_number, is_key_batch
 
-BASELINES = ("black", "blur", "mean")
+BASELINES = pixels.BASELINES
 OUTPUTS = ("logit", "prob")
 
 # XRAI's segmentation as the reference (PAIR-code/saliency saliency/core/xrai.py)
@@ -38,33 +38,6 @@ XRAI_MIN_PIXEL_DIFF = 50
 
 # ---------------------------------------------------------------------------------------------
 # shared pieces
-
-
-def perturbation_baseline(images: jax.Array, baseline: str = "black", mean=None,
-                          std=None, blur_sigma: float = 16.0, blur_kernel: int = 33) -> jax.Array:
-    """What a removed pixel becomes, as the metrics define it: ``(B, H, W, C)`` in normalised space.
-
-    ``"black"``: zero in pixel space (de-normalised with ``mean``/``std``); ``"blur"``: the image
-    Gaussian-blurred in pixel space (``blur_sigma``, ``blur_kernel``, reflect padding, as the
-    insertion metric); ``"mean"``: each image's per-channel mean colour. Only ``"black"`` needs
-    ``mean``/``std`` (blur and mean commute with the per-channel scaling: identity when None).
-    """
-    check_choice(baseline, "baseline", BASELINES)
-    if baseline == "black" and (mean is None or std is None):
-        raise ValueError("baseline 'black' is zero in pixel space and needs the model's input scaling: pass "
-                         "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
-    if mean is None or std is None:
-        mean, std = (0.0,), (1.0,)
-    images = images.astype(jnp.float32)
-    if baseline == "black":
-        pixels = jnp.zeros((1, 1, 1, images.shape[-1]), jnp.float32)
-    else:
-        pixels = ops.to_pixels(images, mean, std)
-        if baseline == "blur":
-            pixels = ops.gaussian_blur(pixels, blur_sigma, (blur_kernel - 1) // 2, mode="reflect")
-        else:
-            pixels = jnp.mean(pixels, axis=(1, 2), keepdims=True)
-    return jnp.broadcast_to(ops.from_pixels(pixels, mean, std), images.shape)
 
 
 def target_scores(model_fn: Callable, images: jax.Array, labels: jax.Array, output: str = "logit") -> jax.Array:
@@ -153,7 +126,7 @@ def occlusion(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax
       window: int or ``(h, w)`` window size in pixels (32).
       stride: int or ``(h, w)`` step between windows (16); a last window is added flush with the
         far edge.
-      baseline: ``"black"`` (zero in pixel space), ``"blur"`` or ``"mean"`` (see ``perturbation_baseline``).
+      baseline: ``"black"`` (zero in pixel space), ``"blur"`` or ``"mean"`` (see :func:`gag_jax.pixels.baseline`).
       output: ``"logit"`` or ``"prob"``.
       chunk_size: window positions per model call (each call sees ``chunk_size * B`` images);
         None: all positions at once.
@@ -175,7 +148,7 @@ def occlusion(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax
     coverage = np.zeros((height, width), np.float32)
     for y, x in starts:
         coverage[y:y + window_h, x:x + window_w] += 1
-    base = perturbation_baseline(images, baseline, mean, std)
+    base = pixels.baseline(images, baseline, mean, std)
     reference = target_scores(model_fn, images, labels, output)  # (B,)
     rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
     starts_j = jnp.asarray(starts)
@@ -280,7 +253,7 @@ def rise(model_fn: Callable, images: jax.Array, labels: jax.Array, key: jax.Arra
     per_image = is_key_batch(key)
     if per_image and key.shape[0] != batch:
         raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for {batch} images")
-    base = perturbation_baseline(images, baseline, mean, std)
+    base = pixels.baseline(images, baseline, mean, std)
 
     def contribution(indices, valid):
         if per_image:  # (k, B, H, W)
@@ -440,13 +413,11 @@ def xrai(model_fn, images: jax.Array, labels: jax.Array, key: jax.Array | None =
         raise ValueError(f"xrai's base must be an attribution function base(model, images, labels, key); got {base!r} "
                          "(gj.explain('xrai', ..., base='ig') takes a method name)")
     _require_skimage()
-    if mean is None or std is None:
-        raise ValueError("xrai segments the image in pixel space and needs the model's input scaling: pass "
-                         "mean=..., std=... (pixels in [0, 1]); gj.explain reads them from a gj.ModelFunctions")
+    mean, std = pixels.require(mean, std, what="xrai (segments the image)", channels=images.shape[-1])
     attribution = np.asarray(base(model_fn, images, labels, key), np.float64).max(axis=-1)  # (B, H, W)
-    pixels = np.asarray(ops.to_pixels(jnp.asarray(images, jnp.float32), mean, std))
+    image_pixels = np.asarray(pixels.to_pixels(jnp.asarray(images, jnp.float32), mean, std))
     maps = []
-    for image, attr in zip(pixels, attribution):
+    for image, attr in zip(image_pixels, attribution):
         masks = xrai_segments(image, scales=scales, sigma=sigma, min_size=min_size, segment_size=segment_size,
                               dilation=dilation)
         maps.append(xrai_regions(attr, masks, min_pixel_diff=min_pixel_diff, area_threshold=area_threshold)[0])

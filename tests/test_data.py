@@ -25,6 +25,7 @@ needs_tf = pytest.mark.skipif(
 BACKENDS = ["files", pytest.param("tfds", marks=needs_tf)]
 MEAN = np.array(gd.IMAGENET_MEAN, np.float32)
 STD = np.array(gd.IMAGENET_STD, np.float32)
+SCALING = {"mean": gd.IMAGENET_MEAN, "std": gd.IMAGENET_STD}  # the loaders have no default scaling
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -220,7 +221,7 @@ def test_imagenet_s_images_labels_class_masks(imagenet_s_tree, tmp_path, backend
     root, expected = imagenet_s_tree
     with pytest.warns(UserWarning, match="ILSVRC2012_val_00000099"):
         # data_dir may be the parent holding one ImageNetS* variant
-        batches = gd.load_case("imagenet_s", root.parent, image_size=16, batch_size=3, backend=backend, cache_dir=tmp_path / "tfds")
+        batches = gd.load_case("imagenet_s", root.parent, image_size=16, batch_size=3, backend=backend, cache_dir=tmp_path / "tfds", **SCALING)
     assert batches.num_examples == 4 and len(batches) == 2 and batches.image_size == (16, 16)
     assert [s.name for s in batches.skipped] == ["n01491361/ILSVRC2012_val_00000099.JPEG"]
     assert "no segmentation mask" in batches.skipped[0].reason
@@ -239,7 +240,7 @@ def test_imagenet_s_label_space_foreground_and_resize(imagenet_s_tree):
     with pytest.warns(UserWarning):
         batches = gd.load_case(
             "imagenet_s", root, image_size=32, batch_size=8, backend="files",
-            label_space="imagenet_s", mask_mode="foreground",
+            label_space="imagenet_s", mask_mode="foreground", **SCALING
         )
     rows = _all_rows(batches)
     for i, name in enumerate(rows["names"]):
@@ -257,7 +258,7 @@ def test_imagenet_s_mask_without_the_class_is_skipped_and_named(imagenet_s_tree)
     Image.fromarray(np.stack([ids, 0 * ids, 0 * ids], -1)).save(bad)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batches = gd.load_case("imagenet_s", root, image_size=16, batch_size=8, backend="files")
+        batches = gd.load_case("imagenet_s", root, image_size=16, batch_size=8, backend="files", **SCALING)
         batch = next(iter(batches))
     assert any(issubclass(w.category, UserWarning) for w in caught)
     assert batch["valid"].sum() == 3
@@ -269,7 +270,7 @@ def test_imagenet_s_synsets_file_orders_labels(imagenet_s_tree, tmp_path):
     synsets = tmp_path / "LOC_synset_mapping.txt"
     synsets.write_text("n01491361 tiger shark\nn09999999 other\nn01443537 goldfish\n")
     with pytest.warns(UserWarning):
-        batches = gd.load_case("imagenet_s", root, image_size=16, batch_size=8, backend="files", synsets=synsets)
+        batches = gd.load_case("imagenet_s", root, image_size=16, batch_size=8, backend="files", synsets=synsets, **SCALING)
     rows = _all_rows(batches)
     assert {n.split("/")[0]: int(l) for n, l in zip(rows["names"], rows["labels"])} == {"n01443537": 2, "n01491361": 0}
 
@@ -280,7 +281,7 @@ def test_imagenet_s_synsets_file_orders_labels(imagenet_s_tree, tmp_path):
 def test_isic_task1_masks_and_csv_labels(isic_tree, tmp_path, backend):
     root, expected = isic_tree
     with pytest.warns(UserWarning, match="ISIC_0000099"):
-        batches = gd.load_case("isic", root, image_size=16, batch_size=3, backend=backend, cache_dir=tmp_path / "tfds")
+        batches = gd.load_case("isic", root, image_size=16, batch_size=3, backend=backend, cache_dir=tmp_path / "tfds", **SCALING)
     assert batches.num_classes == 8 and batches.has_masks and len(batches) == 2
     rows = _all_rows(batches)
     assert rows["names"].tolist() == sorted(expected)
@@ -304,10 +305,10 @@ def test_isic_classification_layout_binary_labels(tmp_path):
         "ISIC_0024307,0.0,0.0,0.0,1.0,0.0,0.0,0.0\n"
         "ISIC_0024308,1.0,0.0,0.0,0.0,0.0,0.0,0.0\n"
     )
-    diagnosis = _all_rows(gd.load_case("isic", root, image_size=16, batch_size=4, backend="files"))
+    diagnosis = _all_rows(gd.load_case("isic", root, image_size=16, batch_size=4, backend="files", **SCALING))
     assert diagnosis["labels"].tolist() == [1, 3, 0]  # NV, AKIEC -> AK, MEL
     assert "masks" not in diagnosis
-    malignant = gd.load_case("isic", root, image_size=16, batch_size=4, backend="files", labels="malignant")
+    malignant = gd.load_case("isic", root, image_size=16, batch_size=4, backend="files", labels="malignant", **SCALING)
     assert _all_rows(malignant)["labels"].tolist() == [0, 1, 1] and malignant.num_classes == 2
 
 
@@ -318,7 +319,7 @@ def test_places365_labels_and_bad_files_named(places_tree, tmp_path, backend):
     root, labels = places_tree
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batches = gd.load_case("places365", root, image_size=16, batch_size=2, backend=backend, cache_dir=tmp_path / "tfds")
+        batches = gd.load_case("places365", root, image_size=16, batch_size=2, backend=backend, cache_dir=tmp_path / "tfds", **SCALING)
         rows = _all_rows(batches)
     messages = " ".join(str(w.message) for w in caught)
     assert "Places365_val_00000003.jpg" in messages and "Places365_val_00000077.jpg" in messages
@@ -339,14 +340,14 @@ def test_bad_file_raises_naming_it(places_tree, tmp_path, backend):
     bad = str(root / "val_256" / "Places365_val_00000003.jpg")
     with pytest.raises(gd.BadImageError, match="Places365_val_00000003.jpg") as info, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        list(gd.load_case("places365", root, image_size=16, batch_size=2, backend=backend, on_error="raise", cache_dir=tmp_path / "tfds"))
+        list(gd.load_case("places365", root, image_size=16, batch_size=2, backend=backend, on_error="raise", cache_dir=tmp_path / "tfds", **SCALING))
     assert info.value.path == bad
 
 
 def test_places365_default_size_is_the_papers(places_tree):
     root, _ = places_tree
     with pytest.warns(UserWarning):
-        batches = gd.load_case("places365", root, batch_size=8, backend="files", max_examples=2)
+        batches = gd.load_case("places365", root, batch_size=8, backend="files", max_examples=2, **SCALING)
     batch = next(iter(batches))
     assert batches.image_size == (224, 224) and batch["images"].shape == (8, 224, 224, 3)
     assert batch["valid"].tolist() == [True, True] + [False] * 6
@@ -370,7 +371,7 @@ def test_tfds_copy_is_reused_in_order_with_skips_recorded(places_tree, tmp_path)
 
 def test_unknown_case_lists_the_cases():
     with pytest.raises(ValueError) as info:
-        gd.load_case("imagenet", "/nowhere")
+        gd.load_case("imagenet", "/nowhere", **SCALING)
     for case in gd.CASES:
         assert case in str(info.value)
 
@@ -382,7 +383,7 @@ def test_unknown_case_lists_the_cases():
 def test_missing_directory_names_it_and_the_layout(tmp_path, case, expected_in_message):
     missing = tmp_path / "not-there"
     with pytest.raises(gd.DatasetLayoutError) as info:
-        gd.load_case(case, missing, backend="files")
+        gd.load_case(case, missing, backend="files", **SCALING)
     assert str(missing) in str(info.value) and expected_in_message in str(info.value)
     assert isinstance(info.value, FileNotFoundError)
 
@@ -393,17 +394,17 @@ def test_incomplete_layouts_name_what_is_missing(tmp_path, imagenet_s_tree):
 
     shutil.rmtree(root / "validation-segmentation")
     with pytest.raises(gd.DatasetLayoutError, match="validation-segmentation"):
-        gd.load_case("imagenet_s", root, backend="files")
+        gd.load_case("imagenet_s", root, backend="files", **SCALING)
     (tmp_path / "p" / "val_256").mkdir(parents=True)
     with pytest.raises(gd.DatasetLayoutError, match="places365_val.txt"):
-        gd.load_case("places365", tmp_path / "p", backend="files")
+        gd.load_case("places365", tmp_path / "p", backend="files", **SCALING)
 
 
 def test_bad_options_and_splits():
     with pytest.raises(TypeError, match="num_images"):
         gd.load_case("synthetic", labels="x")
     with pytest.raises(ValueError, match="train-semi"):
-        gd.load_case("imagenet_s", "/nowhere", split="test")
+        gd.load_case("imagenet_s", "/nowhere", split="test", **SCALING)
     with pytest.raises(ValueError, match="resize_mode"):
         gd.load_case("synthetic", resize_mode="stretch")
 
@@ -436,7 +437,7 @@ def test_folder_with_labels_file_and_masks_center_crops(folder_tree, tmp_path, b
     root, expected = folder_tree
     with pytest.warns(UserWarning, match="gone.png"):
         batches = gd.load_case("folder", root, image_size=16, batch_size=2, backend=backend, cache_dir=tmp_path / "t",
-                               resize_mode="center_crop")
+                               resize_mode="center_crop", **SCALING)
     assert batches.has_masks and batches.has_labels and batches.resize_mode == "center_crop"
     assert batches.image_size == (16, 16) and batches.num_classes == 968
     assert batches.class_names[281] == "tabby" and batches.class_names[967] == "espresso"
@@ -449,7 +450,7 @@ def test_folder_with_labels_file_and_masks_center_crops(folder_tree, tmp_path, b
         assert rows["labels"][i] == label
     np.testing.assert_allclose(rows["images"], (rows["pixels"] / 255.0 - MEAN) / STD, rtol=1e-6, atol=1e-6)
     with pytest.warns(UserWarning, match="gone.png"):
-        first_two = gd.load_case("folder", root, image_size=16, backend="files", max_examples=2)
+        first_two = gd.load_case("folder", root, image_size=16, backend="files", max_examples=2, **SCALING)
     assert first_two.num_examples == 2 and first_two.resize_mode == "imagenet_eval"  # a folder's default
 
 
@@ -457,7 +458,7 @@ def test_imagenet_eval_resize_is_shorter_side_to_size_over_0875_then_the_centre(
     # 35 x 70 photo to 16: scale 16 / 35 / 0.875, so 35 -> 18.3 -> 18 px and 70 -> 36.6 -> 37 px; centre 16 x 16
     photo = np.random.default_rng(8).integers(0, 256, (35, 70, 3), dtype=np.uint8)
     _save(photo, str(tmp_path / "p.png"))
-    (out,), _, _ = gd.load_image_files(tmp_path / "p.png", 16, resize_mode="imagenet_eval")
+    (out,), _, _ = gd.load_image_files(tmp_path / "p.png", 16, resize_mode="imagenet_eval", **SCALING)
     expected = np.asarray(Image.fromarray(photo).resize((37, 18), Image.BILINEAR))[1:17, 10:26]
     np.testing.assert_array_equal(out, expected)
 
@@ -467,18 +468,18 @@ def test_folder_class_subfolders_and_unlabelled_images(tmp_path):
     # wnid folders -> ImageNet-1k indices (1 goldfish, 3 tiger shark), whatever else is present
     for wnid in WNIDS:
         _save(_noise_image(rng), str(tmp_path / "wnid" / wnid / "a.jpg"))
-    rows = _all_rows(gd.load_case("folder", tmp_path / "wnid", image_size=16, backend="files"))
+    rows = _all_rows(gd.load_case("folder", tmp_path / "wnid", image_size=16, backend="files", **SCALING))
     assert dict(zip(rows["names"].tolist(), rows["labels"].tolist())) == {
         f"{w}/a.jpg": i for w, i in WNIDS.items()}
     # integer folders are class indices (word-named folders: tests/test_folder_case.py)
     for name in ("7", "12"):
         _save(_noise_image(rng), str(tmp_path / "ints" / name / "x.png"))
-    ints = gd.load_case("folder", tmp_path / "ints", image_size=16, backend="files")
+    ints = gd.load_case("folder", tmp_path / "ints", image_size=16, backend="files", **SCALING)
     assert _all_rows(ints)["labels"].tolist() == [12, 7] and ints.num_classes == 13  # "12/x.png" < "7/x.png"
     # images alone: unlabelled (-1), no masks
     for stem in ("b", "a"):
         _save(_noise_image(rng), str(tmp_path / "plain" / f"{stem}.jpg"))
-    plain = gd.load_case("folder", tmp_path / "plain", image_size=16, backend="files")
+    plain = gd.load_case("folder", tmp_path / "plain", image_size=16, backend="files", **SCALING)
     rows = _all_rows(plain)
     assert rows["names"].tolist() == ["a.jpg", "b.jpg"] and rows["labels"].tolist() == [-1, -1]
     assert not plain.has_labels and not plain.has_masks and plain.num_classes is None
@@ -486,19 +487,19 @@ def test_folder_class_subfolders_and_unlabelled_images(tmp_path):
 
 def test_folder_layout_errors_name_the_problem(tmp_path):
     with pytest.raises(gd.DatasetLayoutError, match="labels.txt"):
-        gd.load_case("folder", tmp_path / "missing")
+        gd.load_case("folder", tmp_path / "missing", **SCALING)
     (tmp_path / "empty").mkdir()
     with pytest.raises(gd.DatasetLayoutError, match="no usable folder examples"):
-        gd.load_case("folder", tmp_path / "empty", backend="files")
+        gd.load_case("folder", tmp_path / "empty", backend="files", **SCALING)
     _save(_noise_image(np.random.default_rng(0)), str(tmp_path / "bad" / "a.png"))
     (tmp_path / "bad" / "labels.txt").write_text("a.png\tcat\n")
     with pytest.raises(gd.DatasetLayoutError, match=r"labels.txt:1"):
-        gd.load_case("folder", tmp_path / "bad", backend="files")
+        gd.load_case("folder", tmp_path / "bad", backend="files", **SCALING)
     # a mask folder without the image's mask: the image is skipped and named
     (tmp_path / "bad" / "labels.txt").write_text("a.png\t3\n")
     (tmp_path / "bad" / "masks").mkdir()
     with pytest.raises(gd.DatasetLayoutError, match="no mask for it"):
-        gd.load_case("folder", tmp_path / "bad", backend="files")
+        gd.load_case("folder", tmp_path / "bad", backend="files", **SCALING)
 
 
 # ----------------------------------------------------------------------------------- load_image_files
@@ -512,23 +513,23 @@ def test_load_image_files_folder_skips_and_names_bad_file(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     skipped = []
     with pytest.warns(UserWarning, match="c.jpg"):
-        pixels, images, names = gd.load_image_files(tmp_path, 16, skipped=skipped)
+        pixels, images, names = gd.load_image_files(tmp_path, 16, skipped=skipped, **SCALING)
     assert names == ["a.png", "b.png"] and pixels.shape == (2, 16, 16, 3) and pixels.dtype == np.uint8
     assert [s.name for s in skipped] == ["c.jpg"]
     np.testing.assert_array_equal(pixels[0], np.asarray(Image.fromarray(a).resize((16, 16), Image.BILINEAR)))
     np.testing.assert_allclose(images, (pixels / 255.0 - MEAN) / STD, rtol=1e-6, atol=1e-6)
     with pytest.raises(gd.BadImageError, match="c.jpg"):
-        gd.load_image_files([tmp_path / "a.png", tmp_path / "c.jpg"], 16, on_error="raise")
+        gd.load_image_files([tmp_path / "a.png", tmp_path / "c.jpg"], 16, on_error="raise", **SCALING)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        gd.load_image_files(tmp_path / "missing.png", 16)
+        gd.load_image_files(tmp_path / "missing.png", 16, **SCALING)
 
 
 def test_center_crop_keeps_the_centre(tmp_path):
     stripes = np.zeros((16, 32, 3), np.uint8)
     stripes[:, 8:24] = 255  # white centre, black left and right quarters
     _save(stripes, str(tmp_path / "s.png"))
-    cropped, _, _ = gd.load_image_files(tmp_path / "s.png", 16, resize_mode="center_crop")
-    squashed, _, _ = gd.load_image_files(tmp_path / "s.png", 16)
+    cropped, _, _ = gd.load_image_files(tmp_path / "s.png", 16, resize_mode="center_crop", **SCALING)
+    squashed, _, _ = gd.load_image_files(tmp_path / "s.png", 16, **SCALING)
     assert (cropped == 255).all()
     assert (squashed[0, :, 0] < 10).all() and (squashed[0, :, 8] > 245).all()
 
@@ -539,9 +540,9 @@ def test_without_tensorflow_auto_reads_the_files_and_tfds_says_what_to_install(p
     monkeypatch.setattr(tfds_builders, "missing_requirements", lambda: ["tensorflow-cpu"])
     root, _ = places_tree
     with pytest.warns(UserWarning) as caught:
-        batches = gd.load_case("places365", root, image_size=16, batch_size=8, cache_dir=tmp_path / "tfds")
+        batches = gd.load_case("places365", root, image_size=16, batch_size=8, cache_dir=tmp_path / "tfds", **SCALING)
     assert any("backend='files'" in str(w.message) for w in caught)
     assert batches.backend == "files"
     with pytest.raises(ImportError, match=r"gag-jax\[data\]"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gd.load_case("places365", root, image_size=16, backend="tfds", cache_dir=tmp_path / "tfds")
+        gd.load_case("places365", root, image_size=16, backend="tfds", cache_dir=tmp_path / "tfds", **SCALING)

@@ -24,6 +24,7 @@ with open(NAMES_FILE, encoding="utf-8") as _f:
 MISSING_TF = [m for m in ("tensorflow", "importlib_resources") if importlib.util.find_spec(m) is None]
 BACKENDS = ["files", pytest.param("tfds", marks=pytest.mark.skipif(bool(MISSING_TF), reason="tensorflow not installed"))]
 FAST = ["--compile-cache", "none", "--no-progress", "--backend", "files"]
+SCALING = {"mean": gd.IMAGENET_MEAN, "std": gd.IMAGENET_STD}  # the loaders have no default scaling
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +79,7 @@ def test_word_named_class_folders_resolve_to_the_imagenet_class_of_that_name(tmp
     # any case, "_" or " " between words; index-, wnid- and word-named folders side by side
     for folder in ("espresso", "Egyptian_cat", "egyptian cat", "TABBY", "3", "n01443537"):
         _photo(str(tmp_path / folder / "a.png"))
-    batches = gd.load_case("folder", tmp_path, image_size=16, backend="files")
+    batches = gd.load_case("folder", tmp_path, image_size=16, backend="files", **SCALING)
     labels = dict(zip(_rows(batches)["names"].tolist(), _rows(batches)["labels"].tolist()))
     assert labels == {
         "espresso/a.png": IMAGENET_NAMES.index("espresso"),
@@ -96,7 +97,7 @@ def test_folder_names_that_are_no_class_or_several_stop_the_listing_naming_them(
     _photo(str(tmp_path / "words" / "cat" / "a.png"))
     _photo(str(tmp_path / "words" / "espresso" / "a.png"))
     with pytest.raises(gd.DatasetLayoutError) as err:
-        gd.load_case("folder", tmp_path / "words", backend="files")
+        gd.load_case("folder", tmp_path / "words", backend="files", **SCALING)
     message = str(err.value)
     assert "\n" not in message and "cat/" in message and "espresso/" not in message
     # a name shared by two classes after case folding: ambiguous, both indices named
@@ -106,7 +107,7 @@ def test_folder_names_that_are_no_class_or_several_stop_the_listing_naming_them(
     twice = next(k for k, v in keys.items() if len(v) > 1)
     _photo(str(tmp_path / "twice" / twice / "a.png"))
     with pytest.raises(gd.DatasetLayoutError) as err:
-        gd.load_case("folder", tmp_path / "twice", backend="files")
+        gd.load_case("folder", tmp_path / "twice", backend="files", **SCALING)
     assert all(str(i) in str(err.value) for i in keys[twice]) and f"{twice}/" in str(err.value)
 
 
@@ -114,13 +115,13 @@ def test_word_folders_need_a_1000_class_model_or_the_models_class_names(tmp_path
     for folder in ("square", "Circle"):
         _photo(str(tmp_path / folder / "a.png"))
     (tmp_path / "names.txt").write_text("triangle\ncircle\nsquare\nstar\nring\n")
-    listed = gd.load_case("folder", tmp_path, image_size=16, backend="files", class_names=tmp_path / "names.txt")
+    listed = gd.load_case("folder", tmp_path, image_size=16, backend="files", class_names=tmp_path / "names.txt", **SCALING)
     rows = _rows(listed)
     assert dict(zip(rows["names"].tolist(), rows["labels"].tolist())) == {"Circle/a.png": 1, "square/a.png": 2}
     listed.check_model_classes(5)
     # ImageNet names with a 5-class model: refused, the folders named
     _photo(str(tmp_path / "in" / "espresso" / "a.png"))
-    batches = gd.load_case("folder", tmp_path / "in", image_size=16, backend="files")
+    batches = gd.load_case("folder", tmp_path / "in", image_size=16, backend="files", **SCALING)
     with pytest.raises(gd.DatasetLayoutError, match=r"espresso/.*5 outputs.*class_names"):
         batches.check_model_classes(5)
 
@@ -153,7 +154,7 @@ def test_duplicate_or_negative_labels_line_is_named_file_colon_line(tmp_path, li
         _photo(str(tmp_path / f"{stem}.png"))
     (tmp_path / "labels.txt").write_text(lines)
     with pytest.raises(gd.DatasetLayoutError) as err:
-        gd.load_case("folder", tmp_path, backend="files")
+        gd.load_case("folder", tmp_path, backend="files", **SCALING)
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'labels.txt'}:{line_no}: ") and "\n" not in message
     assert all(w in message for w in words)
@@ -177,11 +178,11 @@ def test_mask_at_another_resolution_is_resized_but_another_aspect_ratio_is_refus
     small[2:6, 3:9] = True
     _mask(str(tmp_path / "masks" / "a.png"), small)
     (tmp_path / "labels.txt").write_text("a.png\t3\n")
-    rows = _rows(gd.load_case("folder", tmp_path, image_size=(16, 24), resize_mode="squash", backend="files"))
+    rows = _rows(gd.load_case("folder", tmp_path, image_size=(16, 24), resize_mode="squash", backend="files", **SCALING))
     np.testing.assert_array_equal(rows["masks"][0], np.kron(small, np.ones((2, 2), bool)).astype(np.float32))
     _mask(str(tmp_path / "masks" / "a.png"), np.ones((16, 16), bool))  # square mask of a 3:2 image
     with pytest.raises(gd.DatasetLayoutError) as err:
-        gd.load_case("folder", tmp_path, image_size=16, backend="files")
+        gd.load_case("folder", tmp_path, image_size=16, backend="files", **SCALING)
     message = str(err.value)
     assert str(tmp_path / "masks" / "a.png") in message and "aspect" in message and "\n" not in message
 
@@ -201,7 +202,7 @@ def test_an_undecodable_mask_leaves_out_its_image_only(tmp_path, backend, broken
     (tmp_path / "data" / "labels.txt").write_text("a.png\t1\nb.png\t2\nc.png\t3\n")
     with pytest.warns(UserWarning, match="b.png"):
         batches = gd.load_case("folder", tmp_path / "data", image_size=16, resize_mode="squash", backend=backend,
-                               cache_dir=tmp_path / "tfds")
+                               cache_dir=tmp_path / "tfds", **SCALING)
         rows = _rows(batches)
     assert rows["names"].tolist() == ["a.png", "c.png"] and rows["labels"].tolist() == [1, 3]
     for i, stem in enumerate(("a", "c")):
@@ -228,7 +229,7 @@ def test_a_class_beyond_the_models_outputs_names_its_labels_line(tmp_path):
     for stem in ("a", "b", "c"):
         _photo(str(tmp_path / f"{stem}.png"))
     (tmp_path / "labels.txt").write_text("a.png\t7\nb.png\t5000\nc.png\t5000\n")
-    batches = gd.load_case("folder", tmp_path, backend="files")
+    batches = gd.load_case("folder", tmp_path, backend="files", **SCALING)
     batches.check_model_classes(5001)
     with pytest.raises(gd.DatasetLayoutError) as err:
         batches.check_model_classes(1000)
@@ -237,7 +238,7 @@ def test_a_class_beyond_the_models_outputs_names_its_labels_line(tmp_path):
     _photo(str(tmp_path / "ints" / "2" / "a.png"))
     _photo(str(tmp_path / "ints" / "9" / "a.png"))
     with pytest.raises(gd.DatasetLayoutError, match=r"ints.9.*class 9 is beyond the model's 5 outputs"):
-        gd.load_case("folder", tmp_path / "ints", backend="files").check_model_classes(5)
+        gd.load_case("folder", tmp_path / "ints", backend="files", **SCALING).check_model_classes(5)
 
 
 def test_evaluate_exits_2_naming_the_line_of_a_class_the_model_lacks(tmp_path, capsys, tiny5):

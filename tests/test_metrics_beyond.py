@@ -112,7 +112,7 @@ def test_imputation_noise_is_scaled_to_pixel_units():
     images = np.zeros((1, 32, 32, 3), np.float32)
     removed = np.zeros((1, 32, 32), bool)
     removed[0, 4:28, 4:28] = True
-    out = np.asarray(gm.noisy_linear_impute(images, removed, jax.random.PRNGKey(1), noise=0.05))[0]
+    out = np.asarray(gm.noisy_linear_impute(images, removed, jax.random.PRNGKey(1), noise=0.05, std=STD))[0]
     np.testing.assert_array_equal(out[~removed[0]], 0.0)
     # the image is constant (0), so the imputed values are pure noise of std 0.05 / std_c per channel
     np.testing.assert_allclose(out[removed[0]].std(axis=0), 0.05 / STD, rtol=0.1)
@@ -122,7 +122,7 @@ def test_imputation_noise_is_scaled_to_pixel_units():
 def test_road_matches_reference_without_noise(order):
     images, labels, maps = _data(2)
     fractions = (0.1, 0.4, 0.7, 0.9)
-    out = gm.road(model, images, labels, maps, fractions=fractions, order=order, noise=0.0, batch_size=5)
+    out = gm.road(model, images, labels, maps, fractions=fractions, order=order, noise=0.0, copies_per_call=5)
     curves, auc = ref_road(images, labels, maps, fractions, order)
     np.testing.assert_allclose(out["curve"], curves, atol=1e-4)
     np.testing.assert_allclose(out["auc"], auc, atol=1e-4)
@@ -146,7 +146,7 @@ def test_road_noise_follows_the_documented_keys():
     np.testing.assert_allclose(out["curve"], curves, atol=1e-4)
     # chunking does not change the noise of a copy (... or carried by the model)
     scaled = gj.ModelFunctions(model, mean=gm.IMAGENET_MEAN, std=gm.IMAGENET_STD)
-    chunked = gm.road(scaled, images, labels, maps, fractions=fractions, key=key, batch_size=4)
+    chunked = gm.road(scaled, images, labels, maps, fractions=fractions, key=key, copies_per_call=4)
     np.testing.assert_allclose(chunked["curve"], out["curve"], atol=1e-6)
 
 

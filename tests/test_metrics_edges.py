@@ -142,8 +142,10 @@ def test_other_argument_errors():
         gm.rcap(linear_model, images, labels, sal, mean=(0.5, 0.5), std=gm.IMAGENET_STD)
     with pytest.raises(ValueError, match="both mean and std"):
         gm.rcap(linear_model, images, labels, sal, mean=gm.IMAGENET_MEAN)
-    with pytest.raises(ValueError, match="batch_size"):
-        gm.rcap(linear_model, images, labels, sal, batch_size=0, **SCALING)
+    with pytest.raises(ValueError, match="copies_per_call"):
+        gm.rcap(linear_model, images, labels, sal, copies_per_call=0, **SCALING)
+    with pytest.raises(TypeError, match="batch_size"):  # the old name of copies_per_call is gone
+        gm.rcap(linear_model, images, labels, sal, batch_size=2, **SCALING)
     with pytest.raises(ValueError, match="fractions"):
         gm.deletion_insertion(linear_model, images, labels, sal, fractions=[0.5, 0.2])
     with pytest.raises(ValueError, match="blur_kernel"):
@@ -179,9 +181,9 @@ def test_repeated_calls_do_not_retrace():
     images, labels, sal, masks = _data(3)
     calls = [
         lambda i, l, s: gm.rcap(linear_model, i, l, s, **SCALING),
-        lambda i, l, s: gm.rcap(linear_model, i, l, s, batch_size=3, baseline="blur", **SCALING),
+        lambda i, l, s: gm.rcap(linear_model, i, l, s, copies_per_call=3, baseline="blur", **SCALING),
         lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s),
-        lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s, batch_size=5),
+        lambda i, l, s: gm.deletion_insertion(linear_model, i, l, s, copies_per_call=5),
         lambda i, l, s: gm.select_confident(linear_model, i, l),
     ]
     for call in calls:
@@ -196,7 +198,7 @@ def test_repeated_calls_do_not_retrace():
     # shape it has seen (b=2 with the default chunks of 2 copies), so ask for all 10 copies in one call
     before = TRACES["n"]
     i2, l2, s2, _ = _data(5, b=2)
-    gm.rcap(linear_model, i2, l2, s2, batch_size=None, **SCALING)
+    gm.rcap(linear_model, i2, l2, s2, copies_per_call=None, **SCALING)
     assert TRACES["n"] > before
 
 
@@ -227,7 +229,7 @@ def _model_call_sizes(fn, *args, **kw):
 ])
 def test_model_calls_are_bounded_and_never_padded(b, batch_size, expected):
     images, labels, sal, _ = _data(6, b=b)
-    assert _model_call_sizes(gm.rcap, images, labels, sal, batch_size=batch_size,
+    assert _model_call_sizes(gm.rcap, images, labels, sal, copies_per_call=batch_size,
                              **SCALING) == expected  # traced shapes
     assert all(n <= (batch_size or 5 * b) for n in expected)
 
@@ -256,7 +258,7 @@ def test_bfloat16_model_accepted():
     ref = gm.rcap(linear_model, images, labels, sal, **SCALING)
     assert out["rcap"].dtype == jnp.float32 and out["probs"].dtype == jnp.float32
     np.testing.assert_allclose(out["probs"], ref["probs"], atol=3e-2)
-    di = gm.deletion_insertion(bf16_model, images, labels, sal, batch_size=8)
+    di = gm.deletion_insertion(bf16_model, images, labels, sal, copies_per_call=8)
     assert di["dauc"].dtype == jnp.float32 and np.all(np.isfinite(di["iauc"]))
     assert gm.select_confident(bf16_model, images, labels, 0.0).dtype == bool
 

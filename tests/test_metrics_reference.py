@@ -286,11 +286,11 @@ def test_chunked_equals_one_call(batch_size):
     model = _model()
     images, labels = _data(14)
     sal = _saliency_maps("random", 15)
-    one = gm.rcap(_scaled_model(), images, labels, sal, batch_size=None)
-    chunked = gm.rcap(_scaled_model(), images, labels, sal, batch_size=batch_size)
+    one = gm.rcap(_scaled_model(), images, labels, sal, copies_per_call=None)
+    chunked = gm.rcap(_scaled_model(), images, labels, sal, copies_per_call=batch_size)
     for key in ("rcap", "ratios", "probs"):
         np.testing.assert_allclose(chunked[key], one[key], atol=1e-6, rtol=0)
-    one = gm.deletion_insertion(model, images, labels, sal, batch_size=None)
-    chunked = gm.deletion_insertion(model, images, labels, sal, batch_size=batch_size)
+    one = gm.deletion_insertion(model, images, labels, sal, copies_per_call=None)
+    chunked = gm.deletion_insertion(model, images, labels, sal, copies_per_call=batch_size)
     for key in ("dauc", "iauc", "deletion_curve", "insertion_curve"):
         np.testing.assert_allclose(chunked[key], one[key], atol=1e-6, rtol=0)

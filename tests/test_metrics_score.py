@@ -132,7 +132,7 @@ def test_pad_rows_repeats_the_last_row_for_arrays_and_pytrees():
     assert valid.all()
     batch = gj.data.pad_batch({"x": x, "names": np.array(["a", "b", "c"])}, 4)
     assert batch["names"].tolist() == ["a", "b", "c", "c"] and batch["valid"].tolist() == [True] * 3 + [False]
-    assert gj.distributed.pad_batch is gj.data.pad_rows
+    assert not hasattr(gj.distributed, "pad_batch")  # the old alias of pad_rows is gone
     with pytest.raises(ValueError, match="leading axis"):
         gj.data.pad_rows({"a": np.zeros(2), "b": np.zeros(3)}, 4)
     with pytest.raises(ValueError, match="cannot be padded"):

@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 import gag_jax as gj  # noqa: E402
-import models  # noqa: E402
-from models import densenet, porter, resnet  # noqa: E402
-from models.porter import CheckpointMismatchError  # noqa: E402
+from gag_jax import models  # noqa: E402
+from gag_jax.models import densenet, porter, resnet  # noqa: E402
+from gag_jax.models.porter import CheckpointMismatchError  # noqa: E402
 from torch_helpers import randomise_bn  # noqa: E402
 
 pytestmark = pytest.mark.slow  # checkpoint conversion against torch; CI runs it, -m "not slow" skips it

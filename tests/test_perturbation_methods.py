@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from gag_jax import perturbation_methods as pm
+from gag_jax import pixels
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -83,16 +84,16 @@ def test_occlusion_chunking_does_not_change_the_map():
     np.testing.assert_allclose(run(3), run(None), rtol=1e-5, atol=1e-5)
 
 
-def test_baselines_are_the_metrics_ones():
+def test_baselines_are_the_metrics_ones():  # gag_jax.pixels.baseline serves occlusion, RISE and RCAP
     x = np.random.default_rng(4).normal(size=(1, 20, 18, 3)).astype(np.float32)
     pix = x[0] * np.asarray(STD) + np.asarray(MEAN)
-    blur = np.asarray(pm.perturbation_baseline(jnp.asarray(x), "blur", MEAN, STD))[0]
+    blur = np.asarray(pixels.baseline(jnp.asarray(x), "blur", MEAN, STD))[0]
     expected = ndimage.gaussian_filter(pix, [16, 16, 0], mode="mirror", radius=16)
     np.testing.assert_allclose(blur * np.asarray(STD) + np.asarray(MEAN), expected, atol=1e-5)
-    mean = np.asarray(pm.perturbation_baseline(jnp.asarray(x), "mean", MEAN, STD))[0]
+    mean = np.asarray(pixels.baseline(jnp.asarray(x), "mean", MEAN, STD))[0]
     np.testing.assert_allclose(mean * np.asarray(STD) + np.asarray(MEAN), np.broadcast_to(pix.mean((0, 1)), pix.shape),
                                atol=1e-5)
-    np.testing.assert_allclose(np.asarray(pm.perturbation_baseline(jnp.asarray(x), "black", MEAN, STD))[0],
+    np.testing.assert_allclose(np.asarray(pixels.baseline(jnp.asarray(x), "black", MEAN, STD))[0],
                                black(x[0]), atol=1e-6)
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
-from models import load
+from gag_jax.models import load
 
 
 def params(fn):

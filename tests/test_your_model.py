@@ -108,6 +108,8 @@ def test_model_functions_replace_reuses_the_compiled_program():
         traced.append(1)  # Python side effect: once per trace
         return jax.grad(lambda x: model(x)[:, 0].sum())(images)
 
+    method = gj.Method("method", method, "attribution", random=False)
+
     a = gj.explain(method, model, images, labels)
     b = gj.explain(method, model.replace(variables=_changed(variables, 12)), images, labels)
     assert len(traced) == 1
@@ -204,7 +206,7 @@ def test_rcap_black_is_pixel_zero_of_the_model():
 
 
 def test_zoo_models_carry_their_scaling():
-    models = pytest.importorskip("models")
+    models = pytest.importorskip("gag_jax.models")
     module, variables = models.load("efficientnet_lite0")
     model = models.model_functions(module, variables)
     assert model.scaling == models.input_normalization("efficientnet_lite0")

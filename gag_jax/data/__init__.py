@@ -4,7 +4,12 @@
   prepared tensorflow-datasets copy, or straight from the files), ``"folder"`` (any folder of
   images, labelled by a ``labels.txt`` or class subfolders, or unlabelled) or ``"synthetic"``.
 - :func:`make_synthetic`: shapes on textured backgrounds with exact masks, from a seed.
-- :func:`load_image_files`: image files / a folder -> pixels, normalised images, names.
+- :func:`load_image_files`: image files / a folder -> pixels, normalised images, names;
+  :func:`prepare_pixels`: in-memory photos -> a model batch.
+
+Images are normalised with the model's own input scaling: pass ``model=`` (a ``gj.ModelFunctions``)
+or ``mean=`` / ``std=``; there is no ImageNet default (only the synthetic case, whose model is
+fixed, defaults to its model's scaling: :data:`SYNTHETIC_MEAN` / :data:`SYNTHETIC_STD`).
 
 Every loader records the files it leaves out (:class:`SkippedFile`) instead of dropping them
 silently; layout problems raise :class:`DatasetLayoutError`, undecodable files
@@ -37,7 +42,7 @@ from gag_jax.data.loader import (
     load_case,
     load_image_files,
 )
-from gag_jax.data.synthetic import SHAPES, make_synthetic, shape_mask, synthetic_batches
+from gag_jax.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, make_synthetic, shape_mask, synthetic_batches
 
 __all__ = [
     "CASES",
@@ -47,6 +52,8 @@ __all__ = [
     "ISIC_CLASSES",
     "LAYOUTS",
     "SHAPES",
+    "SYNTHETIC_MEAN",
+    "SYNTHETIC_STD",
     "BadImageError",
     "Batches",
     "DatasetLayoutError",

@@ -1,5 +1,9 @@
 """Shared pieces of the data package: constants, errors, Pillow decoding, normalisation, batching.
 
+Images are normalised with the model's own input scaling (``model=`` a ``gj.ModelFunctions``, or
+explicit ``mean=`` / ``std=``): there is no default, since an ImageNet default silently feeds a
+model with another scaling (e.g. the shipped Lite0, ``(p - 127) / 128``) wrong inputs.
+
 Everything here is plain numpy + Pillow (no TensorFlow), so the synthetic data, ``load_image_files``
 and the ``backend="files"`` readers work without the ``data`` extra.
 """
@@ -15,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
-from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD
+from gag_jax import pixels
+from gag_jax.model import as_model_functions
+from gag_jax.ops import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by gag_jax.data)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 RESIZE_MODES = ("squash", "center_crop", "imagenet_eval")
@@ -74,11 +80,21 @@ def as_hw(size) -> tuple[int, int]:
     return hw
 
 
-def normalize(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """uint8 pixels ``(..., H, W, 3)`` -> float32 ``(pixels / 255 - mean) / std``, same shape."""
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    return ((np.asarray(pixels, np.float32) / 255.0 - mean) / std).astype(np.float32)
+normalize = pixels.normalize
+
+
+def input_scaling(model=None, mean=None, std=None, *, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The scaling to normalise images with: explicit ``mean``/``std``, else ``model``'s (a
+    ``gj.ModelFunctions``); neither known: ValueError naming the fix (no ImageNet default).
+
+    Args:
+      model: a ``gj.ModelFunctions`` (its ``mean`` / ``std``), or None.
+      mean, std: explicit per-channel values (pixels in [0, 1]; override the model's), or None.
+      where: the caller, for the message.
+    """
+    model = None if model is None else as_model_functions(model)
+    return pixels.resolve(model, mean, std, needed=True, what=f"{where} (normalising images for the model)",
+                          keywords="model=model (a gj.ModelFunctions carrying its scaling) or mean=..., std=...")
 
 
 def _resize(img: Image.Image, hw: tuple[int, int], mode: str, resample) -> Image.Image:
@@ -165,22 +181,34 @@ def read_image(path: str, size, resize_mode: str = "squash", *, exif_transpose: 
     return np.asarray(img, dtype=np.uint8)
 
 
-def prepare_pixels(photos, size, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode: str = "squash") -> np.ndarray:
-    """In-memory RGB photos -> a normalised model batch.
+def prepare_pixels(photos, size, *, model=None, mean=None, std=None, resize_mode: str = "squash") -> np.ndarray:
+    """In-memory RGB photos -> a model batch, normalised with the model's own input scaling.
 
     Args:
       photos: a sequence of uint8 ``(H_i, W_i, 3)`` arrays (sizes may differ), or one uint8
         ``(B, H, W, 3)`` array.
       size: ``int`` or ``(H, W)`` of the output.
-      mean, std: normalisation (ImageNet by default).
+      model: the ``gj.ModelFunctions`` the batch is for: its ``mean`` / ``std`` are used.
+      mean, std: explicit per-channel scaling of pixels in [0, 1] (override the model's). One of
+        ``model`` / ``mean, std`` is needed: there is no default (ImageNet statistics would silently
+        give wrong inputs to a model with another scaling).
       resize_mode: ``"squash"`` or ``"center_crop"`` (see ``read_image``).
 
     Returns:
       float32 ``(B, H, W, 3)`` ``(pixels / 255 - mean) / std``.
 
     Raises:
-      ValueError: a photo that is not uint8 ``(H, W, 3)``.
+      ValueError: a photo that is not uint8 ``(H, W, 3)``; no scaling (neither ``model`` with one nor
+        ``mean``/``std``: the message names the fix).
+
+    Examples:
+      >>> import numpy as np, gag_jax as gj
+      >>> model = gj.ModelFunctions(lambda x: x.mean((1, 2)), mean=(0.5,), std=(0.5,))
+      >>> x = prepare_pixels([np.full((4, 6, 3), 255, np.uint8)], 2, model=model)
+      >>> x.shape, float(x.max())
+      ((1, 2, 2, 3), 1.0)
     """
+    mean, std = input_scaling(model, mean, std, where="prepare_pixels")
     resized = []
     for index, photo in enumerate(photos):
         photo = np.asarray(photo)

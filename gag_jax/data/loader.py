@@ -13,13 +13,12 @@ import numpy as np
 from gag_jax.data import layouts
 from gag_jax._validation import check_choice
 from gag_jax.data._common import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ON_ERROR,
     RESIZE_MODES,
     BadImageError,
     SkippedFile,
     as_hw,
+    input_scaling,
     list_image_files,
     normalize,
     pad_batch,
@@ -27,7 +26,7 @@ from gag_jax.data._common import (
     read_mask,
     warn_skipped,
 )
-from gag_jax.data.synthetic import SHAPES, make_synthetic
+from gag_jax.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, make_synthetic
 
 CASES = ("imagenet_s", "isic", "places365", "synthetic", "folder")
 """Cases accepted by :func:`load_case`."""
@@ -310,8 +309,9 @@ def load_case(
     split: str | None = None,
     image_size=None,
     batch_size: int = 32,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    model=None,
+    mean=None,
+    std=None,
     resize_mode: str | None = None,
     backend: str = "auto",
     cache_dir=None,
@@ -327,7 +327,9 @@ def load_case(
     ``as_data_source`` (``backend="tfds"``, needs TensorFlow to prepare) or decoded from the
     files on every pass with Pillow (``backend="files"``). ``"auto"`` picks tfds when TensorFlow
     is installed. Images are resized to ``image_size`` (bilinear; masks nearest) and normalised
-    with ``mean`` / ``std`` (ImageNet by default; pass the model's own).
+    with the model's own input scaling (``model=`` or ``mean=``/``std=``). Only the synthetic case,
+    whose model is fixed (the tiny CNN trained on it), has a default: its model's scaling,
+    ImageNet's statistics (:data:`~gag_jax.data.synthetic.SYNTHETIC_MEAN` / ``SYNTHETIC_STD``).
 
     Args:
       case: ``"imagenet_s"``, ``"isic"``, ``"places365"``, ``"synthetic"`` or ``"folder"`` (any
@@ -338,7 +340,9 @@ def load_case(
       image_size: ``int`` or ``(H, W)``; default the paper's (ImageNet-S 256, ISIC 448,
         Places365 224, synthetic 32; folder 224).
       batch_size: ``B``.
-      mean, std: per-channel normalisation of ``images``.
+      model: the ``gj.ModelFunctions`` the images are for (its ``mean`` / ``std`` normalise them).
+      mean, std: explicit per-channel normalisation of ``images`` (pixels in [0, 1]; override the
+        model's). Needed (one or the other) for every case but ``"synthetic"``.
       resize_mode: ``"squash"`` (to exactly ``H x W``, the paper's), ``"center_crop"`` (shorter
         side to fit, centre cut out) or ``"imagenet_eval"`` (shorter side to ``side / 0.875``, centre
         cut out); None: the case's (:data:`CASE_RESIZE_MODES`: imagenet_eval for a folder, squash
@@ -362,7 +366,8 @@ def load_case(
       a :class:`Batches` (iterable, ``len()`` = number of batches, ``iter_from(k)`` to resume).
 
     Raises:
-      ValueError: unknown case (the message lists the cases), split or option value.
+      ValueError: unknown case (the message lists the cases), split or option value; no input
+        scaling for a case other than ``"synthetic"`` (the message names the fix).
       TypeError: an option the case does not take.
       DatasetLayoutError: missing directory or unexpected layout (names the directory, shows the
         layout expected there); a folder's bad ``labels.txt`` line, unknown class folder name or
@@ -385,6 +390,9 @@ def load_case(
     check_choice(on_error, "on_error", ON_ERROR)
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1 (or None for all), got {max_examples}")
+    if case == "synthetic" and model is None and mean is None and std is None:
+        mean, std = SYNTHETIC_MEAN, SYNTHETIC_STD  # the synthetic case's own model (tiny) takes these
+    mean, std = input_scaling(model, mean, std, where=f"load_case({case!r})")
     common = {"batch_size": batch_size, "image_size": hw, "case": case, "split": split, "mean": mean, "std": std,
               "prefetch": prefetch}
 
@@ -434,8 +442,9 @@ def load_image_files(
     paths,
     size,
     *,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    model=None,
+    mean=None,
+    std=None,
     resize_mode: str = "squash",
     on_error: str = "skip",
     skipped: list | None = None,
@@ -448,7 +457,9 @@ def load_image_files(
       paths: a file or folder path, or a sequence of them (folders expand to their image files,
         sorted, not recursively).
       size: ``int`` or ``(H, W)``.
-      mean, std: per-channel normalisation of ``images``.
+      model: the ``gj.ModelFunctions`` the images are for (its ``mean`` / ``std`` normalise them).
+      mean, std: explicit per-channel normalisation of ``images`` (pixels in [0, 1]; override the
+        model's). One of ``model`` / ``mean, std`` is needed (no default).
       resize_mode: ``"squash"`` or ``"center_crop"``.
       on_error: ``"skip"``: an undecodable file is left out with a warning naming it (and appended
         to ``skipped`` as a :class:`SkippedFile`); ``"raise"``: :class:`BadImageError` naming it.
@@ -461,7 +472,9 @@ def load_image_files(
     Raises:
       FileNotFoundError: a path that does not exist (named).
       BadImageError: ``on_error="raise"`` and a file cannot be decoded.
+      ValueError: no input scaling (the message names the fix).
     """
+    mean, std = input_scaling(model, mean, std, where="load_image_files")
     check_choice(on_error, "on_error", ON_ERROR)
     check_choice(resize_mode, "resize_mode", RESIZE_MODES)
     hw = as_hw(size)

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from gag_jax.data._common import IMAGENET_MEAN, IMAGENET_STD, iterate_batches, normalize
+from gag_jax.data._common import IMAGENET_MEAN, IMAGENET_STD, input_scaling, iterate_batches, normalize
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 """Shape classes; label ``k`` is ``SHAPES[k]``."""
+
+SYNTHETIC_MEAN, SYNTHETIC_STD = IMAGENET_MEAN, IMAGENET_STD
+"""The default scaling of the synthetic images: that of the synthetic case's own model (the tiny CNN,
+``gag_jax.models`` ``"tiny"``, trained on these images standardised with ImageNet's statistics).
+The case's model is fixed, so this default cannot silently mismatch; pass ``model=`` or
+``mean=``/``std=`` for another model."""
 
 
 def shape_mask(shape: str, params, size: int) -> np.ndarray:
@@ -75,14 +81,21 @@ def _shape_params(rng: np.random.Generator, shape: str, size: int) -> np.ndarray
     return np.array([cx, cy, a, b], np.float64)
 
 
+def _scaling(model, mean, std):
+    if model is None and mean is None and std is None:
+        return SYNTHETIC_MEAN, SYNTHETIC_STD
+    return input_scaling(model, mean, std, where="make_synthetic")
+
+
 def make_synthetic(
     num_images: int,
     size: int = 32,
     seed: int = 0,
     num_classes: int = len(SHAPES),
     *,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    model=None,
+    mean=None,
+    std=None,
 ) -> dict[str, np.ndarray]:
     """Generate the synthetic dataset; the same arguments give identical arrays.
 
@@ -95,8 +108,9 @@ def make_synthetic(
       size: image side ``S`` (>= 12).
       seed: integer seed.
       num_classes: how many shape classes to use (the first ``num_classes`` of :data:`SHAPES`, 1..5).
-      mean: per-channel mean used to normalise ``images``.
-      std: per-channel std used to normalise ``images``.
+      model: a ``gj.ModelFunctions`` whose input scaling normalises ``images``.
+      mean, std: explicit per-channel scaling (override the model's); with neither, the synthetic
+        case's own model's (:data:`SYNTHETIC_MEAN` / :data:`SYNTHETIC_STD`, ImageNet's statistics).
 
     Returns:
       dict with ``images`` float32 ``(N, S, S, 3)`` normalised ``(pixels / 255 - mean) / std``;
@@ -109,6 +123,7 @@ def make_synthetic(
       >>> data["images"].shape, data["masks"].shape, data["labels"].tolist()
       ((4, 16, 16, 3), (4, 16, 16), [0, 1, 2, 3])
     """
+    mean, std = _scaling(model, mean, std)
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
     if size < 12:
@@ -150,14 +165,15 @@ def synthetic_batches(
     seed: int = 0,
     num_classes: int = len(SHAPES),
     *,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    model=None,
+    mean=None,
+    std=None,
     start_batch: int = 0,
 ):
     """Fixed-size batches of :func:`make_synthetic`; the ragged last batch is zero-padded.
 
     Args:
-      num_images, size, seed, num_classes, mean, std: as :func:`make_synthetic`.
+      num_images, size, seed, num_classes, model, mean, std: as :func:`make_synthetic`.
       batch_size: ``B``.
       start_batch: first batch to yield.
 
@@ -166,6 +182,6 @@ def synthetic_batches(
       ``(B, S, S)``, ``labels`` int32 ``(B,)``, ``names`` str ``(B,)`` and ``valid`` bool ``(B,)``
       (False on padding rows).
     """
-    data = make_synthetic(num_images, size, seed, num_classes, mean=mean, std=std)
+    data = make_synthetic(num_images, size, seed, num_classes, model=model, mean=mean, std=std)
     del data["params"]
     return iterate_batches(data, batch_size, start_batch=start_batch)

@@ -245,16 +245,3 @@ def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels
         "grid": randomisation_grid(os.path.join(out_dir, f"{prefix}_maps.png"), pixels, results),
     }
     return {"results": results, "files": files, "seconds": seconds}
-
-
-def __getattr__(name):
-    """``sanity_check`` moved to :mod:`gag_jax.experiments.sanity_command` (a command, not figures)."""
-    if name == "sanity_check":  # a deprecated alias for one release (looked up by name: no import cycle)
-        import importlib
-        import warnings
-
-        sanity_check = importlib.import_module("gag_jax.experiments.sanity_command").sanity_check
-        warnings.warn("gag_jax.experiments.sanity_figures.sanity_check is now "
-                      "gag_jax.experiments.sanity_command.sanity_check", DeprecationWarning, stacklevel=2)
-        return sanity_check
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

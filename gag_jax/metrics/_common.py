@@ -95,28 +95,12 @@ def default_batch_size(platform: str | None = None) -> int:
     return backend.metric_copies_per_call(platform)
 
 
-UNSET = object()
-"""The default of a deprecated keyword: distinguishes 'not given' from every value."""
-
-
-def copies_argument(copies_per_call, batch_size, where: str):
-    """``copies_per_call``, or the deprecated ``batch_size`` given in its place (with a warning): in the
-    metrics it always meant perturbed copies per model call, not images per call."""
-    if batch_size is UNSET:
-        return copies_per_call
-    import warnings
-
-    warnings.warn(f"{where}(batch_size=...) is now copies_per_call=... (perturbed copies per model call)",
-                  DeprecationWarning, stacklevel=3)
-    return batch_size
-
-
-def resolve_batch_size(batch_size, images=None) -> int | None:
+def resolve_batch_size(batch_size, images=None, name: str = "batch_size") -> int | None:
     """``"auto"`` -> :func:`default_batch_size` where ``images`` live; ``None`` (all copies in one
-    call) or a positive int as given."""
+    call) or a positive int as given (``name``: the argument, for the message)."""
     if isinstance(batch_size, str) and batch_size == "auto":
         return default_batch_size(backend.platform_of(images))
-    return V.check_batch_size(batch_size)
+    return V.check_batch_size(batch_size, name)
 
 
 def chunk_plan(n: int, batch_size: int | None) -> tuple[int, int, int]:

@@ -58,7 +58,7 @@ def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, b
 
 def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions=None,
                        blur_sigma: float = 16.0, blur_kernel: int = 33,
-                       copies_per_call: int | str | None = "auto", batch_size=C.UNSET) -> dict:
+                       copies_per_call: int | str | None = "auto") -> dict:
     """Deletion and Insertion curves and their AUCs, batched and jit-compiled.
 
     For each image and fraction ``f_t`` (default ``0, 0.1, ..., 0.9``):
@@ -98,7 +98,7 @@ def deletion_insertion(model_fn: ModelFn, images, labels, saliency, *, fractions
     V.check_images_labels_saliency(images, labels, saliency)
     fr = DEFAULT_FRACTIONS if fractions is None else V.check_fractions(fractions)
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
-    batch_size = C.resolve_batch_size(C.copies_argument(copies_per_call, batch_size, "deletion_insertion"), images)
+    batch_size = C.resolve_batch_size(copies_per_call, images, "copies_per_call")
     out, flags, bad_label = _deletion_insertion_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,
         fractions=fr, batch_size=batch_size, blur_kernel=blur_kernel, blur_sigma=blur_sigma)

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
+from gag_jax import pixels
+from gag_jax.model import as_model_functions, jit_with_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 
-_BASELINES = ("black", "blur", "mean")
+_BASELINES = pixels.BASELINES
 
 
 def rcap_percentiles(lower_bound: float = 50, interval: float = 10) -> tuple[float, ...]:
@@ -39,7 +40,7 @@ def rcap_percentiles(lower_bound: float = 50, interval: float = 10) -> tuple[flo
                     "blur_sigma"))
 def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mean, std, batch_size,
                blur_kernel, blur_sigma):
-    B, H, W, Ch = images.shape
+    B, H, W, _ = images.shape
     j = len(percentiles)
     images = images.astype(jnp.float32)
     sal = saliency.astype(jnp.float32)
@@ -60,17 +61,7 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
     ratios = jnp.where(total > 0, 1.0 - left_out / jnp.where(total > 0, total, 1.0), 1.0)
 
     # baseline in pixel space, re-normalised; recovered pixels are the original normalised values
-    mean_a = jnp.asarray(mean, jnp.float32)
-    std_a = jnp.asarray(std, jnp.float32)
-    if baseline == "black":
-        base_pix = jnp.zeros((B, 1, 1, Ch), jnp.float32)
-    else:
-        pix = images * std_a + mean_a
-        if baseline == "blur":
-            base_pix = C.gaussian_blur(pix, blur_kernel, blur_sigma)
-        else:  # "mean": per-image channel mean
-            base_pix = jnp.mean(pix, axis=(1, 2), keepdims=True)
-    base = jnp.broadcast_to((base_pix - mean_a) / std_a, (B, H, W, Ch))
+    base = pixels.baseline(images, baseline, mean, std, blur_sigma=blur_sigma, blur_kernel=blur_kernel)
 
     # items: the j recovered copies of every image, k-major; built inside the chunks
     b_idx = jnp.tile(jnp.arange(B), j)
@@ -93,7 +84,7 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
 def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50,
          interval: float = 10, baseline: str = "black", mean: Sequence[float] | None = None,
          std: Sequence[float] | None = None, copies_per_call: int | str | None = "auto",
-         blur_kernel: int = 33, blur_sigma: float = 16.0, batch_size=C.UNSET) -> dict:
+         blur_kernel: int = 33, blur_sigma: float = 16.0) -> dict:
     """ReCover And Predict (eq. 5/6): per-image RCAP, batched and jit-compiled.
 
     For each image and each ``k = 1..j`` (``j = (100 - lower_bound) / interval``):
@@ -154,11 +145,9 @@ def rcap(model_fn: ModelFn, images, labels, saliency, *, lower_bound: float = 50
     V.check_choice(baseline, "baseline", _BASELINES)
     channels = np.shape(images)[-1]
     model_fn = as_model_functions(model_fn)
-    mean, std = resolve_scaling(model_fn, mean, std, needed=baseline == "black",
-                                what=f"RCAP (baseline {baseline!r})", channels=channels)
-    mean_t = V.as_channel_tuple("mean", mean, channels)
-    std_t = V.as_channel_tuple("std", std, channels)
-    batch_size = C.resolve_batch_size(C.copies_argument(copies_per_call, batch_size, "rcap"), images)
+    mean_t, std_t = pixels.resolve(model_fn, mean, std, needed=baseline == "black",
+                                   what=f"RCAP (baseline {baseline!r})", channels=channels)
+    batch_size = C.resolve_batch_size(copies_per_call, images, "copies_per_call")
     blur_kernel, blur_sigma = V.check_blur(blur_kernel, blur_sigma)
     out, flags, bad_label = _rcap_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), model_fn=model_fn,

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax.model import as_model_functions, jit_with_model, resolve_scaling
+from gag_jax import pixels
+from gag_jax.model import as_model_functions, jit_with_model
 from gag_jax.metrics import _common as C
-from gag_jax.metrics._common import IMAGENET_STD, ModelFn
+from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.deletion_insertion import trapezoid_auc
 
 NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
@@ -74,7 +75,7 @@ def _linear_impute(image: jax.Array, removed: jax.Array, tol: float, maxiter: in
     return jnp.where(r > 0, sol, image)
 
 
-def noisy_linear_impute(images, removed, key, *, noise: float = 0.01, std: Sequence[float] = IMAGENET_STD,
+def noisy_linear_impute(images, removed, key, *, noise: float = 0.01, std: Sequence[float] | None = None,
                         tol: float = 1e-6, maxiter: int | None = None) -> jax.Array:
     """ROAD's noisy linear imputation of a batch: removed pixels from their neighbours, plus noise.
 
@@ -92,7 +93,8 @@ def noisy_linear_impute(images, removed, key, *, noise: float = 0.01, std: Seque
       removed: ``(B, H, W)`` bool, True where a pixel is removed; every image must keep a pixel.
       key: PRNG key; image ``b`` draws its noise from ``fold_in(key, b)``.
       noise: noise standard deviation in ``[0, 1]`` pixel units (0: plain linear imputation).
-      std: the per-channel standard deviation of the normalisation of ``images`` (1 or C entries).
+      std: the per-channel standard deviation of the normalisation of ``images`` (1 or C entries);
+        needed when ``noise > 0`` (no default: the model's own, e.g. ``model.std``).
       tol: relative residual at which conjugate gradients stop.
       maxiter: conjugate-gradient iteration cap (None: ``4 * (H + W)``, enough for any mask here).
 
@@ -103,14 +105,15 @@ def noisy_linear_impute(images, removed, key, *, noise: float = 0.01, std: Seque
     ishape, rshape = np.shape(images), np.shape(removed)
     if tuple(rshape) != tuple(ishape[:3]):
         raise ValueError(f"removed must have shape (B, H, W) = {tuple(ishape[:3])}; got {tuple(rshape)}")
-    std_t = V.as_channel_tuple("std", std, ishape[-1])
     if not (float(noise) >= 0):
         raise ValueError(f"noise must be >= 0; got {noise!r}")
+    std_t = pixels.scaling_tuple("std", std, ishape[-1])
     maxiter = 4 * (ishape[1] + ishape[2]) if maxiter is None else maxiter
     V.check_positive_int(maxiter, "maxiter")
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(ishape[0]))
     return _impute_batch(jnp.asarray(images, jnp.float32), jnp.asarray(removed, bool), keys,
-                         scale=_noise_scale(float(noise), std_t), tol=float(tol), maxiter=int(maxiter))
+                         scale=pixels.noise_scale(noise, std_t, what="ROAD's imputation noise (pixel units)"),
+                         tol=float(tol), maxiter=int(maxiter))
 
 
 def _noisy_impute(image, removed, key, *, scale, tol, maxiter):
@@ -120,11 +123,6 @@ def _noisy_impute(image, removed, key, *, scale, tol, maxiter):
         return filled
     eps = jax.random.normal(key, image.shape, jnp.float32)
     return jnp.where(removed[..., None], filled + jnp.asarray(scale, jnp.float32) * eps, filled)
-
-
-def _noise_scale(noise: float, std: tuple[float, ...]) -> tuple[float, ...] | None:
-    """Per-channel noise standard deviation in normalised units (None: no noise)."""
-    return None if noise == 0 else tuple(noise / s for s in std)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "tol", "maxiter"))
@@ -179,7 +177,7 @@ def _road_core(images, labels, saliency, key, *, model_fn, counts, lerf, scale, 
 def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[float] = ROAD_FRACTIONS,
          order: str = "morf", key: jax.Array | None = None, noise: float = 0.01,
          std: Sequence[float] | None = None, copies_per_call: int | str | None = "auto", tol: float = 1e-6,
-         maxiter: int | None = None, batch_size=C.UNSET) -> dict:
+         maxiter: int | None = None) -> dict:
     """ROAD curve and AUC per image: the target probability as more and more pixels are removed
     (most relevant first, ``"morf"``, or least relevant first, ``"lerf"``) and imputed.
 
@@ -227,17 +225,17 @@ def road(model_fn: ModelFn, images, labels, saliency, *, fractions: Sequence[flo
         raise ValueError(f"noise must be >= 0; got {noise!r}")
     _, h, w, ch = np.shape(images)
     model_fn = as_model_functions(model_fn)
+    what = "ROAD's imputation noise (pixel units)"
     if std is None:
-        _, std = resolve_scaling(model_fn, needed=float(noise) > 0, what="ROAD's imputation noise (pixel units)",
-                                 channels=ch, keywords="std=...")
-    std_t = V.as_channel_tuple("std", std, ch)
-    batch_size = C.resolve_batch_size(C.copies_argument(copies_per_call, batch_size, "road"), images)
+        _, std = pixels.resolve(model_fn, needed=float(noise) > 0, what=what, channels=ch, keywords="std=...")
+    std_t = pixels.scaling_tuple("std", std, ch)
+    batch_size = C.resolve_batch_size(copies_per_call, images, "copies_per_call")
     maxiter = 4 * (h + w) if maxiter is None else maxiter
     V.check_positive_int(maxiter, "maxiter")
     key = jax.random.PRNGKey(0) if key is None else key
     curve, flags, bad_label = _road_core(
         jnp.asarray(images), jnp.asarray(labels), jnp.asarray(saliency), key, model_fn=model_fn,
-        counts=removal_counts(fr, h * w), lerf=order == "lerf", scale=_noise_scale(float(noise), std_t),
+        counts=removal_counts(fr, h * w), lerf=order == "lerf", scale=pixels.noise_scale(noise, std_t, what=what),
         batch_size=batch_size, tol=float(tol), maxiter=int(maxiter))
     V.raise_on_saliency_flags(flags, allow_negative=True)
     V.raise_if(bad_label, V.LABEL_RANGE_MESSAGE)

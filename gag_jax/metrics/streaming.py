@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax.data._common import pad_rows
-from gag_jax.metrics._common import UNSET, ModelFn, copies_argument
+from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.registry import check_metrics
 from gag_jax.metrics.scoring import score
 from gag_jax.metrics.segmentation import target_probs
@@ -87,8 +87,7 @@ class StreamingEvaluator:
                  confidence_threshold: float | None = None, rcap_options: Mapping | None = None,
                  auc_options: Mapping | None = None, mae_sqrt: bool = False,
                  dice_smooth: float = 1.0, copies_per_call: int | str | None = "auto",
-                 options: Mapping[str, Mapping] | None = None, batch_size=UNSET):
-        copies_per_call = copies_argument(copies_per_call, batch_size, "StreamingEvaluator")
+                 options: Mapping[str, Mapping] | None = None):
         self.model_fn = model_fn
         self.metrics = None if metrics is None else check_metrics(metrics, has_masks=True)
         self.confidence_threshold = confidence_threshold
