@@ -235,3 +235,14 @@ def test_register_method_refusals():
         gj.register_method("broken", lambda n=2: 3)
     with pytest.raises(ValueError, match="letters"):
         gj.register_method("a b", lambda: None)
+
+
+def test_metric_ranks_follow_each_metrics_direction_and_share_ties():
+    from gag_jax.experiments import figures
+    results = {"a": {"rcap": 0.5, "dauc": 0.2, "sparseness": 0.3}, "b": {"rcap": 0.7, "dauc": 0.1, "sparseness": 0.3},
+               "c": {"rcap": 0.1, "dauc": 0.9}}
+    ranks = figures.metric_ranks(results, ["rcap", "dauc", "sparseness"], ["a", "b", "c"])
+    np.testing.assert_array_equal(ranks[:, 0], [2, 1, 3])          # RCAP: higher is better
+    np.testing.assert_array_equal(ranks[:, 1], [2, 1, 3])          # DAUC: lower is better
+    np.testing.assert_array_equal(ranks[:2, 2], [1.5, 1.5])        # a tie shares the mean rank
+    assert np.isnan(ranks[2, 2])                                   # no value: no rank

@@ -7,6 +7,7 @@ Every function writes one PNG and returns its path; none needs a display.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -310,9 +311,93 @@ def p_ablation_curve(path: str, results: Mapping[str, Mapping[str, Mapping]],
     return path
 
 
+def metric_ranks(results: Mapping[str, Mapping], metrics: Sequence[str], rows: Sequence[str]) -> np.ndarray:
+    """``(rows, metrics)`` rank of each row on each metric (1 = best, by the metric's direction; ties
+    share their mean rank; NaN where a row has no value)."""
+    import gag_jax as gj
+
+    ranks = np.full((len(rows), len(metrics)), np.nan)
+    for j, metric in enumerate(metrics):
+        sign = -1.0 if gj.metrics.metric(metric).higher_is_better else 1.0
+        values = np.asarray([results.get(r, {}).get(metric, np.nan) for r in rows], np.float64)
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        keyed = sign * values[finite]
+        order = np.argsort(keyed, kind="stable")
+        rank = np.empty(len(keyed))
+        rank[order] = np.arange(1, len(keyed) + 1)
+        for value in np.unique(keyed):  # ties: mean rank
+            rank[keyed == value] = rank[keyed == value].mean()
+        ranks[finite, j] = rank
+    return ranks
+
+
+def metric_summary(path: str, results: Mapping[str, Mapping], metrics: Sequence[str],
+                   labels: Mapping[str, str] | None = None, *, title: str = "") -> str:
+    """Methods x metrics as researchers compare them: each method's rank on each metric (1 = best),
+    the metrics grouped by what they test (Quantus's categories, from the metric records), with the
+    mean rank per category on the right.
+
+    Args:
+      path: output PNG.
+      results: ``{row name: {metric: mean}}`` (``runner.collect``).
+      metrics: the metrics (columns), any order: grouped by category here.
+      labels: row display labels.
+      title: the figure's title.
+
+    Returns:
+      ``path``.
+    """
+    import gag_jax as gj
+
+    plt = _plt()
+    records = [gj.metrics.metric(m) for m in metrics]
+    categories = [c for c in gj.metrics.CATEGORIES if any(r.category == c for r in records)]
+    ordered = [r for c in categories for r in records if r.category == c]
+    rows = list(results)
+    ranks = metric_ranks(results, [r.name for r in ordered], rows)
+    with warnings.catch_warnings():  # a row without any value in a category: NaN, shown as "-"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_category = np.stack([np.nanmean(ranks[:, [r.category == c for r in ordered]], axis=1)
+                                 for c in categories], axis=1) if categories else np.zeros((len(rows), 0))
+        mean_rank = np.nanmean(ranks, axis=1) if ranks.size else np.zeros(len(rows))
+    order = np.argsort(np.nan_to_num(mean_rank, nan=np.inf), kind="stable")
+    ranks, per_category, rows = ranks[order], per_category[order], [rows[i] for i in order]
+    width = 2.2 + 0.8 * (len(ordered) + len(categories))
+    fig, (ax, ax_cat) = plt.subplots(1, 2, figsize=(width, 2.9 + 0.42 * len(rows)), squeeze=True,
+                                     layout="constrained",
+                                     gridspec_kw={"width_ratios": [max(len(ordered), 1), max(len(categories), 1)]})
+    cmap = plt.get_cmap("viridis_r")
+    arrows = {True: "\u2191", False: "\u2193"}
+    metric_columns = [f"{r.label} {arrows[r.higher_is_better]}" for r in ordered]
+    for axis, data, columns in ((ax, ranks, metric_columns), (ax_cat, per_category, categories)):
+        axis.imshow(np.nan_to_num(data, nan=len(rows) + 1), cmap=cmap, vmin=1, vmax=max(len(rows), 2), aspect="auto")
+        for (i, j), value in np.ndenumerate(data):
+            axis.text(j, i, "-" if np.isnan(value) else f"{value:.3g}", ha="center", va="center", fontsize=7,
+                      color="white" if np.isfinite(value) and value > (len(rows) + 1) / 2 else "black")
+        axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=7)
+        axis.set_yticks(range(len(rows)), [(labels or {}).get(r, r) for r in rows], fontsize=8)
+    boundaries = np.cumsum([sum(r.category == c for r in ordered) for c in categories])[:-1]
+    for b in boundaries:
+        ax.axvline(b - 0.5, color="white", linewidth=3)
+    top = ax.secondary_xaxis("top")  # the categories above their columns
+    top.set_xticks([(a + b - 1) / 2 for a, b in zip(np.r_[0, boundaries], np.r_[boundaries, len(ordered)])],
+                   categories, fontsize=7, rotation=20, ha="left")
+    ax_cat.set_title("mean rank per category", fontsize=8)
+    ax_cat.set_yticks([])
+    fig.suptitle(title or "Rank per metric (1 = best; arrows: direction), grouped by what the metric tests",
+                 fontsize=9)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def evaluation_figures(out_dir: str, case: str, specs: Sequence, results: Mapping[str, Mapping],
                        metrics: Sequence[str], tables: Sequence[int]) -> list[str]:
-    """The figures of one evaluated case: ``rcap_curves.png`` (every plain row; with RCAP) and
+    """The figures of one evaluated case: ``rcap_curves.png`` (every plain row; with RCAP),
+    ``metric_ranks.png`` (:func:`metric_summary`; two metrics and two rows or more) and
     ``table1_p_ablation.png`` (with Table 1 and GAG-p rows).
 
     Args:
@@ -331,6 +416,11 @@ def evaluation_figures(out_dir: str, case: str, specs: Sequence, results: Mappin
         labels = {s.name: s.label for s in specs}
         paths.append(rcap_curves(os.path.join(out_dir, "rcap_curves.png"),
                                  {s.name: results[s.name] for s in specs if s.base is None}, labels))
+    plain = [s for s in specs if s.base is None]
+    if len(metrics) >= 2 and len(plain) >= 2:
+        paths.append(metric_summary(os.path.join(out_dir, "metric_ranks.png"),
+                                    {s.name: results[s.name] for s in plain}, metrics, {s.name: s.label for s in plain},
+                                    title=f"{case}: rank per metric (1 = best), grouped by what the metric tests"))
     if 1 in tables and any(s.name.startswith("gag-") for s in specs):
         paths.append(p_ablation_curve(os.path.join(out_dir, "table1_p_ablation.png"),
                                       {case: {k: v for k, v in results.items() if k.startswith("gag-")}},

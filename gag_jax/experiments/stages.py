@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -141,10 +141,12 @@ def explain_rows(specs: Sequence[MethodSpec], model: gj.ModelFunctions, images, 
 
 
 def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
-                mean, std, metric_batch_size: int | None) -> dict[str, np.ndarray]:
-    """Per-image metric values and curves of one batch (``gj.metrics.score``), as numpy."""
+                mean, std, metric_batch_size: int | None, explainer=None, keys=None) -> dict[str, np.ndarray]:
+    """Per-image metric values and curves of one batch (``gj.metrics.score``), as numpy. ``explainer``:
+    the row's ``(method, options)``, which the metrics that re-explain (robustness, randomisation) use;
+    ``keys``: one per image, for the metrics that draw random numbers."""
     return gj.metrics.score(model, images, labels, maps, masks, metrics=metrics, copies_per_call=metric_batch_size,
-                            mean=mean, std=std)
+                            mean=mean, std=std, explainer=explainer, key=keys)
 
 
 def batch_keys(seed: int, names: Sequence[str]) -> jax.Array:
@@ -181,13 +183,16 @@ _SELECTION_KEYS = ("probs", "keep", "valid", "names", "targets")
 
 
 def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | None, batch_size: int,
-           *, progress: bool = True, metric_batch_size: int | None = None, target: str = "label") -> Plan:
+           *, progress: bool = True, metric_batch_size: int | None = None, target: str = "label",
+           only: Collection[int] | None = None) -> Plan:
     """Stage 1: which rows to evaluate, and the class each map explains.
 
     ``target="label"`` keeps the real rows with a known label whose probability on it is above
     ``confidence`` (None: every labelled row); ``target="predicted"`` explains the model's top-1
     class and keeps the real rows whose top-1 probability is above ``confidence``. One record per
-    data batch in ``out_dir/selection``; existing records are reused.
+    data batch in ``out_dir/selection``; existing records are reused. ``only``: compute the
+    missing records of these data batches only (one process's share, :mod:`.hosts`; the returned
+    plan then covers just the records found or computed).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
@@ -200,6 +205,9 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
         rec = _load_npz(path) if os.path.exists(path) else None
         if rec is not None and not all(k in rec for k in _SELECTION_KEYS):
             rec = None
+        if rec is None and only is not None and b not in only:  # another process's batch
+            reader_iter = None
+            continue
         if rec is None:
             if reader_iter is None:
                 reader_iter = batches.iter_from(b)
@@ -244,8 +252,10 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
 
 def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence[MethodSpec], out_dir: str, *,
                   config: RunConfig, metric_batch_size: int | None = None, progress: bool = True,
-                  on_record: Callable[[str, int], None] | None = None) -> dict[str, int]:
+                  on_record: Callable[[str, int], None] | None = None,
+                  only: Collection[int] | None = None) -> dict[str, int]:
     """Stage 2: every (spec, evaluated batch) without a record is computed and written at once.
+    ``only``: these evaluated batches only (one process's share, :mod:`.hosts`).
 
     Returns:
       ``{"computed": ..., "reused": ...}`` counts of (spec, batch) records.
@@ -253,15 +263,16 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
     needs_masks = any("masks" in gj.metrics.metric(m).needs for m in config.metrics)
     overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
-    total = plan.num_kept * len(specs)
-    done = {(s.name, k) for s in specs for k in range(len(plan)) if _is_record(record_path(out_dir, s.name, k))}
+    batch_ids = [k for k in range(len(plan)) if only is None or k in only]
+    total = sum(len(plan.batch_rows(k)) for k in batch_ids) * len(specs)
+    done = {(s.name, k) for s in specs for k in batch_ids if _is_record(record_path(out_dir, s.name, k))}
     initial = sum(len(plan.batch_rows(k)) for _, k in done)
     bar = _progress(total, initial, "evaluate", progress)
     reader = _Reader(batches)
     computed = 0
     mesh = gj.distributed.local_mesh()  # every local device: the batch axis is sharded over them
     model = gj.distributed.replicate(model, mesh) if mesh is not None else model
-    for k in range(len(plan)):
+    for k in batch_ids:
         todo = [s for s in specs if (s.name, k) not in done]
         if not todo:
             continue
@@ -285,7 +296,8 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
             if identity not in scored:  # equal rows (gag, gag-85) are scored once
                 scored[identity] = score_batch(model, images, labels, all_maps[spec.name], masks, config.metrics,
                                                mean=batches.mean, std=batches.std,
-                                               metric_batch_size=metric_batch_size)
+                                               metric_batch_size=metric_batch_size,
+                                               explainer=_row_request(spec, overrides), keys=rng_keys)
             values = scored[identity]
             _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
                           labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
@@ -312,14 +324,9 @@ def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int 
         requests.setdefault(key, (spec.method, options))
         rows_of.setdefault(key, []).extend([] if spec.reverse else [spec.name])
     sweeps = gj.explainers.sweep_plan(list(requests.values()))
-    forward = 1 + len({row_identity(s, overrides) for s in specs}) * gj.metrics.scoring.forward_passes_per_map(metrics)
-    for method, options in requests.values():
-        resolved = dict(gj.explainers.resolve_options(method, options))
-        if method == "rise":
-            forward += int(resolved["n"])
-        elif method == "occlusion" and image_size:
-            forward += 1 + len(gj.perturbation_methods.occlusion_positions((image_size, image_size),
-                                                                           resolved["window"], resolved["stride"]))
+    forward = 1 + len({row_identity(s, overrides) for s in specs}) * gj.metrics.forward_passes_per_map(metrics)
+    shape = (image_size, image_size) if image_size else None
+    forward += sum(gj.per_image_cost(method, options, shape)["forward_passes"] for method, options in requests.values())
     return {"gradient_evaluations_per_image": int(sum(g["gradients"] for g in sweeps)),
             "forward_passes_per_image": int(forward),
             "sweeps": [{"rows": [row for key in g["methods"] for row in rows_of[key]] or g["methods"],
