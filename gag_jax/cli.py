@@ -140,18 +140,29 @@ def _default_cache_dir() -> str:
 
 
 def _method_names() -> tuple[str, ...]:
-    """Every method the commands take: the paper's ``gj.METHODS`` and the perturbation methods of
-    ``gj.PRESETS`` (occlusion, rise, xrai)."""
+    """Every method the commands take by name: the method registry's (``gj.METHOD_RECORDS``)."""
     import gag_jax as gj
 
-    return tuple(gj.PRESETS)
+    return tuple(gj.METHOD_RECORDS)
 
 
-def _check_methods(methods: Sequence[str]) -> None:
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    """The method names, with each ``module:attribute`` imported and registered under its attribute's name."""
+    from gag_jax import user_code
+
+    resolved = []
+    for method in methods:
+        if user_code.is_reference(method):
+            try:
+                method = user_code.user_method(method)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+        resolved.append(method)
     names = _method_names()
-    unknown = [m for m in methods if m not in names]
+    unknown = [m for m in resolved if m not in names]
     if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(names)}")
+        raise UsageError(f"unknown method {unknown[0]!r}; expected one of {', '.join(names)} or module:attribute")
+    return resolved
 
 
 OUT_DIR_COMMANDS = ("demo", "explain", "evaluate", "tables", "sanity")
@@ -339,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results directory (reuse it to resume)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures (RCAP curves, p-ablation curve)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    hosts = p.add_argument_group("several hosts", "one process per host, the same command on each; --out must be "
+                                 "a folder every host sees. Without these flags: JAX_COORDINATOR_ADDRESS, "
+                                 "JAX_NUM_PROCESSES and JAX_PROCESS_ID, else a SLURM job or TPU pod slice is "
+                                 "detected, else one process")
+    hosts.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address and a free port")
+    hosts.add_argument("--num-processes", type=_positive_int, default=None, metavar="N", help="processes in the job")
+    hosts.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0 .. N-1")
+    hosts.add_argument("--host-timeout", type=_positive_int, default=300, metavar="SECONDS",
+                       help="how long to wait for every process to connect, and for a silent one before it counts "
+                       "as gone (default %(default)s)")
     common(p)
 
     # tables -------------------------------------------------------------------------
@@ -382,8 +403,7 @@ def cmd_demo(args) -> int:
     from gag_jax.experiments.demo import DEMO_N, BadInputError, run_demo, update_readme
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
-    methods = args.methods or list(gj.METHODS)
-    _check_methods(methods)
+    methods = _check_methods(args.methods or list(gj.METHODS))
     if args.images:
         _check_paths(args.images)
     _check_readme(args.update_readme, "demo-table")
@@ -432,7 +452,7 @@ def cmd_explain(args) -> int:
     from gag_jax.experiments.demo import BadInputError, run_explain
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
-    _check_methods(args.method)
+    args.method = _check_methods(args.method)
     _check_model(args.model, args.checkpoint)
     _check_paths(args.paths)
     labels = _parse_labels(args.labels)
@@ -464,9 +484,22 @@ def _check_model(name: str, checkpoint: str | None) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    """``gag-jax evaluate``: ``runner.evaluate_case`` with the command-line options."""
+    """``gag-jax evaluate``: ``runner.evaluate_case`` with the command-line options, on every process
+    of a multi-host job (``experiments.hosts``: flags, JAX_* variables, SLURM / TPU pod detection)."""
+    from gag_jax.experiments import hosts
+
+    try:
+        job = hosts.resolve(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    with hosts.session(job, timeout=args.host_timeout, prefix=f"{PROG} evaluate"):
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
+    """The evaluate command on this process (process 0 alone prints the tables)."""
     from gag_jax.data import DatasetLayoutError
-    from gag_jax.experiments import runner
+    from gag_jax.experiments import hosts, runner
 
     try:
         with _OneLineWarnings():
@@ -482,9 +515,14 @@ def cmd_evaluate(args) -> int:
     except (runner.OptionError, runner.RunMismatchError, DatasetLayoutError) as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
+        hosts.fail("interrupted")
         _warn("interrupted; every finished batch is saved: run the same command again to resume")
         return EXIT_INTERRUPTED
     plan = out["plan"]
+    if not hosts.is_main():
+        _say(f"process {hosts.process_index()} of {hosts.process_count()}: done ({out['counts']['computed']} "
+             "(method, batch) record(s) computed by all processes); process 0 writes the tables")
+        return 0
     if plan.get("images_unlabelled"):
         _warn(f"{plan['images_unlabelled']} image(s) have no label and were left out; --target predicted "
               "explains the model's top-1 class instead")
@@ -532,6 +570,17 @@ def cmd_tables(args) -> int:
     for paths in written:
         _say(paths["markdown"].rstrip())
         _say(f"wrote {paths['csv']} and {paths['md']}")
+    from gag_jax.experiments import figures, runner
+
+    for run_dir in args.runs:  # each case's methods x metrics ranks, grouped by metric category
+        run = runner.load_run(run_dir)
+        plain = {s.name: s.label for s in run["specs"] if s.base is None}
+        if len(run["metrics"]) >= 2 and len(plain) >= 2:
+            path = figures.metric_summary(os.path.join(args.out, f"metric_ranks_{run['case']}.png"),
+                                          {n: run["results"][n] for n in plain if n in run["results"]},
+                                          run["metrics"], plain,
+                                          title=f"{run['case']}: rank per metric (1 = best), grouped by category")
+            _say(f"wrote {path}")
     if args.update_readme:
         _say(f"wrote the summary and tables into {args.update_readme} (section {args.section})")
     return 0
@@ -626,8 +675,7 @@ def cmd_sanity(args) -> int:
     from gag_jax.experiments import readme
     from gag_jax.experiments.sanity_command import sanity_check
 
-    methods = args.methods or list(gj.METHODS)
-    _check_methods(methods)
+    methods = _check_methods(args.methods or list(gj.METHODS))
     _check_model(args.model, args.checkpoint)
     _check_paths(args.images)
     _check_readme(args.update_readme, "sanity-table")
