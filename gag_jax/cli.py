@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive_int, default=None,
                    help="modifications per vmapped chunk (memory; does not change results beyond rounding)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the explanations and synthetic data (default 0)")
+    p.add_argument("--metric-option", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                   help="an option of one metric (its option group: dauc/iauc share deletion_insertion, the ROAD "
+                   "orders road), e.g. max_sensitivity.samples=5 or pixel_flipping.features_in_step=1792; the "
+                   "value is read as a Python literal (a number, a tuple, True) or else as a string; repeatable")
     p.add_argument("--case-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a loader option of the case (repeatable): imagenet_s: label_space=imagenet1k|imagenet_s, "
                    "synsets=FILE, mask_mode=class|foreground; isic: labels=diagnosis|melanoma|malignant; "
@@ -509,6 +513,7 @@ def _evaluate(args) -> int:
                 batch_size=args.batch_size, metric_batch_size=args.metric_batch_size, limit=args.limit,
                 confidence=args.confidence, image_size=args.image_size, split=args.split, n=args.n,
                 chunk_size=args.chunk_size, seed=args.seed, case_options=_case_options(args.case_option),
+                metric_options=_metric_options(args.metric_option),
                 backend=args.backend, resize=args.resize, target=args.target, train_steps=args.train_steps,
                 figures=not args.no_figures, progress=not args.no_progress, report=_say,
                 command=shlex.join([PROG, *args.argv]))
@@ -542,6 +547,24 @@ def _evaluate(args) -> int:
     written = [p for paths in out["tables"].values() for k, p in paths.items() if k in ("csv", "md", "ratios")]
     _say("wrote: " + ", ".join(written + out["figures"] + [out["manifest"]]))
     return 0
+
+
+def _metric_options(items: Sequence[str]) -> dict[str, dict]:
+    """``["max_sensitivity.samples=5"]`` -> ``{"max_sensitivity": {"samples": 5}}`` (values as Python literals)."""
+    import ast
+
+    options: dict[str, dict] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        metric, dot, key = target.strip().partition(".")
+        if not sep or not dot or not metric or not key:
+            raise UsageError(f"--metric-option expects METRIC.KEY=VALUE (e.g. max_sensitivity.samples=5), got {item!r}")
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()
+        options.setdefault(metric, {})[key] = parsed
+    return options
 
 
 def _case_options(items: Sequence[str]) -> dict:

@@ -246,3 +246,21 @@ def test_metric_ranks_follow_each_metrics_direction_and_share_ties():
     np.testing.assert_array_equal(ranks[:, 1], [2, 1, 3])          # DAUC: lower is better
     np.testing.assert_array_equal(ranks[:2, 2], [1.5, 1.5])        # a tie shares the mean rank
     assert np.isnan(ranks[2, 2])                                   # no value: no rank
+
+
+def test_metric_options_reach_the_metric_and_its_cost_and_are_checked(tmp_path, capsys):
+    from gag_jax.cli import _metric_options
+    assert _metric_options(["max_sensitivity.samples=3", "pixel_flipping.features_in_step=64",
+                            "rcap.baseline=blur"]) == {"max_sensitivity": {"samples": 3},
+                                                       "pixel_flipping": {"features_in_step": 64},
+                                                       "rcap": {"baseline": "blur"}}
+    # cost: RCAP's 5 partitions + max-sensitivity's re-explanations (one gradient = 2 passes each) and its map
+    three = gj.metrics.forward_passes_per_map(("rcap", "max_sensitivity"), {"max_sensitivity": {"samples": 3}})
+    five = gj.metrics.forward_passes_per_map(("rcap", "max_sensitivity"), {"max_sensitivity": {"samples": 5}})
+    assert five - three == 2 * 2
+    rc, _, err = _main(["evaluate", "--case", "synthetic", "--metrics", "rcap", "--metric-option", "dauc.fractions=(0.5,)",
+                        "--out", tmp_path / "run", *FAST], capsys)
+    assert rc == 2 and "not among the metrics asked for" in err and not (tmp_path / "run").exists()
+    rc, _, err = _main(["evaluate", "--case", "synthetic", "--metric-option", "samples=3", "--out", tmp_path / "run",
+                        *FAST], capsys)
+    assert rc == 2 and "METRIC.KEY=VALUE" in err

@@ -168,6 +168,8 @@ class RunConfig:
       resize_mode: how images were brought to ``image_size`` (``"squash"`` / ``"center_crop"`` /
         ``"imagenet_eval"``; None: the case's).
       mean, std: the per-channel normalisation of the model's inputs (also the metrics' black).
+      metric_options: keyword options per metric option group (``gj.metrics.score``'s ``options``),
+        e.g. ``{"max_sensitivity": {"samples": 5}}``.
     """
 
     case: str
@@ -188,6 +190,7 @@ class RunConfig:
     resize_mode: str | None = None
     mean: tuple[float, ...] = tuple(gj.data.IMAGENET_MEAN)
     std: tuple[float, ...] = tuple(gj.data.IMAGENET_STD)
+    metric_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.target not in TARGETS:

@@ -63,6 +63,7 @@ from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runne
     load_run,
 )
 from gag_jax.experiments.specs import MethodSpec, input_scaling
+from gag_jax.experiments import hosts
 from gag_jax.experiments.stages import (  # noqa: F401  (re-exported)
     Plan,
     _Reader,
@@ -111,6 +112,8 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
         record is kept.
     """
     os.makedirs(out_dir, exist_ok=True)
+    job = hosts.hello()  # {"processes": 1}, or every process's host and devices (one meeting)
+    save = _atomic_json if hosts.is_main() else (lambda path, data: None)  # process 0 alone writes the manifest
     manifest_file = os.path.join(out_dir, MANIFEST)
     manifest: dict[str, Any] = {}
     if os.path.exists(manifest_file):
@@ -127,44 +130,46 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
             {**config.method_overrides, **input_scaling(config.mean, config.std)}).items()}
                                     for s in specs},
         "methods": list(known.values()), "table": table, "versions": versions(),
+        "metrics": [gj.metrics.metric(m).as_dict() for m in config.metrics],
         "metric_batch_size": metric_batch_size,
-        "seeds": {"explanations": gj.keys.POLICY, "seed": config.seed},
+        "seeds": {"explanations": gj.keys.POLICY, "seed": config.seed}, "hosts": job,
         "command": manifest.get("command", []) + [command or " ".join(sys.argv)],
     })
     if extra_manifest:
         manifest.update({k: _jsonable(v) for k, v in extra_manifest.items()})
-    _atomic_json(manifest_file, manifest)
+    save(manifest_file, manifest)
+    hosts.agree(manifest_file, config, specs, job)  # several processes: each checks its options against process 0's
 
     start = time.perf_counter()
-    plan = select(batches, model, out_dir, config.confidence, config.batch_size, progress=progress,
+    plan = hosts.select(batches, model, out_dir, config.confidence, config.batch_size, progress=progress,
                   metric_batch_size=metric_batch_size, target=config.target)
     seconds = {"selection": time.perf_counter() - start}
     skipped = [dataclasses.asdict(s) for s in getattr(batches, "skipped", [])]
     manifest["plan"] = {"images_seen": plan.num_seen, "images_kept": plan.num_kept, "batches": len(plan),
                         "images_unlabelled": plan.num_unlabelled,
                         "skipped_files": skipped or manifest.get("plan", {}).get("skipped_files", [])}
-    _atomic_json(manifest_file, manifest)
+    save(manifest_file, manifest)
     overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
-    manifest["cost"] = {**run_cost(specs, overrides, config.metrics, config.image_size),
+    manifest["cost"] = {**run_cost(specs, overrides, config.metrics, config.image_size, config.metric_options),
                         "devices": {"count": jax.device_count(), "kind": str(jax.devices()[0].device_kind)},
                         "seconds": {k: round(v, 3) for k, v in seconds.items()}}
-    _atomic_json(manifest_file, manifest)
+    save(manifest_file, manifest)
     try:
         start = time.perf_counter()
-        counts = evaluate_plan(plan, batches, model, specs, out_dir, config=config,
+        counts = hosts.evaluate_plan(plan, batches, model, specs, out_dir, config=config,
                                metric_batch_size=metric_batch_size, progress=progress, on_record=on_record)
         seconds["explanations_and_metrics"] = time.perf_counter() - start
     except BaseException as err:
         manifest["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed: {type(err).__name__}"
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        _atomic_json(manifest_file, manifest)
+        save(manifest_file, manifest)
         raise
     manifest["status"] = "complete"
     manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest["counts"] = counts
     manifest["cost"]["seconds"] = {k: round(v, 3) for k, v in seconds.items()}  # this session's stages
-    _atomic_json(manifest_file, manifest)
-    results = collect(out_dir, specs, len(plan), config.metrics)
+    save(manifest_file, manifest)
+    results = collect(out_dir, specs, len(plan), config.metrics) if hosts.is_main() else {}  # tables: process 0
     return {"results": results, "plan": manifest["plan"], "counts": counts, "manifest": manifest_file}
 
 
@@ -182,7 +187,8 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
                   batch_size: int = 16, metric_batch_size: int | str | None = "auto", limit: int | None = None,
                   confidence: float | None = 0.9, image_size: int | None = None, split: str | None = None,
                   n: int | None = None, chunk_size: int | None = None, seed: int = 0,
-                  case_options: Mapping[str, Any] | None = None, backend: str = "auto", resize: str | None = None,
+                  case_options: Mapping[str, Any] | None = None, metric_options: Mapping[str, Mapping] | None = None,
+                  backend: str = "auto", resize: str | None = None,
                   target: str = "auto", train_steps: int = 300, figures: bool = True, progress: bool = True,
                   report: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
     """Evaluate one case end to end, as ``gag-jax evaluate`` does: load the data and the model,
@@ -209,6 +215,8 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
       n, chunk_size: modifications per method and per vmapped chunk (None: the methods' own).
       seed: PRNG seed of the explanations (and the synthetic data / tiny model).
       case_options: loader options of the case (``load_case(**case_options)``).
+      metric_options: options per metric option group (``{"max_sensitivity": {"samples": 5}}``; checked
+        against the metrics asked for before anything is computed).
       backend: ``"auto"``, ``"tfds"`` or ``"files"``.
       resize: ``"squash"``, ``"center_crop"``, ``"imagenet_eval"`` or None (the case's).
       target: ``"label"``, ``"predicted"`` or ``"auto"`` (label when the data has labels).
@@ -257,20 +265,29 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
     loader_options = dict(case_options or {})
     if case == "synthetic":
         loader_options.update({"num_images": limit or 64, "seed": seed})
-    mean, std = modelzoo.model_normalization(model_name)
     try:
+        mean, std = modelzoo.model_normalization(model_name)
         batches = load_case(case, data_dir, split=split, image_size=image_size, batch_size=batch_size,
                             backend=backend, max_examples=None if case == "synthetic" else limit, mean=mean,
                             std=std, resize_mode=resize, **loader_options)
         metric_names = parse_metrics(metrics, batches.has_masks)
+        groups = {gj.metrics.metric(m).option_group for m in metric_names}
+        unknown = sorted(set(metric_options or {}) - groups)
+        if unknown:
+            raise ValueError(f"--metric-option for {unknown}, which are not among the metrics asked for "
+                             f"(option groups: {', '.join(sorted(groups))})")
     except (ValueError, TypeError) as err:
         raise OptionError(str(err)) from None
 
     if model_name == modelzoo.TINY:  # (out_dir is made after the checks: a refused run leaves no empty folder)
         checkpoint = checkpoint or os.path.join(out_dir, "tiny_model.msgpack")
-    net, info, training = modelzoo.load_or_train(model_name, checkpoint, num_classes=num_classes,
-                                                 train_classes=batches.num_classes, image_size=image_size, seed=seed,
-                                                 steps=train_steps, report=report)
+    try:
+        with hosts.main_first("the model"):  # several processes: process 0 trains the tiny model, the others load it
+            net, info, training = modelzoo.load_or_train(model_name, checkpoint, num_classes=num_classes,
+                                                         train_classes=batches.num_classes, image_size=image_size,
+                                                         seed=seed, steps=train_steps, report=report)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
     batches.check_model_classes(info["num_classes"])  # a folder: names the labels.txt line / class folder
     if batches.num_classes is not None and info["num_classes"] < batches.num_classes:
         raise OptionError(f"the model has {info['num_classes']} classes but the {case} labels have "
@@ -291,23 +308,26 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
         confidence=confidence, seed=seed, metrics=metric_names,
         method_overrides={k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None},
         split=split, case_options=dict(case_options or {}), target=target,
-        resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std)
+        resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std,
+        metric_options={k: dict(v) for k, v in (metric_options or {}).items()})
     report(f"evaluate: case {case} ({batches.num_examples} images, {image_size}x{image_size}), model {model_name}, "
            f"{len(specs)} method(s), metrics {', '.join(metric_names)} -> {out_dir}")
     start = time.perf_counter()
     out = run(config, specs, out_dir, batches=batches, model=net, table=tables[0] if len(tables) == 1 else tables,
               metric_batch_size=metric_batch_size, progress=progress,
-              extra_manifest={"tiny_model_training": training} if training else None, command=command)
+              extra_manifest={**({"tiny_model_training": training} if training else {}),
+                              **({"model_source": info["source"]} if info.get("source") else {})} or None,
+              command=command)
     out["seconds"] = time.perf_counter() - start
     note = run_note(case, model_name, out["plan"], confidence, target, seed)
     written = {}
-    for t in tables:
+    for t in tables if hosts.is_main() else ():  # several processes: process 0 writes the tables and figures
         rows = specs_lib.rows_for_table(t, specs)
         if rows:
             written[t] = tables_lib.write_tables(t, rows, {case: out["results"]}, {case: metric_names}, out_dir,
                                                  note=note)
     paths = []
-    if figures and out["plan"]["images_kept"] > 0:
+    if figures and out["plan"]["images_kept"] > 0 and hosts.is_main():
         paths = figures_lib.evaluation_figures(out_dir, case, specs, out["results"], metric_names, tables)
     out.update({"specs": specs, "metrics": metric_names, "target": target, "model": model_name,
                 "image_size": image_size, "note": note, "tables": written, "figures": paths})

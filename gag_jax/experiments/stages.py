@@ -141,12 +141,13 @@ def explain_rows(specs: Sequence[MethodSpec], model: gj.ModelFunctions, images, 
 
 
 def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: Sequence[str], *,
-                mean, std, metric_batch_size: int | None, explainer=None, keys=None) -> dict[str, np.ndarray]:
+                mean, std, metric_batch_size: int | None, explainer=None, keys=None,
+                options: Mapping[str, Mapping] | None = None) -> dict[str, np.ndarray]:
     """Per-image metric values and curves of one batch (``gj.metrics.score``), as numpy. ``explainer``:
     the row's ``(method, options)``, which the metrics that re-explain (robustness, randomisation) use;
     ``keys``: one per image, for the metrics that draw random numbers."""
     return gj.metrics.score(model, images, labels, maps, masks, metrics=metrics, copies_per_call=metric_batch_size,
-                            mean=mean, std=std, explainer=explainer, key=keys)
+                            mean=mean, std=std, explainer=explainer, key=keys, options=options)
 
 
 def batch_keys(seed: int, names: Sequence[str]) -> jax.Array:
@@ -297,7 +298,8 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
                 scored[identity] = score_batch(model, images, labels, all_maps[spec.name], masks, config.metrics,
                                                mean=batches.mean, std=batches.std,
                                                metric_batch_size=metric_batch_size,
-                                               explainer=_row_request(spec, overrides), keys=rng_keys)
+                                               explainer=_row_request(spec, overrides), keys=rng_keys,
+                                               options=config.metric_options)
             values = scored[identity]
             _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
                           labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
@@ -313,7 +315,8 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     return {"computed": computed, "reused": len(done)}
 
 
-def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int | None) -> dict[str, Any]:
+def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int | None,
+             metric_options: Mapping[str, Mapping] | None = None) -> dict[str, Any]:
     """What one image costs in the plan actually run: model gradient evaluations (each gradient sweep
     once, :func:`gag_jax.explainers.sweep_plan`) and forward passes (the selection, the metrics of
     every distinct map, occlusion's windows and RISE's masks), counted from the options, not timed."""
@@ -324,7 +327,9 @@ def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int 
         requests.setdefault(key, (spec.method, options))
         rows_of.setdefault(key, []).extend([] if spec.reverse else [spec.name])
     sweeps = gj.explainers.sweep_plan(list(requests.values()))
-    forward = 1 + len({row_identity(s, overrides) for s in specs}) * gj.metrics.forward_passes_per_map(metrics)
+    per_map = gj.metrics.forward_passes_per_map(metrics, metric_options,
+                                                (image_size, image_size, 3) if image_size else None)
+    forward = 1 + len({row_identity(s, overrides) for s in specs}) * per_map
     shape = (image_size, image_size) if image_size else None
     forward += sum(gj.per_image_cost(method, options, shape)["forward_passes"] for method, options in requests.values())
     return {"gradient_evaluations_per_image": int(sum(g["gradients"] for g in sweeps)),

@@ -104,10 +104,13 @@ class Metric:
         """Keyword names the function's signature names beyond its four arguments."""
         return _named(self.function)
 
-    def cost(self, options: Mapping[str, Any] | None = None) -> int:
-        """Model forward passes one map costs with ``options``."""
+    def cost(self, options: Mapping[str, Any] | None = None, image_shape: Sequence[int] | None = None) -> int:
+        """Model forward passes one map costs with ``options`` on images of ``image_shape`` ``(H, W, C)``
+        (None: the function's default, 224 x 224 x 3 for the metrics whose count depends on it)."""
         if callable(self.forward_passes):
-            return int(self.forward_passes(dict(options or {})))
+            if image_shape is None:
+                return int(self.forward_passes(dict(options or {})))
+            return int(self.forward_passes(dict(options or {}), tuple(image_shape)))
         return int(self.forward_passes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -162,12 +165,12 @@ def _map_only(function: Callable) -> Callable:
     return of_maps
 
 
-def _rcap_cost(options) -> int:
+def _rcap_cost(options, image_shape=None) -> int:
     return len(rcap_percentiles(options.get("lower_bound", 50), options.get("interval", 10)))
 
 
 def _curve_cost(default: Sequence[float], per_fraction: int) -> Callable:
-    return lambda options: per_fraction * len(options.get("fractions", default))
+    return lambda options, image_shape=None: per_fraction * len(options.get("fractions", default))
 
 
 _DI = _deletion_insertion
@@ -349,16 +352,17 @@ def _canonical(name: str) -> str:
         return get(name.lower()).name
 
 
-def forward_passes_per_map(metrics: Sequence[str], options: Mapping[str, Mapping] | None = None) -> int:
+def forward_passes_per_map(metrics: Sequence[str], options: Mapping[str, Mapping] | None = None,
+                           image_shape: Sequence[int] | None = None) -> int:
     """Model forward passes :func:`score` spends on one map: each distinct metric function once
-    (DAUC and IAUC are one call), with the options of its group."""
+    (DAUC and IAUC are one call), with the options of its group, on images of ``image_shape``."""
     seen, count = set(), 0
     for name in metrics:
         record = get(name)
         if record.function in seen:
             continue
         seen.add(record.function)
-        count += record.cost((options or {}).get(record.option_group) or {})
+        count += record.cost((options or {}).get(record.option_group) or {}, image_shape)
     return count
 
 
