@@ -344,3 +344,10 @@ def test_linen_models_randomise_with_their_initialisers_and_the_sanity_blocks():
     fresh = Rn._default_fresh(model, shape, 42)["params"]
     expected = module.init(jax.random.PRNGKey(42), jnp.zeros(shape))["params"]
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), fresh, expected)
+
+
+def test_labels_out_of_range_raise(setup):
+    model, _, _, x, _, maps, _ = setup
+    for metric in (Rn.random_logit, Rn.efficient_mprt):
+        with pytest.raises(ValueError, match="labels"):
+            metric(model, x, np.array([0, 1, K]), maps, explainer="vg")

@@ -329,3 +329,9 @@ def test_registry_records_run_the_functions(setup, results):
                            options={"max_sensitivity": {"samples": S, "perturbations": noise["uniform"],
                                                         "copies_per_call": None}})
     np.testing.assert_allclose(out["max_sensitivity"], np.asarray(results["max_sensitivity"]["max_sensitivity"]))
+
+
+def test_labels_out_of_range_raise(setup):
+    model, _, x, labels, maps, noise = setup
+    with pytest.raises(ValueError, match="labels"):
+        R.avg_sensitivity(model, x, np.array([0, 1, K]), maps, explainer="vg", samples=S)

@@ -41,7 +41,7 @@ from gag_jax import _validation as V
 from gag_jax import sanity
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._explainer import as_explainer
-from gag_jax.metrics.robustness import (EXPLAIN_SALT, NOISE_SALT, _map_chunks, _prepare, explain_copies,
+from gag_jax.metrics.robustness import (EXPLAIN_SALT, NOISE_SALT, _prepare, check_labels, explain_copies,
                                         image_keys)
 from gag_jax.model import ModelFunctions, _Apply, _Linen, as_model_functions, jit_with_model
 
@@ -320,6 +320,7 @@ def random_logit(model, images, labels, maps, *, explainer, key=None, other_labe
     V.check_choice(similarity, "similarity", SIMILARITIES)
     model = as_model_functions(model)
     images = jnp.asarray(images)
+    check_labels(model, images, labels)
     labels = jnp.asarray(labels).astype(jnp.int32)
     keys = image_keys(jax.random.PRNGKey(0) if key is None else key, images.shape[0])
     if other_labels is not None:
@@ -371,7 +372,7 @@ def _smooth_mprt_core(images, labels, maps, keys, fresh, noise, *, model_fn, exp
 
 
 def _sum_chunks(fn, n: int, per_call: int | None, *arrays):
-    """``sum_i fn(chunk_i)`` over the chunks of :func:`_map_chunks`, summed over each chunk's first axis,
+    """``sum_i fn(chunk_i)`` over the chunks of :func:`gag_jax.metrics._common.chunk_plan`, summed over each chunk's first axis,
     accumulated in a ``lax.scan`` (memory: one chunk)."""
     index = jnp.arange(n)
     size, full, rest = C.chunk_plan(n, per_call)
@@ -436,6 +437,7 @@ def smooth_mprt(model, images, labels, maps, *, explainer, key=None, samples: in
     images = jnp.asarray(images)
     batch = images.shape[0]
     model, order, fresh, ranks = _prepare_model(model, images, layer_order, layers, randomised_variables, seed)
+    check_labels(model, images, labels)
     count = len(order)
     steps = (-1, count - 1) if skip_layers else tuple(range(-1, count))
     if noise is not None:
@@ -503,6 +505,7 @@ def efficient_mprt(model, images, labels, maps, *, explainer, key=None, layer_or
     V.check_positive_int(n_bins, "n_bins")
     images = jnp.asarray(images)
     model, order, fresh, ranks = _prepare_model(model, images, layer_order, layers, randomised_variables, seed)
+    check_labels(model, images, labels)
     steps = (len(order) - 1,) if skip_layers else tuple(range(len(order)))
     original, curve = _efficient_mprt_core(
         images, jnp.asarray(labels).astype(jnp.int32), jnp.asarray(maps),

@@ -66,6 +66,13 @@ def image_keys(key, batch: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch))
 
 
+def check_labels(model, images, labels) -> None:
+    """ValueError unless ``labels`` are ints ``(B,)`` in ``[0, K)``, ``K`` the model's outputs (read by
+    ``jax.eval_shape``: no model call)."""
+    shape = jax.eval_shape(model, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape
+    V.check_labels(jnp.asarray(labels), images.shape[0], shape[-1])
+
+
 def normalise_by_max(maps: jax.Array) -> jax.Array:
     """Each ``(H, W)`` map of ``(n, H, W)`` divided by its maximum absolute value (all-zero maps as they
     are): Quantus's ``normalise_by_max``, per image (Quantus: over the whole batch)."""
@@ -224,6 +231,7 @@ def _run(name: str, kind: str, model, images, labels, maps, *, explainer, key, s
     fn = as_explainer(explainer)
     images = jnp.asarray(images)
     batch = images.shape[0]
+    check_labels(model, images, labels)
     p = _check_perturbations(perturbations, samples, images.shape)
     keys = image_keys(jax.random.PRNGKey(0) if key is None else key, batch)
     per_call = _copies_per_batch(copies_per_call, images, batch)
