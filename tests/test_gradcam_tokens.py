@@ -147,4 +147,6 @@ def test_token_gradcam_matches_pytorch_grad_cam_on_timm_vit():
     replicated = np.stack([scale(cv2.resize(scale(m).astype(np.float32), (32, 32))) for m in ours])
     np.testing.assert_allclose(replicated, theirs, atol=1e-4)
     maps = gj.explain("gradcam", model, images, labels)  # ours: upsampled, then min-max
-    np.testing.assert_allclose(maps, theirs, atol=0.08)  # differs only by resize-then-scale vs scale-then-resize
+    # resize-then-scale vs their scale-resize-scale: equal here (an integer upsampling factor with clamped
+    # edges reaches each grid's extremes), measured 7e-7 on 2026-12-06
+    np.testing.assert_allclose(maps, theirs, atol=1e-5)
