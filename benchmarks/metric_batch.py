@@ -43,9 +43,11 @@ def main(argv=None) -> str:
     sizes = tuple(None if s.strip() == "all" else int(s) for s in args.sizes.split(","))
 
     files = sorted(f for f in os.listdir(args.photos) if f.lower().endswith((".jpg", ".jpeg", ".png")))
-    _, images, _ = gj.data.load_image_files([os.path.join(args.photos, f) for f in files[:args.images]], args.size)
     module, variables = models.load("efficientnet_lite0")
-    logits = models.model_functions(module, variables).logits
+    model = models.model_functions(module, variables)
+    logits = model.logits
+    _, images, _ = gj.data.load_image_files([os.path.join(args.photos, f) for f in files[:args.images]], args.size,
+                                            model=model)
     images = jax.numpy.asarray(images)
     labels = jax.numpy.argmax(logits(images), axis=-1).astype(jax.numpy.int32)
     maps = gj.explain("vg", logits, images, labels, key=jax.random.PRNGKey(0))

@@ -48,7 +48,7 @@ def main(argv=None) -> str:
     files = sorted(f for f in os.listdir(args.photos) if f.lower().endswith((".jpg", ".jpeg", ".png")))[:args.images]
     model = models.model_functions(*models.load("efficientnet_lite0"))
     _, images, names = gj.data.load_image_files([os.path.join(args.photos, f) for f in files], args.size,
-                                                **model.scaling)
+                                                model=model)
     images = jnp.asarray(images)
     labels = jnp.argmax(model(images), axis=-1).astype(jnp.int32)
     keys = gj.keys.image_keys(0, names)

@@ -1,4 +1,5 @@
-"""The model's input scaling travels with the model: ``models.input_normalization``."""
+"""The model's input scaling travels with the model: ``models.input_normalization``; photos are prepared
+with it (``gj.data.prepare_pixels(photos, size, model=model)``), never with a silent ImageNet default."""
 import jax
 import numpy as np
 import pytest
@@ -27,7 +28,14 @@ def test_lite0_with_its_own_scaling_classifies_real_photos():
     # scaling gives top-1 0.868 against 0.766: measured, not tested, the photos are not in the repo)
     model = models.model_functions(*models.load("efficientnet_lite0"))
     photos = [PHOTOS[name][0]() for name in PHOTOS]
-    own = gj.data.prepare_pixels(photos, 224, **models.input_normalization("efficientnet_lite0"))
+    own = gj.data.prepare_pixels(photos, 224, model=model)  # the model carries its scaling
+    np.testing.assert_array_equal(own, gj.data.prepare_pixels(photos, 224, **models.input_normalization("efficientnet_lite0")))
+    # Lite0's own scaling, (p - 127) / 128 on 0-255 pixels, written out by hand (one photo, squashed as prepare_pixels does)
+    from PIL import Image
+    squashed = np.asarray(Image.fromarray(photos[0]).resize((224, 224), Image.BILINEAR), np.float64)
+    np.testing.assert_allclose(own[0], (squashed - 127.0) / 128.0, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the model's input scaling.*pass model=model"):
+        gj.data.prepare_pixels(photos, 224)  # no ImageNet default: the error names the fix
 
     def class_mass(images):
         probs = np.asarray(jax.nn.softmax(model.logits(images)))
