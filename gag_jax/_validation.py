@@ -102,19 +102,26 @@ def check_images(images, name: str = "images") -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def check_labels(labels, batch: int, num_classes: int | None, name: str = "labels") -> None:
-    """Raise ValueError unless ``labels`` is an int array (B,) with values in [0, num_classes)."""
+def check_labels(labels, batch: int, num_classes: int | None, name: str = "labels", *,
+                 many: bool = False) -> None:
+    """Raise ValueError unless ``labels`` is an int array ``(B,)`` (with ``many``: or ``(B, K)``, K
+    targets per image) with values in [0, num_classes); an entry out of range is named
+    (``labels[1, 3] = 1000``)."""
     shape = getattr(labels, "shape", None)
-    if shape is None or tuple(shape) != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) to match the images; got {shape}")
+    if shape is None or not (tuple(shape) == (batch,) or many and len(shape) == 2 and shape[0] == batch):
+        wanted = f"({batch},) or ({batch}, K)" if many else f"({batch},)"
+        raise ValueError(f"{name} must have shape {wanted} to match the images; got {shape}")
+    if len(shape) == 2 and shape[1] == 0:
+        raise ValueError(f"{name} of shape {tuple(shape)} give no target (K = 0)")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"{name} must be an integer array of class indices; got dtype {labels.dtype}")
     if num_classes is not None and _is_concrete(labels):
         values = np.asarray(labels)
         if values.size and (values.min() < 0 or values.max() >= num_classes):
+            bad = tuple(int(i) for i in np.argwhere((values < 0) | (values >= num_classes))[0])
             raise ValueError(
                 f"{name} must lie in [0, {num_classes}) (the model has {num_classes} classes); "
-                f"got values in [{values.min()}, {values.max()}]"
+                f"got values in [{values.min()}, {values.max()}]: {name}[{', '.join(map(str, bad))}] = {values[bad]}"
             )
 
 

@@ -268,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="weights: torch .pth / .pt or .msgpack (not needed for "
                    "efficientnet_lite0)")
     p.add_argument("--labels", default="top-1",
-                   help="'top-1' (the model's prediction, default) or comma-separated class indices, one per "
-                   "image in sorted reading order (or one for all)")
+                   help="'top-1' (the model's prediction, default), 'top-K' (e.g. top-5: a map for each of the "
+                   "model's K most probable classes, from one call per batch; files <image>_top<r>_<class index>_"
+                   "<class name>_<method>.npy/.png) or comma-separated class indices, one per image in sorted "
+                   "reading order (or one for all)")
     p.add_argument("--size", type=_positive_int, default=224, help="input side in pixels (default %(default)s)")
     p.add_argument("--resize", choices=("center_crop", "squash"), default="center_crop",
                    help="how images are brought to --size (default %(default)s)")
@@ -451,6 +453,21 @@ def _parse_labels(text: str) -> list[int] | None:
         raise UsageError(f"--labels must be 'top-1' or comma-separated class indices, got {text!r}") from None
 
 
+def _parse_top_k(text: str) -> int | None:
+    """K of ``--labels top-K`` for K >= 2 (``top-1`` is the default single map); None otherwise."""
+    low = text.strip().lower()
+    if not low.startswith("top") or low in ("top-1", "top1"):
+        return None
+    try:
+        k = int(low[3:].lstrip("-"))
+    except ValueError:
+        raise UsageError(f"--labels must be 'top-1', 'top-K' (e.g. top-5) or comma-separated class indices, "
+                         f"got {text!r}") from None
+    if k < 1:
+        raise UsageError(f"--labels top-K needs K >= 1, got {text!r}")
+    return None if k == 1 else k
+
+
 def cmd_explain(args) -> int:
     """``gag-jax explain``."""
     from gag_jax.experiments.demo import BadInputError, run_explain
@@ -459,12 +476,14 @@ def cmd_explain(args) -> int:
     args.method = _check_methods(args.method)
     _check_model(args.model, args.checkpoint)
     _check_paths(args.paths)
-    labels = _parse_labels(args.labels)
+    top_k = _parse_top_k(args.labels)
+    labels = None if top_k is not None else _parse_labels(args.labels)
     try:
         result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
                              checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n,
                              seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             resize_mode=args.resize, report=_warn, notice=_warn, progress=not args.no_progress)
+                             resize_mode=args.resize, report=_warn, notice=_warn, progress=not args.no_progress,
+                             top_k=top_k)
     except (InputTooSmallError, BadInputError) as err:
         raise UsageError(str(err)) from None
     if not result["images"]:

@@ -536,7 +536,8 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
                 checkpoint: str | None = None, labels: Sequence[int] | None = None, size: int = 224,
                 n: int | None = None, seed: int = 0, batch_size: int = 8, chunk_size: int | None = None,
                 resize_mode: str = "center_crop", report: Callable[[str], None] = print,
-                notice: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+                notice: Callable[[str], None] | None = None, progress: bool = False,
+                top_k: int | None = None) -> dict:
     """Explain image files (or folders of images): an overlay PNG and a ``.npy`` map per (image, method).
 
     Files written: ``<stem>_<method>.npy`` (float32 ``(size, size)`` in [0, 1]),
@@ -546,6 +547,9 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
     the same folder keeps the rows of the first and replaces those of the same (file stem, method);
     ``explain.csv`` is rewritten (atomically) after each method, so it lists exactly the maps written.
     Nothing is written, not even ``out_dir``, when no image could be read or the labels do not fit.
+    With ``top_k``, each image is explained for the model's ``top_k`` classes in one call per batch
+    (``labels (B, K)``: the forward passes and the noise / path sweep shared); the files and the rows'
+    ``file_stem`` are then ``<stem>_top<r>_<class index>_<class name>`` (``cat_top1_285_egyptian_cat_gag.npy``).
 
     Args:
       paths: image files and / or folders.
@@ -553,6 +557,7 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
       methods: ``gj.PRESETS`` entries.
       model_name, checkpoint: the classifier (see ``modelzoo.load_model``).
       labels: one target class per image in reading order, or None for the model's top-1.
+      top_k: explain the model's ``top_k`` classes of each image instead (not with ``labels``).
       size: input side.
       n: modifications per method (None: the method's default, 20 for the paper's).
       seed: PRNG seed.
@@ -587,7 +592,11 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
     if not names:  # nothing to write: no output folder either
         return {"written": [], "skipped": bad, "images": [], "rows": 0}
     probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
-    if labels is None:
+    if top_k is not None:
+        if labels is not None or not 1 <= top_k <= probs.shape[1]:
+            raise BadInputError(f"top-{top_k} needs 1 <= K <= {probs.shape[1]} (the model's classes) and no labels")
+        y = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k].astype(np.int32)  # (N, K), most probable first
+    elif labels is None:
         y = probs.argmax(-1).astype(np.int32)
     else:
         y = np.asarray(list(labels), np.int32)
@@ -609,6 +618,10 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
             stems[i] = f"{s}_{os.path.splitext(names[i])[1].lstrip('.')}"
         seen[s] = i
     keys = image_keys(seed, names)
+    # one (file stem, class) per map of each image: its own stem, or one per top-k class named by it
+    targets = [[(stem, int(y[i]))] if top_k is None else
+               [(f"{stem}_top{r + 1}_{c}_{_file_slug(classes[c])}", int(c)) for r, c in enumerate(y[i])]
+               for i, stem in enumerate(stems)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -636,17 +649,22 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         new_rows: dict[tuple[str, str], dict] = {}
         num_batches = -(-len(names) // min(batch_size, len(names)))
         for m in methods:
-            maps = np.concatenate([first.pop(m), explain(m, range(1, num_batches))])
-            for i, stem in enumerate(stems):
-                npy = os.path.join(out_dir, f"{stem}_{m}.npy")
-                np.save(npy, maps[i].astype(np.float32))
-                title = f"{label_of(m)}: {names[i]}, {probability_text(classes[int(y[i])], float(probs[i, y[i]]))}"
-                png = figures.save_overlay(os.path.join(out_dir, f"{stem}_{m}.png"), pixels[i], maps[i], title=title)
-                written += [npy, png]
-                new_rows[(stem, m)] = {"image": names[i], "file_stem": stem, "method": m, "label": int(y[i]),
-                                       "class_name": classes[int(y[i])], "probability": f"{probs[i, y[i]]:.6f}"}
+            rest = explain(m, range(1, num_batches)) if num_batches > 1 else None
+            maps = first.pop(m) if rest is None else np.concatenate([first.pop(m), rest])  # (N[, K], H, W)
+            for i in range(len(stems)):
+                for t, (stem, c) in enumerate(targets[i]):
+                    image_map = maps[i] if top_k is None else maps[i, t]
+                    npy = os.path.join(out_dir, f"{stem}_{m}.npy")
+                    np.save(npy, image_map.astype(np.float32))
+                    title = f"{label_of(m)}: {names[i]}, {probability_text(classes[c], float(probs[i, c]))}"
+                    png = figures.save_overlay(os.path.join(out_dir, f"{stem}_{m}.png"), pixels[i], image_map,
+                                               title=title)
+                    written += [npy, png]
+                    new_rows[(stem, m)] = {"image": names[i], "file_stem": stem, "method": m, "label": c,
+                                           "class_name": classes[c], "probability": f"{probs[i, c]:.6f}"}
             rows = [r for r in earlier if (r["file_stem"], r["method"]) not in new_rows]
-            order = {(stem, m): (i, j) for i, stem in enumerate(stems) for j, m in enumerate(methods)}
+            order = {(stem, m): (i, t, j) for i in range(len(stems)) for t, (stem, _) in enumerate(targets[i])
+                     for j, m in enumerate(methods)}
             rows += sorted(new_rows.values(), key=lambda r: order[r["file_stem"], r["method"]])
             _write_explain_csv(table, rows)
     finally:
@@ -654,3 +672,8 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
             bar.close()
     written.append(table)
     return {"written": written, "skipped": bad, "images": names, "rows": len(rows)}
+
+
+def _file_slug(name: str) -> str:
+    """A class name as part of a file name: lower case, runs of other characters as ``_``."""
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in name.lower()).split()) or "class"
