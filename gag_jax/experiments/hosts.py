@@ -339,6 +339,7 @@ class _Meetings:
 
 
 _MEETINGS: _Meetings | None = None
+_FAILED = False  # this process announced that it stops (fail): process 0 then waits only briefly at the end
 
 
 def _meetings() -> _Meetings:
@@ -377,7 +378,9 @@ def meet(name: str, payload: Any = None) -> list[Any]:
 
 def fail(err: BaseException | str) -> None:
     """Tell the other processes that this one stops, with ``err`` as the reason (no-op alone)."""
+    global _FAILED
     if process_count() > 1:
+        _FAILED = True
         _meetings().fail(" ".join(str(err).split()) or type(err).__name__)
 
 
@@ -412,7 +415,7 @@ def session(job: Job | None, *, timeout: float = TIMEOUT, prefix: str = "gag-jax
         fail(err)
         _leave(wait=10.0)  # process 0 gives the others a moment to read why before its service goes
         raise
-    _leave(wait=timeout)
+    _leave(wait=10.0 if _FAILED else timeout)  # (a command that reports an error and returns, e.g. Ctrl-C)
 
 
 def _leave(wait: float) -> None:
