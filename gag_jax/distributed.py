@@ -63,9 +63,10 @@ __all__ = [
 # ---------------------------------------------------------------------------- multi-host
 
 
-def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
-               local_device_ids: Sequence[int] | None = None, cpu_collectives: str | None = "gloo",
-               initialization_timeout: int = 300) -> None:
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, local_device_ids: Sequence[int] | None = None,
+               cpu_collectives: str | None = "gloo", initialization_timeout: int = 300,
+               heartbeat_timeout: int = 100, shutdown_timeout: int = 300, recoverable: bool = False) -> None:
     """Join a multi-process JAX job (wraps ``jax.distributed.initialize``).
 
     Call it in every process before any other JAX call that touches devices.
@@ -73,18 +74,32 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
     Args:
       coordinator_address: ``"host:port"`` of process 0 (the coordinator), e.g. ``"127.0.0.1:12345"``.
       num_processes: number of processes in the job.
-      process_id: this process's rank in ``[0, num_processes)``.
-      local_device_ids: devices this process drives (``None``: all visible ones).
+      process_id: this process's rank in ``[0, num_processes)``. Any of these three None: JAX's
+        cluster detection (SLURM, TPU pods, ...) and ``JAX_COORDINATOR_ADDRESS`` fill it in.
+      local_device_ids: devices this process drives (``None``: JAX decides; on SLURM that is the
+        device of the task's local id; ``[]``: every visible one).
       cpu_collectives: cross-process collectives for CPU devices (``"gloo"``, ``"mpi"``; this
         jax build defaults to gloo); only affects the CPU backend, harmless on GPUs. ``None``
         leaves the setting alone.
       initialization_timeout: seconds to wait for all processes to connect.
+      heartbeat_timeout: seconds without a heartbeat after which a process counts as gone.
+      shutdown_timeout: seconds the coordinator waits for the others at shutdown.
+      recoverable: a process that goes away does not abort the others (JAX's experimental
+        ``jax_enable_recoverability``, skipped where this JAX lacks it): the caller notices it
+        (``gag_jax.experiments.hosts.meet``) instead of JAX terminating every process.
     """
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    if recoverable:
+        try:
+            jax.config.update("jax_enable_recoverability", True)
+        except AttributeError:  # pragma: no cover - an older JAX: a lost process aborts the job
+            pass
     jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id,
                                local_device_ids=local_device_ids,
-                               initialization_timeout=initialization_timeout)
+                               initialization_timeout=initialization_timeout,
+                               heartbeat_timeout_seconds=heartbeat_timeout,
+                               shutdown_timeout_seconds=shutdown_timeout)
 
 
 def num_steps(num_items: int, batch_size: int) -> int:
