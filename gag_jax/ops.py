@@ -165,13 +165,3 @@ def gaussian_blur(images: jax.Array, sigma, radius=None, mode: str = "symmetric"
     blur_h = gaussian_blur_matrix(height, sigma, radius, mode, max_radius=max_radius)
     blur_w = gaussian_blur_matrix(width, sigma, radius, mode, max_radius=max_radius)
     return blur_separable(images, blur_h, blur_w)
-
-
-def to_pixels(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
-    """Undo normalisation: ``images * std + mean`` (``(B, H, W, C)``)."""
-    return images * jnp.asarray(std, jnp.float32) + jnp.asarray(mean, jnp.float32)
-
-
-def from_pixels(pixels: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
-    """Normalise pixel-space images: ``(pixels - mean) / std`` (``(B, H, W, C)``)."""
-    return (pixels - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
