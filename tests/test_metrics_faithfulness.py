@@ -220,7 +220,7 @@ def test_faithfulness_correlation_matches_numpy_with_given_subsets(setup):
 
 
 def test_faithfulness_correlation_draws_distinct_uniform_subsets(setup):
-    subsets = np.asarray(F._draw_subsets_jit(F._image_keys(jax.random.PRNGKey(0), 2), runs=400, subset_size=30,
+    subsets = np.asarray(F._draw_subsets_jit(gj.keys.per_image_keys(jax.random.PRNGKey(0), 2), runs=400, subset_size=30,
                                              n=60))
     assert subsets.shape == (2, 400, 30)
     assert all(len(set(r)) == 30 for r in subsets.reshape(-1, 30))
@@ -326,7 +326,7 @@ def quantus_setup(setup):
     return quantus, run
 
 
-@pytest.mark.parametrize("fis", [3, 48])  # whole pixels per step (Quantus's order among a pixel's channels is arbitrary)
+@pytest.mark.parametrize("fis", [3, 48])  # whole pixels per step: Quantus orders a pixel's channels arbitrarily
 def test_pixel_flipping_and_estimate_match_quantus(setup, quantus_setup, fis):
     quantus, run = quantus_setup
     model, x, y, a, *_ = setup

@@ -55,11 +55,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
+from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.complexity import preprocess_attributions
 from gag_jax.model import jit_with_model
-from gag_jax.modifications import is_key_batch
 
 __all__ = [
     "faithfulness_correlation",
@@ -72,6 +72,39 @@ __all__ = [
     "selectivity",
     "slic_segments",
 ]
+
+def cost(metric: str):
+    """``forward_passes(options, image_shape=(224, 224, 3)) -> int``: the model forward passes one map
+    costs in ``metric`` with ``options`` (its keyword options; defaults as the function's), for the
+    registry's records. IROF's count is a guess (SLIC's default 100 segments; the true count is the
+    segmentation's)."""
+    def steps(options, shape, fis_default=1):
+        h, w, c = tuple(shape)[-3:]
+        return -(-h * w * c // int(options.get("features_in_step", fis_default)))
+
+    def blocks(options, shape, patch):
+        h, w = tuple(shape)[-3:-1]
+        return _block_count(h, w, patch)
+
+    counts = {
+        "faithfulness_correlation": lambda o, s: 1 + int(o.get("runs", 100)),
+        "faithfulness_estimate": lambda o, s: 1 + steps(o, s),
+        "infidelity": lambda o, s: 1 + sum(blocks(o, s, int(p)) for p in o.get("patch_sizes", (4,))),
+        "pixel_flipping": lambda o, s: steps(o, s),
+        "region_perturbation": lambda o, s: 1 + min(int(o.get("regions", 100)),
+                                                    blocks(o, s, int(o.get("patch_size", 8)))),
+        "selectivity": lambda o, s: blocks(o, s, int(o.get("patch_size", 8))),
+        "irof": lambda o, s: 1 + 100,
+        "monotonicity_correlation": lambda o, s: 1 + steps(o, s) * int(o.get("nr_samples", 100)),
+    }
+    count = counts[V.check_choice(metric, "metric", tuple(counts))]
+
+    def forward_passes(options, image_shape=(224, 224, 3)) -> int:
+        return int(count(dict(options or {}), image_shape))
+
+    forward_passes.__name__ = f"{metric}_forward_passes"
+    return forward_passes
+
 
 _FIXED_BASELINES = ("black", "white")
 _BASELINES = ("black", "white", "mean")
@@ -102,17 +135,6 @@ def _baseline_values(images: jax.Array, baseline) -> jax.Array:
     if baseline == "mean":
         return jnp.mean(images, axis=(1, 2, 3))
     return jnp.full(images.shape[:1], baseline, images.dtype)
-
-
-def _image_keys(key, batch: int) -> jax.Array:
-    """One key per image: ``key[b]`` for a batch of keys, ``fold_in(key, b)`` for one key (None: PRNGKey(0))."""
-    key = jax.random.PRNGKey(0) if key is None else key
-    key = key if hasattr(key, "dtype") else jnp.asarray(key)
-    if is_key_batch(key):
-        if key.shape[0] != batch:
-            raise ValueError(f"a batch of keys must have one key per image: {batch}; got {key.shape[0]}")
-        return key
-    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch))
 
 
 def _scores_of_items(model_fn: ModelFn, make_inputs, items: tuple, labels: jax.Array, batch_size: int | None,
@@ -434,7 +456,7 @@ def faithfulness_correlation(model, images, labels, maps, *, key=None, runs: int
         V.check_positive_int(subset_size, "subset_size")
         if subset_size >= h * w:
             raise ValueError(f"subset_size must be smaller than H * W = {h * w} (Quantus's check); got {subset_size}")
-        subsets = _draw_subsets_jit(_image_keys(key, b), runs=int(runs), subset_size=int(subset_size), n=h * w * c)
+        subsets = _draw_subsets_jit(per_image_keys(key, b), runs=int(runs), subset_size=int(subset_size), n=h * w * c)
     else:
         subsets = _check_subsets(subsets, b, h * w * c)
     out, flags, bad = _faithfulness_correlation_core(
@@ -857,7 +879,7 @@ def monotonicity_correlation(model, images, labels, maps, *, key=None, features_
         raise ValueError(f"eps must be >= 0; got {eps!r}")
     if baselines is None:
         V.check_positive_int(nr_samples, "nr_samples")
-        values = _draw_uniform(_image_keys(key, b), steps=steps, samples=int(nr_samples))
+        values = _draw_uniform(per_image_keys(key, b), steps=steps, samples=int(nr_samples))
     else:
         values = jnp.asarray(baselines, jnp.float32)
         if values.ndim != 3 or values.shape[:2] != (b, steps) or values.shape[2] < 1:

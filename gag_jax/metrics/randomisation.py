@@ -39,10 +39,10 @@ import numpy as np
 
 from gag_jax import _validation as V
 from gag_jax import sanity
+from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._explainer import as_explainer
-from gag_jax.metrics.robustness import (EXPLAIN_SALT, NOISE_SALT, _prepare, check_labels, explain_copies,
-                                        image_keys)
+from gag_jax.metrics.robustness import EXPLAIN_SALT, NOISE_SALT, _prepare, check_labels, explain_copies
 from gag_jax.model import ModelFunctions, _Apply, _Linen, as_model_functions, jit_with_model
 
 __all__ = ["LAYER_ORDERS", "SIMILARITIES", "discrete_entropy", "efficient_mprt", "random_logit",
@@ -322,7 +322,7 @@ def random_logit(model, images, labels, maps, *, explainer, key=None, other_labe
     images = jnp.asarray(images)
     check_labels(model, images, labels)
     labels = jnp.asarray(labels).astype(jnp.int32)
-    keys = image_keys(jax.random.PRNGKey(0) if key is None else key, images.shape[0])
+    keys = per_image_keys(jax.random.PRNGKey(0) if key is None else key, images.shape[0])
     if other_labels is not None:
         other_labels = jnp.asarray(other_labels)
         if other_labels.shape != labels.shape or not jnp.issubdtype(other_labels.dtype, jnp.integer):
@@ -447,7 +447,7 @@ def smooth_mprt(model, images, labels, maps, *, explainer, key=None, samples: in
                              f"{(samples - 1,) + tuple(images.shape)}; got {tuple(noise.shape)}")
     per = C.resolve_batch_size(copies_per_call, images)
     curve = _smooth_mprt_core(
-        images, jnp.asarray(labels).astype(jnp.int32), jnp.asarray(maps), image_keys(
+        images, jnp.asarray(labels).astype(jnp.int32), jnp.asarray(maps), per_image_keys(
             jax.random.PRNGKey(0) if key is None else key, batch), fresh, noise, model_fn=model,
         explainer=as_explainer(explainer), ranks=ranks, cascading=layer_order != "independent", steps=steps,
         samples=int(samples), per_call=None if per is None else max(1, per // batch),
@@ -509,7 +509,7 @@ def efficient_mprt(model, images, labels, maps, *, explainer, key=None, layer_or
     steps = (len(order) - 1,) if skip_layers else tuple(range(len(order)))
     original, curve = _efficient_mprt_core(
         images, jnp.asarray(labels).astype(jnp.int32), jnp.asarray(maps),
-        image_keys(jax.random.PRNGKey(0) if key is None else key, images.shape[0]), fresh, model_fn=model,
+        per_image_keys(jax.random.PRNGKey(0) if key is None else key, images.shape[0]), fresh, model_fn=model,
         explainer=as_explainer(explainer), ranks=ranks, cascading=layer_order != "independent", steps=steps,
         n_bins=int(n_bins), normalise="second_moment" if normalise else None, absolute=bool(absolute))
     return {"efficient_mprt": (curve[:, -1] - original) / original, "efficient_mprt_original": original,

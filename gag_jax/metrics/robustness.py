@@ -30,10 +30,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from gag_jax import _validation as V
+from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._explainer import as_explainer
 from gag_jax.model import as_model_functions, jit_with_model
-from gag_jax.modifications import is_key_batch
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity", "relative_input_stability",
            "relative_output_stability"]
@@ -50,21 +50,6 @@ DISTANCES = ("euclidean", "manhattan", "chebyshev")
 # ----------------------------------------------------------------------------------------------
 # pieces
 # ----------------------------------------------------------------------------------------------
-
-def image_keys(key, batch: int) -> jax.Array:
-    """``(B, 2)`` raw keys: ``key`` itself when it is a batch of keys (one per image), else
-    ``fold_in(key, b)`` for image ``b`` (then an image's draws depend on its position)."""
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    if is_key_batch(key):
-        if key.shape[0] != batch:
-            raise ValueError(f"a batch of keys needs one key per image: got {key.shape[0]} keys for {batch} images")
-        return key
-    if key.shape != (2,):
-        raise ValueError(f"key must be one PRNG key (2,) or one per image (B, 2); got shape {key.shape}")
-    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch))
-
 
 def check_labels(model, images, labels) -> None:
     """ValueError unless ``labels`` are ints ``(B,)`` in ``[0, K)``, ``K`` the model's outputs (read by
@@ -233,7 +218,7 @@ def _run(name: str, kind: str, model, images, labels, maps, *, explainer, key, s
     batch = images.shape[0]
     check_labels(model, images, labels)
     p = _check_perturbations(perturbations, samples, images.shape)
-    keys = image_keys(jax.random.PRNGKey(0) if key is None else key, batch)
+    keys = per_image_keys(jax.random.PRNGKey(0) if key is None else key, batch)
     per_call = _copies_per_batch(copies_per_call, images, batch)
     maps = jnp.asarray(maps)
     V.raise_on_saliency_flags(V.saliency_flags(maps), allow_negative=True)
