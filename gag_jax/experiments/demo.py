@@ -209,7 +209,7 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
 def image_keys(seed: int, files: Sequence[str]) -> jax.Array:
     """``(N, 2)`` keys from the seed and each image's file name (``gj.keys.image_keys`` of the base
     names): the same image, seed and method give the same map from ``demo``, ``explain`` and ``evaluate``."""
-    return gj.keys.image_keys(seed, [os.path.basename(str(f)) for f in files])
+    return gj.keys.file_keys(seed, files)
 
 
 def method_options(method: str, *, n: int | None, chunk_size: int | None, mean, std) -> dict:

@@ -93,7 +93,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
            f"{'cascading' if cascading else 'independent'} randomisation")
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    keys = gj.keys.image_keys(seed, [os.path.basename(str(nm)) for nm in names])  # as demo / explain / evaluate
+    keys = gj.keys.file_keys(seed, names)  # as demo / explain / evaluate
     run = run_sanity(module, variables, pixels, images, y, names, out_dir, methods=methods,
                      key=jax.random.PRNGKey(seed), cascading=cascading, method_options=method_options,
                      report=report, image_keys=keys, **test_options)

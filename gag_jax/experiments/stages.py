@@ -154,7 +154,7 @@ def batch_keys(seed: int, names: Sequence[str]) -> jax.Array:
     """The PRNG keys of a batch: one per image, from the seed and the image's file name only
     (:func:`gag_jax.keys.image_keys` of the base name, as ``demo`` and ``explain``), so a map does not
     depend on batch size, position, method order, resuming or the command."""
-    return gj.keys.image_keys(seed, [os.path.basename(str(n)) for n in names])
+    return gj.keys.file_keys(seed, names)
 
 
 # ----------------------------------------------------------------------------- the run
