@@ -30,9 +30,9 @@ import gag_jax as gj
 from gag_jax import models
 
 model = models.model_functions(*models.load("efficientnet_lite0"))  # shipped ImageNet weights
-scaling = models.input_normalization("efficientnet_lite0")  # the model's input scaling: (x - 127) / 128
-images = gj.data.prepare_pixels([skimage.data.chelsea(), skimage.data.stereo_motorcycle()[0]], 128, **scaling)
-pixels, labels = gj.ops.to_pixels(images, **scaling).clip(0, 1), model.logits(images).argmax(-1)  # display, top-1
+scaling = model.scaling  # the model carries its input scaling: Lite0 takes (x - 127) / 128
+images = gj.data.prepare_pixels([skimage.data.chelsea(), skimage.data.stereo_motorcycle()[0]], 128, model=model)
+pixels, labels = gj.pixels.to_pixels(images, **scaling).clip(0, 1), model.logits(images).argmax(-1)  # display, top-1
 
 # %% [markdown]
 # ## Explain

@@ -106,7 +106,7 @@ print(f"last training loss {float(loss):.3f}; accuracy on the {len(test['labels'
 # weights give new maps from the same compiled programs.
 
 # %%
-scaling = {"mean": gj.IMAGENET_MEAN, "std": gj.IMAGENET_STD}
+scaling = {"mean": gj.data.SYNTHETIC_MEAN, "std": gj.data.SYNTHETIC_STD}  # make_synthetic's: ImageNet statistics
 model = gj.ModelFunctions.from_module(net, params, **scaling)
 images, labels, masks = test["images"], jnp.asarray(test["labels"]), test["masks"]
 key = jax.random.PRNGKey(0)

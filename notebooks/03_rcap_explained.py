@@ -41,9 +41,9 @@ SIZE = 128
 model = models.model_functions(*models.load("efficientnet_lite0"))
 logits_fn = model.logits
 photo = data.stereo_motorcycle()[0]                 # the left view of scikit-image's stereo pair
-scaling = models.input_normalization("efficientnet_lite0")  # Lite0's input scaling: (x - 127) / 128
-images = gj.data.prepare_pixels([photo], SIZE, **scaling)  # (1, SIZE, SIZE, 3), normalised as the model expects
-pixels = np.asarray(gj.ops.to_pixels(images, **scaling))   # the same image in [0, 1] pixel space
+scaling = model.scaling                             # Lite0's input scaling: (x - 127) / 128
+images = gj.data.prepare_pixels([photo], SIZE, model=model)  # (1, SIZE, SIZE, 3), normalised as the model expects
+pixels = np.asarray(gj.pixels.to_pixels(images, **scaling))  # the same image in [0, 1] pixel space
 probabilities = jax.nn.softmax(logits_fn(images))[0]
 label = int(jnp.argmax(probabilities))
 print(f"predicted {models.imagenet_classes()[label]!r} (class {label}) with probability {probabilities[label]:.3f}")
@@ -73,7 +73,7 @@ for m, score in zip(methods, out["rcap"]):
 # %%
 keep = np.asarray(sal)[:, None] >= np.asarray(out["thresholds"])[:, :, None, None]      # (3, j, H, W)
 recovered = np.where(keep[..., None], pixels[:, None], 0.0)                             # black elsewhere
-probs = jax.nn.softmax(logits_fn(gj.ops.from_pixels(recovered.reshape(-1, SIZE, SIZE, 3))))[:, label]
+probs = jax.nn.softmax(logits_fn(gj.pixels.from_pixels(recovered.reshape(-1, SIZE, SIZE, 3), **scaling)))[:, label]
 ratios = np.where(keep, np.asarray(sal)[:, None], 0).sum((2, 3)) / np.asarray(sal).sum((1, 2))[:, None]
 prob_gap = float(np.abs(probs.reshape(keep.shape[:2]) - out["probs"]).max())
 ratio_gap = float(np.abs(ratios - out["ratios"]).max())
@@ -141,7 +141,7 @@ def object_model(x):                                              # (B, S, S, 3)
 
 background = np.random.default_rng(0).uniform(0.0, 0.15, (S, S, 3))
 syn_pixels = np.where(obj[..., None] > 0, 1.0, background).astype(np.float32)[None]
-syn_images = jnp.repeat(gj.ops.from_pixels(syn_pixels), 4, 0)
+syn_images = jnp.repeat(gj.pixels.from_pixels(syn_pixels, gj.IMAGENET_MEAN, gj.IMAGENET_STD), 4, 0)
 syn_labels = jnp.ones((4,), jnp.int32)
 
 def gaussian_map(cy, cx, sigma):
