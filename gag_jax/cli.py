@@ -661,18 +661,10 @@ def cmd_bench(args) -> int:
         _warn("bench: the benchmarks are repository tools and this installation is not a source checkout "
               f"({checkout} has no benchmarks/run.py); clone the repository and run: python -m benchmarks.run")
         return EXIT_USAGE
-    if str(checkout) not in sys.path:
-        sys.path.append(str(checkout))
-    try:
-        from benchmarks import run as bench_run
-    except ImportError as err:
-        _warn(f"bench: cannot import the checkout's benchmarks/run.py ({err}); run: python -m benchmarks.run")
-        return EXIT_USAGE
-    try:
-        bench_run.main(list(args.bench_args))
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else EXIT_FAILURE)
-    return 0
+    import subprocess
+
+    # a separate process from the checkout: the installed package never imports the repository's tools
+    return subprocess.call([sys.executable, "-m", "benchmarks.run", *args.bench_args], cwd=str(checkout))
 
 
 def _add_sanity_parser(sub, common) -> None:

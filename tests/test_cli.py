@@ -383,22 +383,20 @@ def test_port_converts_the_shipped_lite0_torch_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "b0.msgpack").exists()
 
 
-def test_bench_delegates_to_benchmarks_run(monkeypatch, capsys):
-    import types
-
-    seen = []
-    fake = types.ModuleType("benchmarks.run")
-    fake.main = lambda argv=None: seen.append(argv) or "done"
-    monkeypatch.setitem(sys.modules, "benchmarks.run", fake)
-    import benchmarks
-
-    monkeypatch.setattr(benchmarks, "run", fake, raising=False)
+def test_bench_runs_the_checkouts_benchmarks_in_their_own_process(monkeypatch, capsys, tmp_path):
+    """The installed package never imports benchmarks/: ``bench`` runs ``python -m benchmarks.run`` in the
+    checkout; outside a checkout it says so in one line, status 2."""
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv, cwd=None: calls.append((argv, cwd)) or 0)
     assert cli.main(["bench", "--n", "4", "--no-torch"]) == 0
-    assert seen == [["--n", "4", "--no-torch"]]
-    monkeypatch.setitem(sys.modules, "benchmarks.run", None)  # absent: a clear message, status 2
-    monkeypatch.delattr(benchmarks, "run", raising=False)
+    (argv, cwd), = calls
+    assert argv[1:] == ["-m", "benchmarks.run", "--n", "4", "--no-torch"] and os.path.isfile(
+        os.path.join(cwd, "benchmarks", "run.py"))
+    import pathlib
+
+    monkeypatch.setattr(pathlib.Path, "is_file", lambda self: False)  # an installation without the checkout
     rc, _, err = _main(["bench"], capsys)
-    assert rc == 2 and "benchmark" in err and "Traceback" not in err
+    assert rc == 2 and "not a source checkout" in err and "Traceback" not in err
 
 
 def test_python_m_gag_jax_help_documents_every_command():

@@ -108,3 +108,15 @@ def test_nothing_is_installed_under_a_bare_generic_name():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert all(p == "gag_jax" or p.startswith("gag_jax.") for p in config["packages"])
     assert config["package-dir"] == {"gag_jax.models": "models"}
+
+
+def test_the_installed_package_never_imports_the_repository_tools():
+    """benchmarks/ and notebooks/ are not installed: no import statement of the package names them
+    (function-local ones included), and nothing puts the checkout on sys.path."""
+    for path in [*(ROOT / "gag_jax").rglob("*.py"), *(ROOT / "models").rglob("*.py")]:
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("benchmarks", "notebooks") for n in names), path
+        assert "sys.path.append" not in text, path
