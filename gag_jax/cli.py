@@ -527,7 +527,7 @@ def _evaluate(args) -> int:
     try:
         with _OneLineWarnings():
             out = runner.evaluate_case(
-                args.case, args.out, data_dir=args.data_dir, model=args.model, checkpoint=args.checkpoint,
+                args.case, args.out, data_dir=args.data_dir, model_name=args.model, checkpoint=args.checkpoint,
                 num_classes=args.num_classes, tables=args.table, methods=args.methods, metrics=args.metrics,
                 batch_size=args.batch_size, metric_batch_size=args.metric_batch_size, limit=args.limit,
                 confidence=args.confidence, image_size=args.image_size, split=args.split, n=args.n,

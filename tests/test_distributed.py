@@ -230,7 +230,7 @@ out = {}
 for devices in ("1", "4"):
     os.environ["GAG_JAX_DEVICES"] = devices
     batches = load_case("synthetic", batch_size=4, image_size=16, num_images=7, seed=3)
-    config = runner.RunConfig(case="synthetic", model="tiny", image_size=16, batch_size=4, confidence=None, seed=3,
+    config = runner.RunConfig(case="synthetic", model_name="tiny", image_size=16, batch_size=4, confidence=None, seed=3,
                               metrics=("rcap", "dauc", "iauc", "mae"), method_overrides={"n": 2})
     result = runner.run(config, rows, os.path.join(sys.argv[1], devices), batches=batches, model=model,
                         progress=False)

@@ -128,7 +128,7 @@ def tiny_setup():
 
 
 def _config(**kw):
-    base = {"case": "synthetic", "model": "tiny", "image_size": 16, "batch_size": 4, "confidence": None, "seed": 3,
+    base = {"case": "synthetic", "model_name": "tiny", "image_size": 16, "batch_size": 4, "confidence": None, "seed": 3,
             "metrics": ("log_cosh_dice", "mae", "rcap", "dauc", "iauc"), "method_overrides": {"n": 2}}
     base.update(kw)
     return runner.RunConfig(**base)

@@ -24,8 +24,9 @@ from gag_jax.experiments.specs import MethodSpec
 
 TARGETS = ("label", "predicted")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
-"""2: one key per image from its name (gag_jax.keys); 1 keyed (method, batch)."""
+FORMAT_VERSION = 3
+"""3: the config names the model ``model_name`` and holds ``metric_options``; 2: one key per image from its
+name (gag_jax.keys); 1 keyed (method, batch)."""
 
 
 class RunMismatchError(ValueError):
@@ -152,7 +153,8 @@ class RunConfig:
     Attributes:
       case: ``synthetic``, ``imagenet_s``, ``isic`` or ``places365``.
       data_dir: dataset directory (None for synthetic).
-      model: model name; checkpoint: its file; checkpoint_sha256: the file's digest.
+      model_name: the model's name (a registered model or ``module:attribute``); checkpoint: its file;
+        checkpoint_sha256: the file's digest.
       image_size: input side (None: the case's).
       batch_size: images per evaluated batch.
       limit: use only the first ``limit`` examples (synthetic: the number of images generated).
@@ -173,7 +175,7 @@ class RunConfig:
     """
 
     case: str
-    model: str
+    model_name: str
     data_dir: str | None = None
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
@@ -208,7 +210,7 @@ class RunConfig:
 def _check_resume(manifest: Mapping, config: RunConfig) -> None:
     if manifest.get("format_version", 1) != FORMAT_VERSION:
         raise RunMismatchError(
-            f"the output directory holds a run of format {manifest.get('format_version', 1)} (another key policy); "
+            f"the output directory holds a run of format {manifest.get('format_version', 1)} (an earlier layout); "
             f"this release writes format {FORMAT_VERSION}: use another --out")
     old = manifest.get("config", {})
     new = config.result_keys()

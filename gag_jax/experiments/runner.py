@@ -181,7 +181,7 @@ def run_note(case: str, model: str, plan: Mapping, confidence: float | None, tar
             f"maps explain the {explained}, seed {seed}.")
 
 
-def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model: str | None = None,
+def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model_name: str | None = None,
                   checkpoint: str | None = None, num_classes: int | None = None, tables: Sequence[int] = (2,),
                   methods: Sequence[str] | str | None = None, metrics: Sequence[str] | str | None = None,
                   batch_size: int = 16, metric_batch_size: int | str | None = "auto", limit: int | None = None,
@@ -198,7 +198,8 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
       case: a ``gag_jax.data.CASES`` entry (``folder``: any folder of images).
       out_dir: the results directory (reuse it to resume).
       data_dir: the dataset directory (not for ``synthetic``).
-      model: a ``modelzoo.model_names()`` entry (None: the case's, ``modelzoo.CASE_MODELS``).
+      model_name: a ``modelzoo.model_names()`` entry or ``module:attribute`` (a factory of yours returning a
+        ``gj.ModelFunctions``); None: the case's, ``modelzoo.CASE_MODELS``.
       checkpoint: the model's weights (``tiny``: loaded if the file exists, else trained there;
         default ``out_dir/tiny_model.msgpack``).
       num_classes: classifier outputs (None: from the checkpoint).
@@ -252,7 +253,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
             raise OptionError(f"case {case!r} needs --data-dir (the directory of your copy of the dataset)")
         if not os.path.isdir(data_dir):
             raise OptionError(f"--data-dir {data_dir}: no such directory")
-    model_name = model or modelzoo.CASE_MODELS[case]
+    model_name = model_name or modelzoo.CASE_MODELS[case]
     tables = sorted(set(tables))
     try:
         modelzoo.check_model(model_name, checkpoint)
@@ -303,7 +304,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
         if not batches.has_labels:
             report("the images have no labels: each map explains the model's top-1 class (--target predicted)")
     config = RunConfig(
-        case=case, model=model_name, data_dir=data_dir, checkpoint=checkpoint,
+        case=case, model_name=model_name, data_dir=data_dir, checkpoint=checkpoint,
         checkpoint_sha256=file_digest(checkpoint), image_size=image_size, batch_size=batch_size, limit=limit,
         confidence=confidence, seed=seed, metrics=metric_names,
         method_overrides={k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None},
