@@ -325,13 +325,15 @@ def similarities(original, randomised, *, hog_orientations: int = 9, hog_pixels_
 # ----------------------------------------------------------------------------------------------
 
 
-class _NnxAsLinen:
-    """An NNX model seen through the linen interface the test uses: ``apply(variables, x)`` and
-    ``init(key, x)``, with ``variables = {"params": {...}, "batch_stats": {...}}`` as pure dicts
-    (top-level names = the module's attributes; everything that is not an ``nnx.Param`` goes to
-    ``"batch_stats"`` and keeps its trained value). ``init`` returns the parameters of ``fresh``,
-    a freshly constructed instance of the same class (its own initialisers: Adebayo et al.'s
-    re-initialisation)."""
+class _NnxView:
+    """An NNX model in the ``gj.ModelFunctions`` contract (:meth:`ModelFunctions.from_nnx`: an
+    eval-mode copy, its state the pytree leaves), seen by the block trace and the re-initialisation
+    as the dicts a linen model has: ``variables = {"params": {...}, "batch_stats": {...}}`` (top-level
+    names = the module's attributes; everything that is not an ``nnx.Param`` goes to
+    ``"batch_stats"`` and keeps its trained value). ``apply(variables, x)`` runs the model with them;
+    ``init`` returns the parameters of ``fresh``, a freshly constructed instance of the same class
+    (its own initialisers: Adebayo et al.'s re-initialisation). Each step's model is
+    ``model.replace(variables=...)``: the same compiled programs as ``gj.explain``, layers included."""
 
     def __init__(self, trained, fresh):
         from flax import nnx
@@ -340,49 +342,45 @@ class _NnxAsLinen:
             if not isinstance(value, nnx.Module):
                 raise ValueError(f"for an NNX model, {name} must be an nnx.Module (the fresh one: a newly "
                                  f"constructed instance of the same class); got {type(value)}")
-        copy = nnx.merge(*nnx.split(trained))
-        copy.eval()
-        self.graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
-        self._params, self._rest = params, rest
-        self.variables = {"params": params.to_pure_dict(), "batch_stats": rest.to_pure_dict()}
-        fresh_copy = nnx.merge(*nnx.split(fresh))
-        fresh_copy.eval()
-        graphdef, fresh_params, _ = nnx.split(fresh_copy, nnx.Param, ...)
-        if graphdef != self.graphdef:
+        self.model = ModelFunctions.from_nnx(trained)
+        self._params, self._rest = nnx.split_state(self.model.variables, nnx.Param, ...)
+        self.variables = {"params": self._params.to_pure_dict(), "batch_stats": self._rest.to_pure_dict()}
+        fresh_model = ModelFunctions.from_nnx(fresh)
+        if jax.tree_util.tree_structure(fresh_model) != jax.tree_util.tree_structure(self.model):
             raise ValueError("the fresh NNX module does not have the structure of the trained one: build it "
                              "with the same class and arguments")
-        self._fresh = fresh_params.to_pure_dict()
+        self._fresh = nnx.split_state(fresh_model.variables, nnx.Param, ...)[0].to_pure_dict()
 
-    def apply(self, variables, x):
+    def model_of(self, variables) -> ModelFunctions:
         from flax import nnx
 
         params = jax.tree_util.tree_map(lambda a: a, self._params)
         nnx.replace_by_pure_dict(params, variables["params"])
         rest = jax.tree_util.tree_map(lambda a: a, self._rest)
         nnx.replace_by_pure_dict(rest, variables["batch_stats"])
-        return nnx.merge(self.graphdef, params, rest)(x)
+        return self.model.replace(variables=nnx.merge_state(params, rest))
+
+    def apply(self, variables, x):
+        return self.model_of(variables)(x)
 
     def init(self, key, x):
         del key, x
         return {"params": self._fresh}
 
-    def __hash__(self):
-        return id(self)
-
 
 def _linen_view(module, variables):
-    """``(module, variables)`` for the test: linen as given; NNX through :class:`_NnxAsLinen`."""
+    """``(module, variables)`` for the test: linen as given; NNX through :class:`_NnxView`."""
     from flax import nnx
 
     if isinstance(module, nnx.Module):
-        adapter = _NnxAsLinen(module, variables)
-        return adapter, adapter.variables
+        view = _NnxView(module, variables)
+        return view, view.variables
     return module, variables
 
 
 def _model_of(module, variables) -> ModelFunctions:
-    if isinstance(module, _NnxAsLinen):
-        return ModelFunctions.from_apply(module.apply, variables)
+    if isinstance(module, _NnxView):
+        return module.model_of(variables)
     return ModelFunctions.from_module(module, variables)
 
 
