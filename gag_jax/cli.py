@@ -202,6 +202,38 @@ def _remove_empty_tree(path: str) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+# the flags several commands take, each declared once; a command adds it with _flag(p, name, **changes)
+_FLAGS: dict[str, dict] = {
+    "--out": {"required": True, "help": "output directory"},
+    "--model": {"default": "efficientnet_lite0",
+                "help": "resnet50, efficientnet_b0, efficientnet_lite0 (built-in weights), densenet161, vit_s16, "
+                        "vit_b16, tiny, or module:attribute (a factory of yours returning a gj.ModelFunctions) "
+                        "(default %(default)s)"},
+    "--checkpoint": {"default": None, "help": "the model's weights: torch .pth / .pt, .npz (ViT) or .msgpack (not "
+                                              "needed for efficientnet_lite0 or a module:attribute model)"},
+    "--n": {"type": "positive_int", "default": None, "help": "modifications per method (default: 20, the paper's)"},
+    "--seed": {"type": int, "default": 0, "help": "PRNG seed (default %(default)s)"},
+    "--batch-size": {"type": "positive_int", "default": 8, "help": "images per explainer call (default %(default)s)"},
+    "--chunk-size": {"type": "positive_int", "default": None,
+                     "help": "modifications per vmapped chunk (memory; does not change results beyond rounding)"},
+    "--metric-batch-size": {"type": "auto_or_positive_int", "default": "auto",
+                            "help": "perturbed copies per model call in the metrics (default auto: chosen by "
+                                    "measurement per backend, see gj.metrics)"},
+    "--no-progress": {"action": "store_true", "help": "no progress bars"},
+}
+
+
+def _flag(p, name: str, **changes) -> None:
+    """Add the shared flag ``name`` (:data:`_FLAGS`) to parser ``p``, with per-command ``changes``."""
+    spec = {**_FLAGS[name], **changes}
+    types = {"positive_int": _positive_int, "auto_or_positive_int": _auto_or_positive_int}
+    if isinstance(spec.get("type"), str):
+        spec["type"] = types[spec["type"]]
+    if spec.get("required") and "default" in changes and "required" not in changes:
+        spec.pop("required")  # a command that gives the flag a default does not require it
+    p.add_argument(name, **spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every option documented in ``--help``)."""
     from gag_jax.data.loader import CASE_IMAGE_SIZES, CASES
@@ -229,25 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "motorcycle) with the real EfficientNet-Lite0 ImageNet weights for every method; "
                        "write a Figure-1-style grid, per-image overlays, an RCAP partition figure, the "
                        "Figure 4 propositions and a Markdown + CSV table of RCAP, DAUC and IAUC.")
-    p.add_argument("--out", default="gag_demo", help="output directory (default %(default)s)")
+    _flag(p, "--out", default="gag_demo", help="output directory (default %(default)s)")
     p.add_argument("--methods", type=_comma_list, default=None,
                    help=f"methods to run (default the paper's ten; {methods_help})")
-    p.add_argument("--n", type=_positive_int, default=None,
-                   help="modifications per method (default: 20, the paper's, for its methods; occlusion, rise and "
-                   "xrai keep their own defaults unless --n is given)")
+    _flag(p, "--n", help="modifications per method (default: 20, the paper's, for its methods; occlusion, rise and "
+          "xrai keep their own defaults unless --n is given)")
     p.add_argument("--size", type=_positive_int, default=160,
                    help="input side in pixels (default %(default)s: Lite0 classifies the photos well there and it "
                    "costs half of 224)")
     p.add_argument("--images", nargs="+", default=None, metavar="PATH",
                    help="your own image files / folders instead of the scikit-image photos")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per explainer call (default %(default)s)")
-    p.add_argument("--metric-batch-size", type=_auto_or_positive_int, default="auto",
-                   help="perturbed copies per model call in RCAP / DAUC / IAUC (default auto: chosen by measurement "
-                   "per backend, see gj.metrics)")
-    p.add_argument("--chunk-size", type=_positive_int, default=None,
-                   help="modifications per vmapped chunk (default: all n at once; lower it to save memory)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _flag(p, "--seed")
+    _flag(p, "--batch-size", default=4)
+    _flag(p, "--metric-batch-size")
+    _flag(p, "--chunk-size")
+    _flag(p, "--no-progress")
     p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
                    help="afterwards, write demo_table.md into README (default ./README.md) between the "
                    "<!-- demo-table:start --> and <!-- demo-table:end --> comments")
@@ -262,11 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the others are explained. An image much smaller than --size is upscaled, with a notice.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and / or folders")
     p.add_argument("--method", type=_comma_list, default=["gag"], help=f"method(s) (default gag; {methods_help})")
-    p.add_argument("--model", default="efficientnet_lite0",
-                   help="resnet50, efficientnet_b0, efficientnet_lite0 (built-in weights), densenet161 or tiny "
-                   "(default %(default)s)")
-    p.add_argument("--checkpoint", default=None, help="weights: torch .pth / .pt or .msgpack (not needed for "
-                   "efficientnet_lite0)")
+    _flag(p, "--model")
+    _flag(p, "--checkpoint")
     p.add_argument("--labels", default="top-1",
                    help="'top-1' (the model's prediction, default), 'top-K' (e.g. top-5: a map for each of the "
                    "model's K most probable classes, from one call per batch; files <image>_top<r>_<class index>_"
@@ -275,13 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=224, help="input side in pixels (default %(default)s)")
     p.add_argument("--resize", choices=("center_crop", "squash"), default="center_crop",
                    help="how images are brought to --size (default %(default)s)")
-    p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per explainer call (default %(default)s)")
-    p.add_argument("--chunk-size", type=_positive_int, default=None, help="modifications per vmapped chunk")
-    p.add_argument("--out", required=True, help="output directory (a second run into it adds its rows to "
-                   "explain.csv; a row of the same image and method is replaced)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _flag(p, "--n")
+    _flag(p, "--seed")
+    _flag(p, "--batch-size")
+    _flag(p, "--chunk-size")
+    _flag(p, "--out", help="output directory (a second run into it adds its rows to explain.csv; a row of the same "
+          "image and method is replaced)")
+    _flag(p, "--no-progress")
     common(p)
 
     # evaluate -----------------------------------------------------------------------
@@ -302,11 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", required=True, help=f"one of {', '.join(CASES)} (folder: any folder of images with a "
                    "labels.txt, class subfolders or no labels, and optional masks/)")
     p.add_argument("--data-dir", default=None, help="the dataset directory (not for synthetic)")
-    p.add_argument("--model", default=None, help="resnet50, efficientnet_b0, efficientnet_lite0, densenet161 or "
-                   "tiny (default: the paper's model of the case: imagenet_s resnet50, isic efficientnet_b0, "
-                   "places365 densenet161, synthetic tiny, folder efficientnet_lite0)")
-    p.add_argument("--checkpoint", default=None, help="the model's weights (torch .pth / .pt or .msgpack); "
-                   "for tiny: loaded if it exists, else trained and written there")
+    _flag(p, "--model", default=None, help="a registered model (resnet50, efficientnet_b0, efficientnet_lite0, "
+          "densenet161, vit_s16, vit_b16, tiny) or module:attribute (default: the paper's model of the case: "
+          "imagenet_s resnet50, isic efficientnet_b0, places365 densenet161, synthetic tiny, folder efficientnet_lite0)")
+    _flag(p, "--checkpoint", help="the model's weights (torch .pth / .pt, .npz or .msgpack); for tiny: loaded if it "
+          "exists, else trained and written there")
     p.add_argument("--num-classes", type=_positive_int, default=None,
                    help="classifier outputs (default: inferred from the checkpoint)")
     p.add_argument("--table", type=_tables_arg, default=[2], help="1, 2, 3 or a list such as 1,2,3 (default 2)")
@@ -316,10 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated from {', '.join(metric_names())} (dice = log_cosh_dice), or "
                    "module:attribute for a metric of your own (default: rcap, dauc, iauc, plus log_cosh_dice and "
                    "mae when the case has masks)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default %(default)s)")
-    p.add_argument("--metric-batch-size", type=_auto_or_positive_int, default="auto",
-                   help="perturbed copies per model call in the metrics (default auto: chosen by measurement per "
-                   "backend, see gj.metrics)")
+    _flag(p, "--batch-size", default=16, help="images per batch (default %(default)s)")
+    _flag(p, "--metric-batch-size")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="use the first N examples only, in sorted file order (synthetic: how many images are "
                    "generated; default 64)")
@@ -336,10 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "256 -> 224); default imagenet_eval for folder, squash (the paper's) for the others")
     p.add_argument("--image-size", type=_positive_int, default=None, help=f"input side (default per case: {sizes})")
     p.add_argument("--split", default=None, help="dataset split (default: the case's evaluation split)")
-    p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default 20, the paper's)")
-    p.add_argument("--chunk-size", type=_positive_int, default=None,
-                   help="modifications per vmapped chunk (memory; does not change results beyond rounding)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the explanations and synthetic data (default 0)")
+    _flag(p, "--n")
+    _flag(p, "--chunk-size")
+    _flag(p, "--seed", help="PRNG seed of the explanations and synthetic data (default %(default)s)")
     p.add_argument("--metric-option", action="append", default=[], metavar="METRIC.KEY=VALUE",
                    help="an option of one metric (its option group: dauc/iauc share deletion_insertion, the ROAD "
                    "orders road), e.g. max_sensitivity.samples=5 or pixel_flipping.features_in_step=1792; the "
@@ -353,9 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read a prepared tensorflow-datasets copy (tfds) or the files directly (default auto)")
     p.add_argument("--train-steps", type=_positive_int, default=300,
                    help="model tiny only: optimisation steps when it is trained (default %(default)s)")
-    p.add_argument("--out", required=True, help="results directory (reuse it to resume)")
+    _flag(p, "--out", help="results directory (reuse it to resume)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures (RCAP curves, p-ablation curve)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _flag(p, "--no-progress")
     hosts = p.add_argument_group("several hosts", "one process per host, the same command on each; --out must be "
                                  "a folder every host sees. Without these flags: JAX_COORDINATOR_ADDRESS, "
                                  "JAX_NUM_PROCESSES and JAX_PROCESS_ID, else a SLURM job or TPU pod slice is "
@@ -374,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "table<N>.csv / .md with one column group per case, as in the paper.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluate output directories")
     p.add_argument("--table", type=_tables_arg, default=[2], help="1, 2, 3 or a list (default 2)")
-    p.add_argument("--out", required=True, help="output directory")
+    _flag(p, "--out")
     p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
                    help="also write the run's summary (date, machine, images kept, compute time, command) and the "
                    "tables into README (default README.md) between <!-- SECTION:start --> and <!-- SECTION:end -->")
@@ -386,9 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a PyTorch checkpoint (state_dict) of a supported model to a Flax "
                        ".msgpack file, checking every key and shape (needs torch).")
     p.add_argument("checkpoint", metavar="TORCH_CKPT", help="torch .pth / .pth.tar / .pt file")
-    p.add_argument("--model", required=True, help="resnet50, efficientnet_b0, efficientnet_lite0 or densenet161")
+    _flag(p, "--model", required=True, help="the architecture: a registered model with a torch "
+          "counterpart (resnet50, efficientnet_b0, efficientnet_lite0, densenet161, vit_s16, vit_b16)")
     p.add_argument("--num-classes", type=_positive_int, default=None, help="default: inferred from the checkpoint")
-    p.add_argument("--out", required=True, help="destination .msgpack file")
+    _flag(p, "--out", help="destination .msgpack file")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
     # bench --------------------------------------------------------------------------
@@ -675,10 +698,8 @@ def _add_sanity_parser(sub, common) -> None:
         "block at a time with --independent), re-explain the same images after each step and measure how similar "
         "each map stays to the trained model's map (Spearman of signed and absolute maps, SSIM, HOG). Writes "
         "sanity.csv (per image), sanity_summary.csv (means, verdict), sanity_curves.png and sanity_maps.png.")
-    p.add_argument("--model", default="efficientnet_lite0",
-                   help="resnet50, efficientnet_b0, efficientnet_lite0 (built-in weights), densenet161 or tiny "
-                   "(default %(default)s)")
-    p.add_argument("--checkpoint", default=None, help="weights (not needed for efficientnet_lite0)")
+    _flag(p, "--model")
+    _flag(p, "--checkpoint")
     p.add_argument("--methods", type=_comma_list, default=None,
                    help="comma-separated gj.METHODS (default all ten)")
     p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files and / or folders")
@@ -687,16 +708,16 @@ def _add_sanity_parser(sub, common) -> None:
     p.add_argument("--labels", default="top-1",
                    help="'top-1' (the trained model's prediction, default) or comma-separated class indices")
     p.add_argument("--size", type=_positive_int, default=224, help="input side in pixels (default %(default)s)")
-    p.add_argument("--n", type=_positive_int, default=None, help="modifications per method (default: 20)")
+    _flag(p, "--n")
     p.add_argument("--independent", action="store_true", help="one block at a time instead of cascading")
     p.add_argument("--by", choices=("layer", "stage"), default="layer",
                    help="blocks: each top-level layer (default) or each named stage (layer1, denseblock2, ...)")
     p.add_argument("--steps", type=_comma_list, default=None,
                    help="only re-explain after these blocks (comma-separated labels; default every block)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per explainer call (default all)")
-    p.add_argument("--chunk-size", type=_positive_int, default=None, help="modifications per vmapped chunk")
-    p.add_argument("--out", required=True, help="output directory")
+    _flag(p, "--seed")
+    _flag(p, "--batch-size", default=None, help="images per explainer call (default all)")
+    _flag(p, "--chunk-size")
+    _flag(p, "--out")
     p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
                    help="also write the summary table into README (default README.md) between "
                    "<!-- sanity-table:start --> and <!-- sanity-table:end -->")
