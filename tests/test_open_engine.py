@@ -8,6 +8,7 @@ The user's code is a throwaway package written to a temporary folder and put on 
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 import textwrap
 
@@ -264,3 +265,15 @@ def test_metric_options_reach_the_metric_and_its_cost_and_are_checked(tmp_path, 
     rc, _, err = _main(["evaluate", "--case", "synthetic", "--metric-option", "samples=3", "--out", tmp_path / "run",
                         *FAST], capsys)
     assert rc == 2 and "METRIC.KEY=VALUE" in err
+
+
+@pytest.mark.parametrize("section", ["metric-catalogue"])
+def test_the_metric_catalogue_is_generated_from_the_records(section):
+    """Regenerate with: python -c "from gag_jax.metrics import registry; from gag_jax.experiments import readme;
+    readme.replace_section('README.md', 'metric-catalogue', registry.catalogue_markdown())" """
+    from gag_jax.experiments.readme import markers
+    from gag_jax.metrics import registry
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = (text.index(m) for m in markers(section))
+    assert text[start + len(markers(section)[0]):end].strip() == registry.catalogue_markdown().strip()

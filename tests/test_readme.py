@@ -47,3 +47,4 @@ def test_composition_section_shows_the_gag_preset_verbatim():
     from gag_jax import explainers
 
     assert inspect.getsource(explainers.gag) in README.read_text()
+

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -132,16 +133,22 @@ def _named(function: Callable) -> frozenset:
 # (one call each: DAUC and IAUC share deletion_insertion, as each ROAD order its curve)
 
 def _rcap(model, images, labels, maps, *, copies_per_call="auto", mean=None, std=None, **options):
+    """RCAP, ReCover And Predict (the paper's eq. 5/6): recovered-ratio-weighted target probability of the
+    images recovered at the map's top 10 ... 50 %."""
     out = rcap(model, images, labels, maps, copies_per_call=copies_per_call, mean=mean, std=std, **options)
     return {"rcap": out["rcap"], "rcap_ratios": out["ratios"], "rcap_probs": out["probs"]}
 
 
 def _deletion_insertion(model, images, labels, maps, *, copies_per_call="auto", **options):
+    """Deletion / Insertion AUC (Petsiuk et al. 2018, as the paper computed them): the target probability
+    as the most salient pixels are deleted (set to the channel mean) / inserted into a blurred copy."""
     return deletion_insertion(model, images, labels, maps, copies_per_call=copies_per_call, **options)
 
 
 def _road(order: str):
     def road_order(model, images, labels, maps, *, copies_per_call="auto", std=None, **options):
+        """ROAD (Rong et al. 2022): the target probability as the most (MoRF) / least (LeRF) salient pixels are
+        removed by noisy linear imputation."""
         out = road(model, images, labels, maps, order=order, copies_per_call=copies_per_call, std=std, **options)
         return {f"road_{order}": out["auc"], f"road_{order}_curve": out["curve"]}
 
@@ -153,7 +160,7 @@ def _masked(function: Callable) -> Callable:
     def with_masks(model, images, labels, maps, *, masks, **options):
         return function(maps, masks, **options)
 
-    with_masks.__name__ = function.__name__
+    with_masks.__name__, with_masks.__doc__ = function.__name__, function.__doc__
     return with_masks
 
 
@@ -161,7 +168,7 @@ def _map_only(function: Callable) -> Callable:
     def of_maps(model, images, labels, maps):
         return function(maps)
 
-    of_maps.__name__ = function.__name__
+    of_maps.__name__, of_maps.__doc__ = function.__name__, function.__doc__
     return of_maps
 
 
@@ -414,3 +421,27 @@ def compute(records: Sequence[Metric], model, images, labels, maps, *, masks=Non
                 raise ValueError(f"metric {record.name!r} returned {k!r} of shape {array.shape}; expected {want}")
             out[k] = array
     return out
+
+
+def reference(record: Metric) -> str:
+    """The one-line reference of a metric: the first sentence of its function's docstring, up to the
+    colon that starts its definition (e.g. "Pixel flipping (Bach et al. 2015), Quantus 0.6's ``PixelFlipping``")."""
+    doc = " ".join((inspect.getdoc(record.function) or record.label).split("\n\n")[0].split())
+    doc = re.split(r":\s|(?<!\bal)(?<!\beq)(?<!\be\.g)\.\s", doc)[0]
+    return doc.rstrip(".")
+
+
+def catalogue_markdown(image_shape: Sequence[int] = (224, 224, 3)) -> str:
+    """The registered metrics as a Markdown table, grouped by category: name, label, direction, needs,
+    model forward passes per map (default options, images of ``image_shape``) and reference."""
+    lines = [f"| category | metric | column | better | needs | passes / map at {image_shape[0]}² | reference |",
+             "|---|---|---|---|---|---:|---|"]
+    for category in CATEGORIES:
+        for name in metric_names():
+            record = get(name)
+            if record.category != category:
+                continue
+            needs = ", ".join(sorted(record.needs)) or "\u2013"
+            lines.append(f"| {category} | `{name}` | {record.label} | {'higher' if record.higher_is_better else 'lower'}"
+                         f" | {needs} | {record.cost({}, image_shape)} | {reference(record)} |")
+    return "\n".join(lines) + "\n"
