@@ -402,11 +402,13 @@ def test_needs_key_follows_the_composition_and_the_signature():
     def random_shift(model, images, labels, key):  # an attribution function whose key has no default
         return images * jax.random.uniform(key, images.shape)
 
-    assert needs_key(random_shift)
+    assert needs_key(gj.Method("random_shift", random_shift, "attribution", random=True))
     assert not needs_key(gj.PRESETS["gradcam"])
+    with pytest.raises(ValueError, match=r"gj.Method\('random_shift'"):  # a bare function: the record says what it is
+        needs_key(random_shift)
 
 
-def test_a_user_method_is_one_function():
+def test_a_user_method_is_one_function_in_a_record():
     w = jax.random.normal(jax.random.PRNGKey(3), (6, 5, 3))
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 5, 3))
     labels = jnp.array([0, 1])
@@ -415,12 +417,14 @@ def test_a_user_method_is_one_function():
         return gj.chain(modifications.straight_path(n, "zero", "riemann_right"), gradients.logit_gradient(),
                         interpretations.square(), aggregations.total(), chunk_size=chunk_size)
 
-    raw = gj.explain(square_grad, linear_model(w), x, labels, postprocess=False)  # IG at n=1: (x * w)^2
+    raw = gj.explain(gj.Method("square_grad", square_grad), linear_model(w), x, labels,
+                     postprocess=False)  # IG at n=1: (x * w)^2
     np.testing.assert_allclose(raw[0], (np.asarray(x[0]) * np.asarray(w)) ** 2, rtol=1e-5)
 
     def times_input(model, images, labels, key=None, *, scale=1.0):  # an attribution function
         return scale * images * gradients.logit_gradient()(model, images, labels)
 
+    times_input = gj.Method("times_input", times_input, "attribution", random=False)
     raw = gj.explain(times_input, linear_model(w), x, labels, postprocess=False, scale=2.0)
     np.testing.assert_allclose(raw[1], -2.0 * np.asarray(x[1]) * np.asarray(w), rtol=1e-5)
     with pytest.raises(ValueError, match="unknown option"):
