@@ -452,6 +452,13 @@ class ModelFunctions:
             statics = dataclasses.replace(statics, mean=new_mean, std=new_std)
         return self._make(statics, self._variables if variables is dataclasses.MISSING else variables)
 
+    def linen_parts(self):
+        """``(module, variables)`` of a model built with :meth:`from_module` (a Flax linen module and
+        its variables, e.g. for a layer-randomisation check); None for other models."""
+        if isinstance(self._statics.logits, _Linen):
+            return self._statics.logits.module, self._variables
+        return None
+
     def layer_output(self, images, layer: str, delta=None):
         """``(logits (B, K), activations)`` of the submodule named ``layer``, ``delta`` added to them.
 
