@@ -323,7 +323,7 @@ def test_streaming_requires_masks_for_mask_metrics():
     res = gm.evaluate_stream(scaled_linear_model(), [batch])  # default: mask metrics skipped
     assert set(res) == {"rcap", "dauc", "iauc", "_counts"}
     with pytest.raises(ValueError, match="unknown"):
-        gm.StreamingEvaluator(linear_model, metrics=("pointing",))
+        gm.StreamingEvaluator(linear_model, metrics=("roar",))
     with pytest.raises(ValueError, match="masks"):
         gm.StreamingEvaluator(linear_model, metrics=("pointing_game",)).update(batch)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from gag_jax.data._common import pad_rows
 from gag_jax.metrics._common import ModelFn
-from gag_jax.metrics.registry import check_metrics
+from gag_jax.metrics.registry import check_metrics, get
 from gag_jax.metrics.scoring import score
 from gag_jax.metrics.segmentation import target_probs
 
@@ -122,8 +122,10 @@ class StreamingEvaluator:
             keep = p > self.confidence_threshold
         keep[b:] = False
 
+        groups = {get(m).option_group for m in wanted}  # the options of the metrics this batch scores
         values = score(self.model_fn, arrays["images"], arrays["labels"], arrays["saliency"], arrays.get("masks"),
-                       metrics=wanted, copies_per_call=self.copies_per_call, options=self.options)
+                       metrics=wanted, copies_per_call=self.copies_per_call,
+                       options={g: o for g, o in self.options.items() if g in groups and o})
         kept = {k: values[k][keep] for k in wanted}
         for k, v in kept.items():
             self.stats.setdefault(k, RunningStat()).update(v)
