@@ -47,7 +47,7 @@ from gag_jax.gradcam import model_gradcam
 from gag_jax import pixels
 from gag_jax.model import ModelFunctions, as_model_functions, warn_if_closed_over
 from gag_jax.perturbation_methods import occlusion, rise
-from gag_jax.pipeline import Explainer, chain, run_sweep, shares_sweep
+from gag_jax.pipeline import Explainer, chain, per_target, run_sweep, shares_sweep
 from gag_jax.postprocess import to_saliency
 
 
@@ -569,7 +569,7 @@ def explainer_fn(method, *, postprocess: bool = True, **options) -> Callable:
         model = as_model_functions(model)
         resolved = _with_scaling(record, method_options, model, images.shape[-1])
         raw = _attributions(record, resolved, model, images, labels, key)
-        return to_saliency(raw, reduce) if postprocess else raw
+        return per_target(lambda a: to_saliency(a, reduce), raw) if postprocess else raw  # per (image, target)
 
     return fn
 
@@ -590,7 +590,6 @@ def needs_key(method, options: Mapping[str, Any] = ()) -> bool:
 
 
 def _explain(images, labels, key, model, *, record, options, postprocess, platform, target=None):
-    from gag_jax.pipeline import per_target  # (B, K, H, W, C): min-max per (image, target)
 
     method_options, reduce = _split(options)
     # labels (B,) / (B, K), or the target function (static) in their place
@@ -735,7 +734,6 @@ def explain(method, model_fn, images, labels=None, *, key=None, target=None, pos
 def _many(images, labels, key, model, *, group, postprocess, platform, target=None):
     """One sweep of ``group``'s first explainer, read by every member: ``[(record, options), ...]``
     (``target``: a target function in place of the labels)."""
-    from gag_jax.pipeline import per_target  # (B, K, H, W, C): min-max per (image, target)
 
     explainers, reduces = [], []
     for record, options in group:

@@ -212,6 +212,9 @@ def test_jit_with_the_model_as_a_pytree_argument(tiny):
     zeroed = raw(model.replace(variables=jax.tree_util.tree_map(jnp.zeros_like, model.variables)), images,
                  LABELS, KEY)
     assert float(jnp.abs(zeroed).max()) == 0.0  # the weights are arguments, not constants
+    maps = jax.jit(gj.explainer_fn("sg", **options))(model, images, LABELS, KEY)  # min-max per (image, target)
+    np.testing.assert_allclose(maps, gj.explain("sg", model, images, LABELS, key=KEY, **options), atol=1e-6)
+    assert maps.shape == (2, 3, SIZE, SIZE) and np.allclose(maps.max(axis=(2, 3)), 1.0)
 
 
 @pytest.mark.slow  # a second batch size compiles again
