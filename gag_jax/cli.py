@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(args) -> int:
     """``gag-jax demo``."""
     import gag_jax as gj
-    from gag_jax.experiments.demo import DEMO_N, BadInputError, run_demo, update_readme
+    from gag_jax.experiments.demo import DEMO_N, run_demo, update_readme
+    from gag_jax.experiments.explain_command import BadInputError
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
     methods = _check_methods(args.methods or list(gj.METHODS))
@@ -493,7 +494,7 @@ def _parse_top_k(text: str) -> int | None:
 
 def cmd_explain(args) -> int:
     """``gag-jax explain``."""
-    from gag_jax.experiments.demo import BadInputError, run_explain
+    from gag_jax.experiments.explain_command import BadInputError, run_explain
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
     args.method = _check_methods(args.method)

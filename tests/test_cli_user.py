@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from gag_jax import cli
-from gag_jax.experiments import demo, figures, specs, tables
+from gag_jax.experiments import demo, explain_command, figures, specs, tables, timing
 from gag_jax.experiments.tables import read_table_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_a_method_that_fails_leaves_no_empty_output_folder(tiny_ckpt, tmp_path, 
     def fails(*args, **kwargs):
         raise ValueError("this option does not fit")
 
-    monkeypatch.setattr(demo, "explain_arrays", fails)
+    monkeypatch.setattr(explain_command, "explain_arrays", fails)
     rc, _, err = _explain([photo], tmp_path / "new", tiny_ckpt, capsys, "--no-progress")
     assert rc == 2 and _error_lines(err) == ["gag-jax explain: error: method 'gag': this option does not fit"]
     assert not (tmp_path / "new").exists()
@@ -233,7 +233,7 @@ def test_overlay_titles_spell_out_the_class_probability(tiny_ckpt, tmp_path, cap
                           "--no-progress")
     assert rc == 0, err
     assert len(titles) == 1 and re.fullmatch(r"VG: a\.png, P\(2\) = 0\.\d\d", titles[0]), titles
-    assert demo.probability_text("Egyptian cat", 0.6234) == "P(Egyptian cat) = 0.62"
+    assert explain_command.probability_text("Egyptian cat", 0.6234) == "P(Egyptian cat) = 0.62"
 
 
 def _table2_results(n, sem):
@@ -295,9 +295,9 @@ def test_compile_timer_separates_compilation_from_running():
         return jnp.tanh(x @ x.T).sum()
 
     x = jnp.ones((64, 64))
-    with demo.CompileTimer() as first:
+    with timing.CompileTimer() as first:
         fresh(x).block_until_ready()
-    with demo.CompileTimer() as second:
+    with timing.CompileTimer() as second:
         fresh(x).block_until_ready()
     assert first.seconds > 0 and second.seconds == 0
 

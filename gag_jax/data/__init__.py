@@ -5,7 +5,9 @@
   images, labelled by a ``labels.txt`` or class subfolders, or unlabelled) or ``"synthetic"``.
 - :func:`make_synthetic`: shapes on textured backgrounds with exact masks, from a seed.
 - :func:`load_image_files`: image files / a folder -> pixels, normalised images, names;
-  :func:`prepare_pixels`: in-memory photos -> a model batch.
+  :func:`read_images`: the same as the commands read it (each bad file reported in one line, a
+  notice for upscaled images, :func:`upscale_notice`); :func:`prepare_pixels`: in-memory photos
+  -> a model batch.
 
 Images are normalised with the model's own input scaling: pass ``model=`` (a ``gj.ModelFunctions``)
 or ``mean=`` / ``std=``; there is no ImageNet default (only the synthetic case, whose model is
@@ -26,6 +28,8 @@ from gag_jax.data._common import (
     pad_batch,
     pad_rows,
     prepare_pixels,
+    read_images,
+    upscale_notice,
 )
 from gag_jax.data.layouts import (
     ISIC_CLASSES,
@@ -70,6 +74,8 @@ __all__ = [
     "pad_batch",
     "pad_rows",
     "prepare_pixels",
+    "read_images",
     "shape_mask",
     "synthetic_batches",
+    "upscale_notice",
 ]

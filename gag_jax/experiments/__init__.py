@@ -6,7 +6,8 @@
 * :mod:`~gag_jax.experiments.tables`: CSV + Markdown in the layout of Tables 1, 2, 3.
 * :mod:`~gag_jax.experiments.figures`: Figure 1 grid, Figure 3 RCAP partitions, Figure 4
   propositions, Table 1 p-ablation curve, overlays.
-* :mod:`~gag_jax.experiments.demo`: the zero-setup demo and the ``explain`` job.
+* :mod:`~gag_jax.experiments.demo`: the zero-setup demo; :mod:`~gag_jax.experiments.explain_command`:
+  the ``explain`` job; :mod:`~gag_jax.experiments.timing`: compile time of a block.
 * :mod:`~gag_jax.experiments.tiny`: the small CNN of the synthetic case.
 """
 from gag_jax.experiments.specs import (

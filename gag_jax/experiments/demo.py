@@ -1,11 +1,12 @@
-"""The zero-setup demo and the ``explain`` job: real photos, a real ImageNet model, every method.
+"""The zero-setup demo: real photos, a real ImageNet model, every method.
 
 ``run_demo`` explains the photos shipped with scikit-image (Chelsea the cat, a cup of coffee, a
 rocket, a motorcycle; at 160 px EfficientNet-Lite0 classifies them as Egyptian cat, espresso,
 drilling platform and moped) with the real EfficientNet-Lite0 weights for every method of
 ``gj.METHODS``, scores every map with RCAP, DAUC and IAUC, and writes a Figure-1-style grid,
 per-image overlays, one Figure-3-style RCAP partition figure per photo, the Figure 4
-propositions and a Markdown + CSV table.
+propositions and a Markdown + CSV table. The maps come from the ``explain`` job's batched step
+(:mod:`gag_jax.experiments.explain_command`).
 Nothing is downloaded.
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ import csv
 import dataclasses
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -22,67 +22,22 @@ import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
-from gag_jax.data import pad_rows
+from gag_jax.data import pad_rows, read_images
 from gag_jax.experiments import figures
 from gag_jax.experiments import readme as readme_sections
-from gag_jax.experiments.specs import input_scaling, label_of  # noqa: F401  (demo.label_of)
+from gag_jax.experiments.explain_command import (
+    BadInputError,
+    _checked_model,
+    explain_arrays,
+    image_keys,
+    method_options,
+    probability_text,
+)
+from gag_jax.experiments.specs import label_of
+from gag_jax.experiments.timing import CompileTimer
 
 DEMO_N = 20
 """Modifications per method of the paper's methods in the demo (the paper's n)."""
-
-UPSCALE_NOTICE_FACTOR = 2.0
-"""An image whose shorter side is below ``size / UPSCALE_NOTICE_FACTOR`` gets a notice: it is upscaled
-that much, and its maps cannot show detail finer than its own pixels."""
-
-
-class BadInputError(ValueError):
-    """An input that cannot be explained as given (no readable image, labels that do not fit the
-    images or the model); the message names it. The command line reports it in one line, exit 2."""
-
-
-def probability_text(class_name: str, probability: float) -> str:
-    """``"P(Egyptian cat) = 0.62"``: the model's probability of the class, spelled out (``p`` alone
-    would read as RCAP's percentile)."""
-    return f"P({class_name}) = {probability:.2f}"
-
-
-# JAX's compile events (jax/_src/dispatch.py): tracing to a jaxpr, lowering to StableHLO, and the
-# backend compile (which includes a persistent compile-cache lookup and load)
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-
-
-class CompileTimer:
-    """Wall time JAX spends compiling inside a ``with`` block, from its ``jax.monitoring`` events.
-
-    ``seconds`` is the length of the union of the time spans of :data:`COMPILE_EVENTS` (tracing,
-    lowering, XLA compilation or loading from the persistent cache), so nested traces are counted
-    once; the rest of the block's wall time is running (dispatch, the computation, host copies).
-    """
-
-    def __init__(self):
-        self.spans: list[tuple[float, float]] = []
-
-    def _listener(self, event, start, end, **_):
-        if event in COMPILE_EVENTS:
-            self.spans.append((float(start), float(end)))
-
-    def __enter__(self):
-        jax.monitoring.register_event_time_span_listener(self._listener)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_time_span_listener(self._listener)
-        return False
-
-    @property
-    def seconds(self) -> float:
-        total, reach = 0.0, float("-inf")
-        for start, end in sorted(self.spans):
-            if end > reach:
-                total += end - max(start, reach)
-                reach = end
-        return total
 
 DEMO_IMAGES: tuple[tuple[str, str], ...] = (
     ("chelsea", "chelsea.png"),
@@ -112,113 +67,6 @@ def demo_image_paths() -> list[str]:
     return paths
 
 
-def upscale_notice(files: Sequence[str], size: int, factor: float = UPSCALE_NOTICE_FACTOR) -> str | None:
-    """One line naming the images whose shorter side is below ``size / factor`` (they are upscaled at
-    least ``factor`` times to ``size``), or None when there is none."""
-    from PIL import Image
-
-    small = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except Exception:  # noqa: BLE001 - it was decoded once already; a notice is not worth failing for
-            continue
-        if min(w, h) * factor <= size:
-            small.append((os.path.basename(path), w, h, size / min(w, h)))
-    if not small:
-        return None
-    if len(small) == 1:
-        name, w, h, up = small[0]
-        return (f"{name} is {w}x{h} px, much smaller than the {size}x{size} input: upscaled {up:.1f}x, so its maps "
-                "show no detail finer than its own pixels")
-    named = ", ".join(f"{name} ({w}x{h})" for name, w, h, _ in small[:3]) + (", ..." if len(small) > 3 else "")
-    return (f"{len(small)} images are much smaller than the {size}x{size} input and were upscaled (up to "
-            f"{max(t[3] for t in small):.1f}x; their maps show no detail finer than their own pixels): {named}")
-
-
-def read_images(paths: Sequence[str], size: int, *, report: Callable[[str], None] = print,
-                resize_mode: str = "center_crop", mean=gj.data.IMAGENET_MEAN, std=gj.data.IMAGENET_STD,
-                notice: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read image files / folders with ``gag_jax.data.load_image_files``; report each bad file in one line.
-
-    Args:
-      notice: receives one line (:func:`upscale_notice`) when images much smaller than ``size`` are
-        upscaled (default: ``report``).
-
-    Returns:
-      ``(pixels uint8 (N, S, S, 3), images float32 normalised, names)``; the undecodable files
-      are reported through ``report`` and left out.
-
-    Raises:
-      FileNotFoundError: a path that does not exist.
-    """
-    from gag_jax.data import load_image_files
-    from gag_jax.data._common import list_image_files
-
-    files = []
-    for path in map(os.fspath, paths):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such image file or folder: {path}")
-        files += list_image_files(path) if os.path.isdir(path) else [path]
-    skipped: list = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # reported below, one line per file
-        pixels, images, names = load_image_files(files, size, resize_mode=resize_mode, skipped=skipped,
-                                                 mean=mean, std=std)
-    for s in skipped:
-        report(f"skipping {s.path}: {s.reason}")
-    bad = {s.path for s in skipped}
-    line = upscale_notice([f for f in files if f not in bad], size)
-    if line:
-        (notice or report)(line)
-    return pixels, images, names
-
-
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
-
-
-def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, method: str, *, key,
-                   batch_size: int, options: dict | None = None,
-                   progress: Callable[[int], None] | None = None, batches: Sequence[int] | None = None) -> np.ndarray:
-    """Maps ``(N, H, W)`` of ``images`` in fixed-size batches (the last one padded), one compile per method;
-    ``key``: ``(N, 2)`` keys, one per image (``gj.keys.image_keys``: an image's map does not depend on
-    its batch). ``progress`` receives the number of images of each finished batch. ``batches``: compute
-    only these batch indices (the maps of those images, in order)."""
-    out = []
-    n = images.shape[0]
-    bs = min(batch_size, n)
-    mesh = gj.distributed.local_mesh()  # several local devices: the batch axis is sharded over them
-    if mesh is not None:
-        bs = -(-bs // mesh.devices.size) * mesh.devices.size
-        model = gj.distributed.replicate(model, mesh)
-    for i, (a, b) in enumerate(_batches(n, bs)):
-        if batches is not None and i not in batches:
-            continue
-        (x, y, k), _ = pad_rows((jnp.asarray(images[a:b]), jnp.asarray(labels[a:b], jnp.int32), key[a:b]), bs)
-        x, y, k = gj.distributed.shard_rows([x, y, k], mesh)
-        maps = gj.explain(method, model, x, y, key=k, **(options or {}))
-        out.append(np.asarray(maps)[: b - a])
-        if progress is not None:
-            progress(b - a)
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
-
-
-def image_keys(seed: int, files: Sequence[str]) -> jax.Array:
-    """``(N, 2)`` keys from the seed and each image's file name (``gj.keys.image_keys`` of the base
-    names): the same image, seed and method give the same map from ``demo``, ``explain`` and ``evaluate``."""
-    return gj.keys.file_keys(seed, files)
-
-
-def method_options(method: str, *, n: int | None, chunk_size: int | None, mean, std) -> dict:
-    """The options the CLI jobs pass to ``gj.explain``: ``n``, ``chunk_size`` and the input scaling, where
-    ``method`` takes them; ``n=None`` keeps the method's default."""
-    options = {"n": n, "chunk_size": chunk_size, **input_scaling(mean, std)}
-    return {k: v for k, v in options.items() if v is not None and k in gj.METHOD_RECORDS[method].defaults}
-
-
 def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, maps: np.ndarray, *,
                  batch_size: int, metric_batch_size: int | None, mean=gj.data.IMAGENET_MEAN,
                  std=gj.data.IMAGENET_STD) -> dict[str, np.ndarray]:
@@ -227,7 +75,8 @@ def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarra
     parts: dict[str, list] = {}
     n = images.shape[0]
     bs = min(batch_size, n)
-    for a, b in _batches(n, bs):
+    for a in range(0, n, bs):
+        b = min(a + bs, n)
         (x, y, s), _ = pad_rows((images[a:b], labels[a:b].astype(np.int32), maps[a:b]), bs)
         values = gj.metrics.score(model, x, y, s, metrics=("rcap", "dauc", "iauc"),
                                   copies_per_call=metric_batch_size, mean=mean, std=std)
@@ -336,23 +185,6 @@ DEMO_SIZE = 160
 """Default demo input side: at 160 px, with its own input scaling, Lite0 gives the four photos Egyptian
 cat 0.62, espresso 0.98, drilling platform 0.70 and moped 0.99 (measured 2026-11-27), and the demo
 costs about half of 224 px."""
-
-
-def _checked_model(methods: Sequence[str], model_name: str, checkpoint: str | None, size: int):
-    """Check the method names, load the model, check ``size`` against it: ``(model, info, mean, std)``."""
-    from gag_jax.experiments.modelzoo import (
-        check_input_size,
-        load_model,
-        model_normalization,
-    )
-
-    for m in methods:
-        if m not in gj.METHOD_RECORDS:
-            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHOD_RECORDS)}")
-    model, info = load_model(model_name, checkpoint, image_size=size)
-    check_input_size(model, size, name=model_name, option="--size")
-    mean, std = model_normalization(model_name)
-    return model, info, mean, std
 
 
 def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int | None = None,
@@ -500,180 +332,3 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     return DemoResult(out_dir, files, table, predictions, seconds)
 
 
-EXPLAIN_CSV_COLUMNS = ("image", "file_stem", "method", "label", "class_name", "probability")
-"""The columns of ``explain.csv``: one row per (image, method) whose map is in the folder."""
-
-
-def _read_explain_csv(path: str, out_dir: str) -> list[dict]:
-    """The rows of an existing ``explain.csv`` (none when there is no file). A file written before the
-    ``method`` column existed gets one row per map of its image found in ``out_dir``."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for row in rows:
-        if row.get("method"):
-            out.append({k: row.get(k, "") for k in EXPLAIN_CSV_COLUMNS})
-            continue
-        for m in gj.PRESETS:
-            if os.path.isfile(os.path.join(out_dir, f"{row.get('file_stem', '')}_{m}.npy")):
-                out.append({**{k: row.get(k, "") for k in EXPLAIN_CSV_COLUMNS}, "method": m})
-    return out
-
-
-def _write_explain_csv(path: str, rows: Sequence[Mapping]) -> None:
-    """Write ``rows`` to ``path`` through a temporary file (an interrupted run leaves the old file whole)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(EXPLAIN_CSV_COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], model_name: str,
-                checkpoint: str | None = None, labels: Sequence[int] | None = None, size: int = 224,
-                n: int | None = None, seed: int = 0, batch_size: int = 8, chunk_size: int | None = None,
-                resize_mode: str = "center_crop", report: Callable[[str], None] = print,
-                notice: Callable[[str], None] | None = None, progress: bool = False,
-                top_k: int | None = None) -> dict:
-    """Explain image files (or folders of images): an overlay PNG and a ``.npy`` map per (image, method).
-
-    Files written: ``<stem>_<method>.npy`` (float32 ``(size, size)`` in [0, 1]),
-    ``<stem>_<method>.png`` (image | map over the image | map, colour bar, titled with the method,
-    the class and its probability, ``P(class) = 0.62``) and ``explain.csv`` (one row per image and
-    method: image, file stem, method, label, class name, probability of the label). A second run into
-    the same folder keeps the rows of the first and replaces those of the same (file stem, method);
-    ``explain.csv`` is rewritten (atomically) after each method, so it lists exactly the maps written.
-    Nothing is written, not even ``out_dir``, when no image could be read or the labels do not fit.
-    With ``top_k``, each image is explained for the model's ``top_k`` classes in one call per batch
-    (``labels (B, K)``: the forward passes and the noise / path sweep shared); the files and the rows'
-    ``file_stem`` are then ``<stem>_top<r>_<class index>_<class name>`` (``cat_top1_285_egyptian_cat_gag.npy``).
-
-    Args:
-      paths: image files and / or folders.
-      out_dir: output directory.
-      methods: ``gj.PRESETS`` entries.
-      model_name, checkpoint: the classifier (see ``modelzoo.load_model``).
-      labels: one target class per image in reading order, or None for the model's top-1.
-      top_k: explain the model's ``top_k`` classes of each image instead (not with ``labels``).
-      size: input side.
-      n: modifications per method (None: the method's default, 20 for the paper's).
-      seed: PRNG seed.
-      batch_size: images per explainer call.
-      chunk_size: modifications per vmapped chunk.
-      resize_mode: ``center_crop`` or ``squash``.
-      report: one line per skipped file.
-      notice: one line naming the images much smaller than ``size`` (upscaled; default ``report``).
-      progress: show a tqdm bar (stderr) over images x methods.
-
-    Returns:
-      ``{"written": [paths], "skipped": [lines], "images": [names], "rows": rows in explain.csv}``.
-
-    Raises:
-      ValueError: unknown method; BadInputError: a label count or class that does not fit.
-      InputTooSmallError: ``size`` below the smallest input side the model takes (named).
-      FileNotFoundError: a path that does not exist.
-    """
-    from gag_jax.experiments.modelzoo import (
-        imagenet_class_names,
-    )
-
-    model, info, mean, std = _checked_model(methods, model_name, checkpoint, size)
-    bad: list[str] = []
-
-    def note(line: str) -> None:
-        bad.append(line)
-        report(line)
-
-    pixels, x, names = read_images(paths, size, report=note, resize_mode=resize_mode, mean=mean, std=std,
-                                   notice=notice or report)
-    if not names:  # nothing to write: no output folder either
-        return {"written": [], "skipped": bad, "images": [], "rows": 0}
-    probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
-    if top_k is not None:
-        if labels is not None or not 1 <= top_k <= probs.shape[1]:
-            raise BadInputError(f"top-{top_k} needs 1 <= K <= {probs.shape[1]} (the model's classes) and no labels")
-        y = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k].astype(np.int32)  # (N, K), most probable first
-    elif labels is None:
-        y = probs.argmax(-1).astype(np.int32)
-    else:
-        y = np.asarray(list(labels), np.int32)
-        if y.shape[0] == 1 and len(names) > 1:
-            y = np.repeat(y, len(names))
-        if y.shape[0] != len(names):
-            raise BadInputError(f"--labels gave {y.shape[0]} labels for {len(names)} readable images "
-                                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); give one per image "
-                                "or one for all")
-        if y.min() < 0 or y.max() >= probs.shape[1]:
-            raise BadInputError(f"--labels must lie in [0, {probs.shape[1]}) for this model; got "
-                                f"{int(y.min() if y.min() < 0 else y.max())}")
-    classes = imagenet_class_names() if info["num_classes"] == 1000 else [str(i) for i in range(info["num_classes"])]
-    stems = [os.path.splitext(nm)[0] for nm in names]
-    # two files with the same stem (a.jpg, a.png): keep both
-    seen: dict[str, int] = {}
-    for i, s in enumerate(stems):
-        if s in seen:
-            stems[i] = f"{s}_{os.path.splitext(names[i])[1].lstrip('.')}"
-        seen[s] = i
-    keys = image_keys(seed, names)
-    # one (file stem, class) per map of each image: its own stem, or one per top-k class named by it
-    targets = [[(stem, int(y[i]))] if top_k is None else
-               [(f"{stem}_top{r + 1}_{c}_{_file_slug(classes[c])}", int(c)) for r, c in enumerate(y[i])]
-               for i, stem in enumerate(stems)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(methods) * len(names), unit="img", desc="explain", dynamic_ncols=True)
-
-    def explain(m: str, batches: Sequence[int]) -> np.ndarray:
-        if bar is not None:
-            bar.set_postfix(method=m)
-        try:
-            return explain_arrays(model, x, y, m, key=keys, batch_size=batch_size,
-                                  options=method_options(m, n=n, chunk_size=chunk_size, mean=mean, std=std),
-                                  progress=None if bar is None else bar.update, batches=batches)
-        except ValueError as err:  # gj.explain: an option that does not fit the images or the model
-            raise BadInputError(f"method {m!r}: {' '.join(str(err).split())}") from None
-
-    written = []
-    try:
-        # the first batch of every method before anything is written: a method that cannot run with
-        # these images and options is refused with the folder untouched (and compiled meanwhile)
-        first = {m: explain(m, [0]) for m in methods}
-        os.makedirs(out_dir, exist_ok=True)
-        table = os.path.join(out_dir, "explain.csv")
-        earlier = _read_explain_csv(table, out_dir)
-        new_rows: dict[tuple[str, str], dict] = {}
-        num_batches = -(-len(names) // min(batch_size, len(names)))
-        for m in methods:
-            rest = explain(m, range(1, num_batches)) if num_batches > 1 else None
-            maps = first.pop(m) if rest is None else np.concatenate([first.pop(m), rest])  # (N[, K], H, W)
-            for i in range(len(stems)):
-                for t, (stem, c) in enumerate(targets[i]):
-                    image_map = maps[i] if top_k is None else maps[i, t]
-                    npy = os.path.join(out_dir, f"{stem}_{m}.npy")
-                    np.save(npy, image_map.astype(np.float32))
-                    title = f"{label_of(m)}: {names[i]}, {probability_text(classes[c], float(probs[i, c]))}"
-                    png = figures.save_overlay(os.path.join(out_dir, f"{stem}_{m}.png"), pixels[i], image_map,
-                                               title=title)
-                    written += [npy, png]
-                    new_rows[(stem, m)] = {"image": names[i], "file_stem": stem, "method": m, "label": c,
-                                           "class_name": classes[c], "probability": f"{probs[i, c]:.6f}"}
-            rows = [r for r in earlier if (r["file_stem"], r["method"]) not in new_rows]
-            order = {(stem, m): (i, t, j) for i in range(len(stems)) for t, (stem, _) in enumerate(targets[i])
-                     for j, m in enumerate(methods)}
-            rows += sorted(new_rows.values(), key=lambda r: order[r["file_stem"], r["method"]])
-            _write_explain_csv(table, rows)
-    finally:
-        if bar is not None:
-            bar.close()
-    written.append(table)
-    return {"written": written, "skipped": bad, "images": names, "rows": len(rows)}
-
-
-def _file_slug(name: str) -> str:
-    """A class name as part of a file name: lower case, runs of other characters as ``_``."""
-    return "_".join("".join(ch if ch.isalnum() else " " for ch in name.lower()).split()) or "class"

@@ -49,8 +49,8 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
 
     import gag_jax as gj
     from gag_jax import user_code
+    from gag_jax.data import read_images
     from gag_jax.data._common import list_image_files
-    from gag_jax.experiments.demo import read_images
     from gag_jax.experiments.modelzoo import TINY, model_normalization
     from gag_jax.experiments.specs import input_scaling
 
