@@ -18,9 +18,10 @@ same options:
   1 .. the cores JAX uses, measured first: on a loaded host more torch threads can be several times
   slower). Seconds per image = seconds / count.
 
-Bounds. ``passes`` = model forward passes per image (:data:`PAIRS`' metric's cost); ``limit`` = passes x
+Bounds. ``passes`` = model forward passes per image (the metric's registry cost); ``limit`` = passes x
 gag-jax's batched forward seconds per copy (``copies_per_call="auto"``), the time the metric cannot
-beat; Quantus's own model time = passes x torch's forward seconds per image at its batch size. A
+beat; Quantus's own model time = passes x torch's forward seconds per image at its batch size; both
+forward rates are measured right after each metric's runs (the shared host's load drifts). A
 metric is "host"-bound in Quantus when Quantus takes more than 1.5x its model time, else "model".
 
 :data:`PAIRS` maps a gag-jax metric name to its Quantus class and the options on both sides: the other
@@ -77,11 +78,11 @@ PAIRS: dict[str, Pair] = {
     "faithfulness_correlation": Pair("FaithfulnessCorrelation", {"nr_runs": 100, "subset_size": 224},
                                      {"runs": 100, "subset_size": 224}, random=True, note="100 runs, subset 224"),
     "faithfulness_estimate": Pair("FaithfulnessEstimate", {"features_in_step": 896}, {"features_in_step": 896},
-                                  note="896 features (~299 px) per step, 168 steps"),
+                                  note="896 features (298 2/3 px) per step, 168 steps"),
     "infidelity": Pair("Infidelity", {"perturb_patch_sizes": [16], "n_perturb_samples": 1}, {"patch_sizes": (16,)},
                        note="16 px patches (196); Quantus n_perturb_samples=1 (its 10 repeat one deterministic run)"),
     "pixel_flipping": Pair("PixelFlipping", {"features_in_step": 896}, {"features_in_step": 896},
-                           note="896 features per step, 168 steps"),
+                           note="896 features per step, 168 steps (as estimate)"),
     "region_perturbation": Pair("RegionPerturbation", {"patch_size": 8, "regions_evaluation": 100},
                                 {"patch_size": 8, "regions": 100}, note="8 px patches, 100 regions (defaults)"),
     "selectivity": Pair("Selectivity", {"patch_size": 16}, {"patch_size": 16}, note="16 px patches (196)"),
@@ -93,7 +94,7 @@ PAIRS: dict[str, Pair] = {
     # other categories: run when gj.metrics has them (their engineers own the rows)
     "sparseness": Pair("Sparseness", {}, {}),
     "complexity": Pair("Complexity", {}, {}),
-    "effective_complexity": Pair("EffectiveComplexity", {}, {}),
+    "effective_complexity": Pair("EffectiveComplexity", {}, {}),  # (map-only: no model passes)
     "attribution_localisation": Pair("AttributionLocalisation", {}, {}, masks=True),
     "top_k_intersection": Pair("TopKIntersection", {}, {}, masks=True),
     "relevance_rank_accuracy": Pair("RelevanceRankAccuracy", {}, {}, masks=True),
@@ -196,24 +197,34 @@ def _passes(name: str, pair: Pair, shape) -> Optional[int]:
 # forward rates (the limits)
 # ----------------------------------------------------------------------------------------------
 
-def gj_seconds_per_copy(fns, images, copies: Optional[int], calls: int = 8) -> float:
-    """gag-jax's batched forward: seconds per copy in calls of ``copies`` copies (a ``lax.map`` over
-    ``calls`` calls inside one jitted program, as the metrics run them)."""
+def gj_forward_timer(fns, images, copies: Optional[int], calls: int = 16) -> Callable[[], float]:
+    """A function timing gag-jax's batched forward: seconds per copy in calls of ``copies`` copies (a
+    ``lax.map`` over ``calls`` calls inside one jitted program, as the metrics run them); compiled once,
+    timed again at each call (so each metric's limit is measured next to it, under the same load)."""
     size = copies or len(images)
-    idx = jnp.arange(size * calls) % len(images)
+    idx = (jnp.arange(size * calls) % len(images)).reshape(calls, size)
 
     @jax.jit
-    def run(model, x):
-        return jax.lax.map(lambda i: model(x[i]).sum(), idx.reshape(calls, size))
+    def run(model, x, i):
+        return jax.lax.map(lambda j: model(x[j]).sum(), i)
 
     x = jnp.asarray(images)
-    jax.block_until_ready(run(fns, x))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready(run(fns, x))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / (size * calls)
+    jax.block_until_ready(run(fns, x, idx))
+
+    def seconds_per_copy() -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(run(fns, x, idx))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) / (size * calls)
+
+    return seconds_per_copy
+
+
+def gj_seconds_per_copy(fns, images, copies: Optional[int], calls: int = 16) -> float:
+    """One measurement of :func:`gj_forward_timer`."""
+    return gj_forward_timer(fns, images, copies, calls)()
 
 
 def fastest_threads(tm, x_nchw, cores: int) -> int:
@@ -284,8 +295,8 @@ def main(argv: Optional[list[str]] = None) -> str:
     skipped = [n for n in names if n not in PAIRS or not _gj_has(n)]
     names = [n for n in names if n in PAIRS and _gj_has(n)]
     copies = gj.metrics.default_batch_size("cpu")
-    gj_copy_s = gj_seconds_per_copy(fns, images, copies)
-    torch_s = {b: torch_seconds_per_image(tm, x_nchw, b) for b in sorted({1, args.count})}
+    forward = gj_forward_timer(fns, images, copies)
+    gj_copies, torch_s = [], {b: [] for b in sorted({1, args.count})}
 
     rows = []
     for name in names:
@@ -308,13 +319,22 @@ def main(argv: Optional[list[str]] = None) -> str:
             theirs, error = None, f"{type(err).__name__}: {err}"[:80]
         q_s = time.perf_counter() - t0
         passes = _passes(name, pair, images.shape[1:])
+        copy_s, torch_b = None, 1 if pair.per_image else args.count
+        torch_img_s = None
+        if passes:  # the forward rates next to this metric's runs, under the same load
+            copy_s = forward()
+            torch_img_s = torch_seconds_per_image(tm, x_nchw, torch_b)
+            gj_copies.append(copy_s)
+            torch_s[torch_b].append(torch_img_s)
         rows.append(dict(name=name, pair=pair, ours=ours, theirs=theirs, error=error, first=first / args.count,
                          warm=warm / args.count, quantus=q_s / args.count, passes=passes,
-                         limit=passes * gj_copy_s if passes else None,
-                         q_model=None if passes is None else passes * torch_s[1 if pair.per_image else args.count]))
+                         limit=passes * copy_s if passes else None,
+                         q_model=passes * torch_img_s if passes else None))
         print(f"{name}: gj {warm / args.count:.3f} s/img (first {first / args.count:.2f}), quantus "
               f"{q_s / args.count:.3f} s/img, max |diff| "
               f"{'n/a' if theirs is None else f'{np.max(np.abs(ours - theirs)):.2e}'}", flush=True)
+    gj_copy_s = statistics.median(gj_copies) if gj_copies else forward()
+    torch_s = {b: statistics.median(v) for b, v in torch_s.items() if v}
     return _table(rows, args, source, threads, gj_copy_s, torch_s, copies, skipped)
 
 
@@ -330,9 +350,11 @@ def _table(rows, args, source, threads, gj_copy_s, torch_s, copies, skipped) -> 
              f"{os.getloadavg()[0]:.1f} at the end); {args.count} x {args.size}^2 ({source}); EfficientNet-Lite0 (real "
              f"weights) in torch (Quantus) and Flax (gag-jax); SmoothGrad maps (n = 20) each scaled to max|a| = 1. "
              f"gag-jax: `copies_per_call=\"auto\"` ({copies} copies per model call), warm call (first call, with "
-             f"compilation, in brackets). Forward seconds per copy: gag-jax batched {gj_copy_s:.4f}; torch "
+             f"compilation, in brackets). Forward seconds per copy (medians of the measurements taken next to each "
+             f"metric): gag-jax batched {gj_copy_s:.4f}; torch "
              + ", ".join(f"batch {b} {s:.4f}" for b, s in torch_s.items()) + ". `limit` = passes x gag-jax's "
-             "batched forward; `Quantus model` = passes x torch's forward; bound = host where Quantus takes "
+             "batched forward and `Quantus model` = passes x torch's forward, both measured right after the "
+             "metric's runs; bound = host where Quantus takes "
              "> 1.5x its model time. `agree` = max |gag-jax - Quantus| over the images (random metrics: "
              "different draws, so means only).", "",
              "| metric | options | passes/img | Quantus s/img | gag-jax s/img | speed-up | limit s/img | "
@@ -345,7 +367,9 @@ def _table(rows, args, source, threads, gj_copy_s, torch_s, copies, skipped) -> 
         if r["theirs"] is None:
             agree, means = r["error"], f"{np.nanmean(r['ours']):.4g} / n/a"
         else:
-            agree = "random draws" if r["pair"].random else f"{np.nanmax(np.abs(r['ours'] - r['theirs'])):.1e}"
+            diff = np.nanmax(np.abs(r["ours"] - r["theirs"]))
+            scale = np.nanmax(np.abs(r["theirs"])) or 1.0
+            agree = "random draws" if r["pair"].random else f"{diff:.1e} (rel {diff / scale:.0e})"
             means = f"{np.nanmean(r['ours']):.4g} / {np.nanmean(r['theirs']):.4g}"
         lines.append(
             f"| {r['name']} | {r['pair'].note or '-'} | {_fmt(r['passes'], '{:d}')} | {_fmt(r['quantus'])} | "

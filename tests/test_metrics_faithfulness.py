@@ -429,15 +429,21 @@ def test_irof_matches_quantus_one_image_at_a_time(setup, quantus_setup, monkeypa
 # ----------------------------------------------------------------------------------------------
 
 def test_random_metrics_do_not_depend_on_the_batch(setup):
+    """Same image, same key, another batch (other neighbours, other positions) -> same value."""
     model, x, y, a, *_ = setup
     keys = jax.random.split(jax.random.PRNGKey(7), B)
+    other_keys = jax.random.split(jax.random.PRNGKey(8), B)
+    perm = np.array([2, 0, 1])
+    x2, a2 = x[perm].copy(), a[perm].copy()
+    x2[1], a2[1] = -x[0], a[1]  # image 0 replaced by another one in the second batch
+    keys2 = keys[perm].at[1].set(other_keys[0])
     for fn, opts, name in ((F.faithfulness_correlation, {"runs": 6, "subset_size": 10}, "faithfulness_correlation"),
                            (F.monotonicity_correlation, {"features_in_step": 72, "nr_samples": 2},
                             "monotonicity_correlation")):
-        full = fn(model, x, y, a, key=keys, **opts)[name]
-        part = fn(model, x[1:], y[1:], a[1:], key=keys[1:], **opts)[name]
-        np.testing.assert_allclose(full[1:], part, rtol=1e-6)
-        other = fn(model, x, y, a, key=jax.random.split(jax.random.PRNGKey(8), B), **opts)[name]
+        full = np.asarray(fn(model, x, y, a, key=keys, **opts)[name])
+        moved = np.asarray(fn(model, x2, y[perm], a2, key=keys2, **opts)[name])
+        np.testing.assert_allclose(moved[[0, 2]], full[[2, 1]], rtol=1e-6)
+        other = fn(model, x, y, a, key=other_keys, **opts)[name]
         assert not np.allclose(full, other)  # the draws do come from the keys
 
 
@@ -486,3 +492,19 @@ def test_bad_inputs_raise_value_error(setup):
         F.selectivity(model, x, np.array([0, 1, K]), a, patch_size=6)
     with pytest.raises(ValueError, match="NaN"):
         F.selectivity(model, x, y, np.where(a > 0.5, np.nan, a), patch_size=6)
+
+
+def test_registry_records(setup):
+    import gag_jax.metrics as gm
+
+    model, x, y, a, *_ = setup
+    names = ("faithfulness_correlation", "faithfulness_estimate", "infidelity", "pixel_flipping",
+             "region_perturbation", "selectivity", "irof", "monotonicity_correlation")
+    assert all(gm.metric(n).category == "faithfulness" for n in names)
+    assert {n for n in names if "key" in gm.metric(n).needs} == {"faithfulness_correlation", "monotonicity_correlation"}
+    assert gm.metric("pixel_flipping").cost({"features_in_step": 224}) == 3 * 224  # 224 channel values per step
+    assert gm.metric("selectivity").forward_passes({"patch_size": 6}, (H, W, C)) == 4
+    record = gm.metric("selectivity")
+    out = record.function(model, x, y, a, patch_size=6)
+    assert set(record.curves) <= set(out)
+    np.testing.assert_allclose(out["selectivity"], F.selectivity(model, x, y, a, patch_size=6)["selectivity"])
