@@ -56,7 +56,7 @@ AXIS = "batch"
 __all__ = [
     "AXIS", "ShardedExplainer", "batch_sharding", "explain_sharded", "gather", "initialize", "make_mesh",
     "num_steps", "pad_rows", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
-    "shard_batch",
+    "round_to_devices", "shard_batch",
 ]
 
 
@@ -189,6 +189,22 @@ def local_mesh() -> Mesh | None:
     return make_mesh(devices) if len(devices) > 1 else None
 
 
+def round_to_devices(batch_size: int, mesh: Mesh | None) -> int:
+    """``batch_size`` rounded up to a multiple of ``mesh``'s device count, so a batch shards evenly
+    over its devices (the added rows are padding); unchanged without a mesh (``local_mesh()`` of one
+    device). Every command rounds its batch here (``evaluate``, ``demo``, ``explain``, ``sanity``,
+    :func:`shard_batch`, :class:`ShardedExplainer`).
+
+    Examples:
+      >>> round_to_devices(5, make_mesh(jax.devices()[:1]))
+      5
+    """
+    if mesh is None:
+        return int(batch_size)
+    devices = mesh.devices.size
+    return -(-int(batch_size) // devices) * devices
+
+
 def shard_rows(arrays: Sequence[Any], mesh: Mesh | None) -> list:
     """Place each array's leading (batch) axis across ``mesh`` (NamedSharding); unchanged without a
     mesh or when the batch does not divide over its devices. jit then runs the computation SPMD
@@ -252,7 +268,7 @@ def shard_batch(arrays: Sequence[Any], mesh: Mesh, batch_size: int | None = None
     count = jax.process_count()
     devices = mesh.devices.size
     if batch_size is None:
-        batch_size = -(-b * count // devices) * devices
+        batch_size = round_to_devices(b * count, mesh)
     if batch_size % devices:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the device count {devices}")
     if batch_size % count:
@@ -413,8 +429,7 @@ class ShardedExplainer:
         """Pad and shard host arrays: ``([images, labels], valid)`` (see ``shard_batch``)."""
         b = np.shape(images)[0]
         if self.batch_size is None:
-            devices = self.mesh.devices.size
-            self.batch_size = -(-b * jax.process_count() // devices) * devices
+            self.batch_size = round_to_devices(b * jax.process_count(), self.mesh)
             self._check_batch_size(self.batch_size)
         return shard_batch([np.asarray(images, np.float32), np.asarray(labels, np.int32)], self.mesh,
                            self.batch_size, valid)
@@ -499,8 +514,7 @@ def explain_sharded(method: str, model, images, labels, key, *, mesh: Mesh | Non
     """
     mesh = make_mesh() if mesh is None else mesh
     if batch_size is None:
-        devices = mesh.devices.size
-        batch_size = -(-np.shape(images)[0] * jax.process_count() // devices) * devices
+        batch_size = round_to_devices(np.shape(images)[0] * jax.process_count(), mesh)
     options = explainers_lib.resolve_options(method, options)
     model = as_model_functions(model)
     sharded = _cached(method, options, jax.tree_util.tree_structure(model), postprocess, mesh, batch_size)

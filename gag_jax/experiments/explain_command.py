@@ -48,8 +48,8 @@ def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndar
     n = images.shape[0]
     bs = min(batch_size, n)
     mesh = gj.distributed.local_mesh()  # several local devices: the batch axis is sharded over them
+    bs = gj.distributed.round_to_devices(bs, mesh)
     if mesh is not None:
-        bs = -(-bs // mesh.devices.size) * mesh.devices.size
         model = gj.distributed.replicate(model, mesh)
     for i, (a, b) in enumerate(_batches(n, bs)):
         if batches is not None and i not in batches:

@@ -244,9 +244,7 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
     # fewer kept images than a batch: one batch of exactly those (no padding computed for nothing);
     # several local devices: a multiple of their count, so the batch shards evenly (padding flagged)
     batch_size = max(1, min(batch_size, len(rows)))
-    mesh = gj.distributed.local_mesh()
-    if mesh is not None:
-        batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    batch_size = gj.distributed.round_to_devices(batch_size, gj.distributed.local_mesh())
     return Plan(np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(targets, np.int32), batch_size, seen,
                 unlabelled)
 
