@@ -124,7 +124,7 @@ def chunk_plan(n: int, batch_size: int | None) -> tuple[int, int, int]:
 
 
 def target_probs_of_items(model_fn: ModelFn, make_inputs: Callable, items: tuple,
-                          labels: jax.Array, batch_size: int | None):
+                          labels: jax.Array, batch_size: int | None, softmax: bool = True):
     """Softmax probability of each item's target class, the inputs built chunk by chunk.
 
     Args:
@@ -137,14 +137,15 @@ def target_probs_of_items(model_fn: ModelFn, make_inputs: Callable, items: tuple
         so memory holds one chunk of copies at a time; no padding copies).
 
     Returns:
-      ``probs (n,)`` float32 and ``bad_label`` (bool scalar: some label outside ``[0, K)``).
+      ``probs (n,)`` float32 (the target logits with ``softmax=False``) and ``bad_label`` (bool scalar:
+      some label outside ``[0, K)``).
     """
     n = labels.shape[0]
 
     def chunk(args):
         *its, lab = args
         logits = jnp.asarray(model_fn(make_inputs(*its))).astype(jnp.float32)
-        probs = jax.nn.softmax(logits, axis=-1)
+        probs = jax.nn.softmax(logits, axis=-1) if softmax else logits
         k = logits.shape[-1]
         bad = jnp.any((lab < 0) | (lab >= k))
         p = jnp.take_along_axis(probs, jnp.clip(lab, 0, k - 1)[:, None], axis=1)[:, 0]

@@ -140,33 +140,12 @@ def _baseline_values(images: jax.Array, baseline) -> jax.Array:
 def _scores_of_items(model_fn: ModelFn, make_inputs, items: tuple, labels: jax.Array, batch_size: int | None,
                      softmax: bool):
     """The target class's softmax probability (``softmax``) or logit of each item's copy, the copies
-    built chunk by chunk (as :func:`gag_jax.metrics._common.target_probs_of_items`, which gives
-    probabilities only).
+    built chunk by chunk: :func:`gag_jax.metrics._common.target_probs_of_items`.
 
     Returns:
       ``scores (n,)`` float32 and ``bad_label`` (bool scalar: a label outside ``[0, K)``).
     """
-    n = labels.shape[0]
-
-    def chunk(args):
-        *its, lab = args
-        logits = jnp.asarray(model_fn(make_inputs(*its))).astype(jnp.float32)
-        out = jax.nn.softmax(logits, axis=-1) if softmax else logits
-        k = logits.shape[-1]
-        bad = jnp.any((lab < 0) | (lab >= k))
-        return jnp.take_along_axis(out, jnp.clip(lab, 0, k - 1)[:, None], axis=1)[:, 0], bad
-
-    args = (*items, labels)
-    size, full, rest = C.chunk_plan(n, batch_size)
-    if full == 1 and rest == 0:
-        return chunk(args)
-    head = size * full
-    s, bad = jax.lax.map(chunk, tuple(a[:head].reshape((full, size) + a.shape[1:]) for a in args))
-    s, bad = s.reshape(-1), jnp.any(bad)
-    if rest:
-        s_rest, bad_rest = chunk(tuple(a[head:] for a in args))
-        s, bad = jnp.concatenate([s, s_rest]), bad | bad_rest
-    return s, bad
+    return C.target_probs_of_items(model_fn, make_inputs, items, labels, batch_size, softmax=softmax)
 
 
 def _original_scores(model_fn, images, labels, batch_size, softmax):
