@@ -17,8 +17,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
@@ -219,9 +217,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     Raises:
       ValueError: unknown method; BadInputError: no readable image.
     """
-    from gag_jax.experiments.modelzoo import (
-        imagenet_class_names,
-    )
+    from gag_jax.experiments.modelzoo import imagenet_class_names, predict_top1
 
     t0 = time.perf_counter()
     methods = list(gj.METHODS) if not methods else list(methods)
@@ -237,10 +233,9 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     names = [demo_names.get(nm, os.path.splitext(nm)[0]) for nm in names]
     t_load = time.perf_counter()
 
-    probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
-    labels = probs.argmax(-1).astype(np.int32)
+    labels, top_probs = predict_top1(model, x, batch_size=batch_size)
     classes = imagenet_class_names() if info["num_classes"] == 1000 else [str(i) for i in range(info["num_classes"])]
-    predictions = [(nm, int(c), classes[c], float(probs[i, c])) for i, (nm, c) in enumerate(zip(names, labels))]
+    predictions = [(nm, int(c), classes[c], float(p)) for nm, c, p in zip(names, labels, top_probs)]
     for nm, c, cname, p in predictions:
         report(f"  {nm}: {probability_text(cname, p)}")
 

@@ -170,9 +170,7 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
       InputTooSmallError: ``size`` below the smallest input side the model takes (named).
       FileNotFoundError: a path that does not exist.
     """
-    from gag_jax.experiments.modelzoo import (
-        imagenet_class_names,
-    )
+    from gag_jax.experiments.modelzoo import class_probabilities, imagenet_class_names, top1_of
 
     model, info, mean, std = _checked_model(methods, model_name, checkpoint, size)
     bad: list[str] = []
@@ -185,13 +183,13 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
                                    notice=notice or report)
     if not names:  # nothing to write: no output folder either
         return {"written": [], "skipped": bad, "images": [], "rows": 0}
-    probs = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x)), axis=-1))
+    probs = class_probabilities(model, x, batch_size=batch_size)  # (N, K)
     if top_k is not None:
         if labels is not None or not 1 <= top_k <= probs.shape[1]:
             raise BadInputError(f"top-{top_k} needs 1 <= K <= {probs.shape[1]} (the model's classes) and no labels")
         y = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k].astype(np.int32)  # (N, K), most probable first
     elif labels is None:
-        y = probs.argmax(-1).astype(np.int32)
+        y = top1_of(probs)[0]
     else:
         y = np.asarray(list(labels), np.int32)
         if y.shape[0] == 1 and len(names) > 1:

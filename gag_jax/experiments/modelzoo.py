@@ -6,10 +6,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import gag_jax as gj
 from gag_jax import models, user_code
 from gag_jax._signature import source_of
+from gag_jax.data import pad_rows
 
 TINY = "tiny"
 """Name of the small synthetic-case CNN (:mod:`gag_jax.experiments.tiny`)."""
@@ -136,6 +138,50 @@ def load_or_train(name: str, checkpoint: str | os.PathLike | None, *, num_classe
         training = {k: v for k, v in trained.items() if k != "path"}
     model, info = load_model(name, checkpoint, num_classes=num_classes, image_size=image_size)
     return model, info, training
+
+
+@jax.jit
+def _softmax(model: gj.ModelFunctions, images: jax.Array) -> jax.Array:
+    return jax.nn.softmax(jnp.asarray(model.logits(images)).astype(jnp.float32), axis=-1)
+
+
+def class_probabilities(model: gj.ModelFunctions, images, *, batch_size: int | None = None) -> np.ndarray:
+    """The model's softmax ``(N, K)`` float32 of ``images (N, H, W, C)``, as every command computes it.
+
+    Fixed-size batches of ``batch_size`` (None: all ``N`` in one), rounded up to the local device
+    count (``gj.distributed.round_to_devices``) and sharded over the local devices; the last batch
+    is padded by repeating its last image, and the padding dropped. One compile per batch shape
+    (the model is a jit argument).
+    """
+    model = gj.model.as_model_functions(model)
+    n = int(images.shape[0])
+    if n == 0:
+        raise ValueError("class_probabilities needs at least one image; got shape " + str(tuple(images.shape)))
+    mesh = gj.distributed.local_mesh()
+    bs = gj.distributed.round_to_devices(min(batch_size or n, n), mesh)
+    if mesh is not None:
+        model = gj.distributed.replicate(model, mesh)
+    out = []
+    for a in range(0, n, bs):
+        (x,), _ = pad_rows((jnp.asarray(images[a:a + bs]),), bs)
+        (x,) = gj.distributed.shard_rows([x], mesh)
+        out.append(np.asarray(_softmax(model, x))[: min(bs, n - a)])
+    return np.concatenate(out)
+
+
+def top1_of(probs) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes (N,) int32, probabilities (N,) float32)``: the most probable class of each row of
+    ``probs (N, K)`` (the first one on a tie) and its probability."""
+    probs = np.asarray(probs)
+    classes = probs.argmax(-1).astype(np.int32)
+    return classes, np.take_along_axis(probs, classes[:, None], axis=-1)[:, 0]
+
+
+def predict_top1(model: gj.ModelFunctions, images, *, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's top-1 class of each image and its softmax probability, ``((N,) int32, (N,) float32)``:
+    :func:`top1_of` of :func:`class_probabilities` (batched and sharded over the local devices). The
+    one top-1 prediction of ``demo``, ``explain``, ``sanity`` and ``evaluate --target predicted``."""
+    return top1_of(class_probabilities(model, images, batch_size=batch_size))
 
 
 def imagenet_class_names() -> list[str]:

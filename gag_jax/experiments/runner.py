@@ -75,7 +75,6 @@ from gag_jax.experiments.stages import (  # noqa: F401  (re-exported)
     score_batch,
     batch_keys,
     _progress,
-    _predict_fn,
     _SELECTION_KEYS,
     select,
     evaluate_plan,

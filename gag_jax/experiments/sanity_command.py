@@ -51,7 +51,7 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     from gag_jax import user_code
     from gag_jax.data import read_images
     from gag_jax.data._common import list_image_files
-    from gag_jax.experiments.modelzoo import TINY, model_normalization
+    from gag_jax.experiments.modelzoo import TINY, class_probabilities, model_normalization, top1_of
     from gag_jax.experiments.specs import input_scaling
 
     if user_code.is_reference(model_name):
@@ -78,13 +78,13 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     pixels, images, names = read_images(paths[:max_images], size, report=warn, mean=mean, std=std)
     if not names:
         return None
-    logits = np.asarray(module.apply(variables, images))
+    probs = class_probabilities(gj.ModelFunctions.from_module(module, variables), images)  # (N, K)
     if labels is None:
-        y = logits.argmax(-1).astype(np.int32)
+        y = top1_of(probs)[0]
     else:
         y = np.asarray(list(labels) if len(labels) > 1 else list(labels) * len(names), np.int32)
-        if y.shape[0] != len(names) or y.min() < 0 or y.max() >= logits.shape[1]:
-            raise ValueError(f"--labels needs {len(names)} class indices in [0, {logits.shape[1]})")
+        if y.shape[0] != len(names) or y.min() < 0 or y.max() >= probs.shape[1]:
+            raise ValueError(f"--labels needs {len(names)} class indices in [0, {probs.shape[1]})")
     methods = list(methods or gj.METHODS)
     options = {k: v for k, v in (("n", n), ("chunk_size", chunk_size)) if v is not None}
     options.update(input_scaling(mean, std))  # IG's / Guided IG's black baseline in the model's scaling

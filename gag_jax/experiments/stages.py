@@ -24,6 +24,7 @@ from gag_jax.experiments.records import (
     record_path,
     selection_path,
 )
+from gag_jax.experiments.modelzoo import predict_top1
 from gag_jax.experiments.specs import MethodSpec, input_scaling
 
 @dataclasses.dataclass
@@ -169,17 +170,6 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 file=sys.stderr)
 
 
-def _predict_fn(model: gj.ModelFunctions):
-    """A jitted ``images -> (top-1 class (B,), its softmax probability (B,))``."""
-
-    @jax.jit
-    def predict(images):
-        probs = jax.nn.softmax(jnp.asarray(model.logits(images)).astype(jnp.float32), axis=-1)
-        return jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1)
-
-    return predict
-
-
 _SELECTION_KEYS = ("probs", "keep", "valid", "names", "targets")
 
 
@@ -200,7 +190,6 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
     bar = _progress(batches.num_examples, 0, "select", progress)
     rows, targets, seen, unlabelled = [], [], 0, 0
     reader_iter = None
-    predict = _predict_fn(model) if target == "predicted" else None
     for b in range(len(batches)):
         path = selection_path(out_dir, b)
         rec = _load_npz(path) if os.path.exists(path) else None
@@ -215,7 +204,7 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
             batch = next(reader_iter)
             real = np.asarray(batch["valid"], bool)
             if target == "predicted":
-                top, probs = (np.asarray(a) for a in predict(jnp.asarray(batch["images"])))
+                top, probs = predict_top1(model, batch["images"])
                 valid = real
             else:
                 valid = real & (np.asarray(batch["labels"]) >= 0)
