@@ -98,7 +98,7 @@ def run_summary(run_dir: str, manifest: Mapping) -> str:
     if versions.get("cpu_count"):
         machine += f", {versions['cpu_count']} CPU cores"
     summary = (
-        f"Run `{os.path.basename(os.path.normpath(run_dir))}`: case {config.get('case')}, model {config.get('model')}, "
+        f"Run `{os.path.basename(os.path.normpath(run_dir))}`: case {config.get('case')}, model {config.get('model_name', config.get('model'))}, "
         f"{config.get('image_size')} px, {plan.get('images_kept')} of {plan.get('images_seen')} images kept "
         f"(confidence > {config.get('confidence')} on the {config.get('target', 'label')} class), "
         f"{len(manifest.get('methods', []))} rows, status {manifest.get('status')}, finished "
