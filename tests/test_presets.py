@@ -17,7 +17,9 @@ OPTIONS = {
     "vg": {}, "gb": {}, "gradcam": {}, "sg": FAST, "vargrad": FAST, "ig": FAST, "guided_ig": FAST, "blur_ig": FAST,
     "ag": FAST, "gag": FAST, "occlusion": {"window": 4, "stride": 4}, "rise": {"n": 8, "cells": 4, "chunk_size": 8},
     "xrai": {"base_options": {"n": 2}, "scales": (50,), "segment_size": None, "min_size": 10},
+    "attention_rollout": {}, "generic_attention": {},  # on a small ViT (they need attention layers)
 }
+ATTENTION = ("attention_rollout", "generic_attention")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,19 @@ def setup():
     module, variables, _ = tiny_conv_net(size=SIZE, activation="relu")
     model = gj.ModelFunctions.from_module(module, variables, mean=gj.IMAGENET_MEAN, std=gj.IMAGENET_STD)
     images = jax.random.normal(jax.random.PRNGKey(0), (3, SIZE, SIZE, 3))
+    labels = jnp.array([0, 1, 2])
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(1), jnp.arange(3))
+    return model, images, labels, keys
+
+
+@pytest.fixture(scope="module")
+def vit_setup():
+    from gag_jax.models import vit
+
+    module = vit.ViTTiny()
+    images = jax.random.normal(jax.random.PRNGKey(0), (3, 32, 32, 3))
+    variables = module.init(jax.random.PRNGKey(2), images[:1])
+    model = gj.ModelFunctions.from_module(module, variables, mean=(0.5,) * 3, std=(0.5,) * 3)
     labels = jnp.array([0, 1, 2])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(1), jnp.arange(3))
     return model, images, labels, keys
@@ -38,13 +53,13 @@ def test_every_preset_is_listed_with_options():
 
 @pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it
 @pytest.mark.parametrize("name", list(gj.PRESETS))
-def test_preset_shape_range_jit_and_batch_independence(setup, name):
+def test_preset_shape_range_jit_and_batch_independence(setup, vit_setup, name):
     if name == "xrai":
         pytest.importorskip("skimage")
-    model, images, labels, keys = setup
+    model, images, labels, keys = vit_setup if name in ATTENTION else setup
     record = gj.METHOD_RECORDS[name]
     maps = np.asarray(gj.explain(name, model, images, labels, key=keys, **OPTIONS[name]))
-    assert maps.shape == (3, SIZE, SIZE) and maps.dtype == np.float32
+    assert maps.shape == images.shape[:3] and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0 and np.isfinite(maps).all()
     top = maps.max(axis=(1, 2))  # per-image min-max: a map reaches 1, unless it is constant (all zeros)
     assert np.all((np.abs(top - 1.0) < 1e-6) | (top == 0.0))

@@ -28,8 +28,6 @@ from gag_jax.data._common import (
     pad_batch,
     pad_rows,
     prepare_pixels,
-    read_images,
-    upscale_notice,
 )
 from gag_jax.data.layouts import (
     ISIC_CLASSES,
@@ -39,6 +37,9 @@ from gag_jax.data.layouts import (
     list_places365,
 )
 from gag_jax.data.loader import (
+    UPSCALE_NOTICE_FACTOR,
+    read_images,
+    upscale_notice,
     CASE_IMAGE_SIZES,
     CASES,
     LAYOUTS,

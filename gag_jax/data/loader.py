@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from gag_jax.data import layouts
 from gag_jax._validation import check_choice
@@ -503,3 +504,73 @@ def load_image_files(
         skipped.extend(bad)
     pixels = np.stack(pixels) if pixels else np.zeros((0, *hw, 3), np.uint8)
     return pixels, normalize(pixels, mean, std), names
+
+
+UPSCALE_NOTICE_FACTOR = 2.0
+"""An image whose shorter side is below ``size / UPSCALE_NOTICE_FACTOR`` gets a notice: it is upscaled
+that much, and its maps cannot show detail finer than its own pixels."""
+
+
+def upscale_notice(files: Sequence[str], size: int, factor: float = UPSCALE_NOTICE_FACTOR) -> str | None:
+    """One line naming the images whose shorter side is below ``size / factor`` (they are upscaled at
+    least ``factor`` times to ``size``), or None when there is none."""
+    small = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except Exception:  # noqa: BLE001 - it was decoded once already; a notice is not worth failing for
+            continue
+        if min(w, h) * factor <= size:
+            small.append((os.path.basename(path), w, h, size / min(w, h)))
+    if not small:
+        return None
+    if len(small) == 1:
+        name, w, h, up = small[0]
+        return (f"{name} is {w}x{h} px, much smaller than the {size}x{size} input: upscaled {up:.1f}x, so its maps "
+                "show no detail finer than its own pixels")
+    named = ", ".join(f"{name} ({w}x{h})" for name, w, h, _ in small[:3]) + (", ..." if len(small) > 3 else "")
+    return (f"{len(small)} images are much smaller than the {size}x{size} input and were upscaled (up to "
+            f"{max(t[3] for t in small):.1f}x; their maps show no detail finer than their own pixels): {named}")
+
+
+def read_images(paths: Sequence[str], size: int, *, report: Callable[[str], None] = print,
+                resize_mode: str = "center_crop", model=None, mean=None, std=None,
+                notice: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read image files / folders with :func:`load_image_files`, as the commands do (``demo``,
+    ``explain``, ``sanity``): each undecodable file reported in one line, a notice for upscaled images.
+
+    Args:
+      paths: image files and / or folders (a folder: its images, sorted, not recursively).
+      size: input side in pixels.
+      report: receives one line per undecodable file.
+      resize_mode: ``"center_crop"`` or ``"squash"``.
+      model, mean, std: the input scaling, as :func:`load_image_files` (one of them is needed).
+      notice: receives one line (:func:`upscale_notice`) when images much smaller than ``size`` are
+        upscaled (default: ``report``).
+
+    Returns:
+      ``(pixels uint8 (N, S, S, 3), images float32 normalised, names)``; the undecodable files
+      are reported through ``report`` and left out.
+
+    Raises:
+      FileNotFoundError: a path that does not exist.
+    """
+
+    files = []
+    for path in map(os.fspath, paths):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+        files += list_image_files(path) if os.path.isdir(path) else [path]
+    skipped: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported below, one line per file
+        pixels, images, names = load_image_files(files, size, resize_mode=resize_mode, skipped=skipped,
+                                                 model=model, mean=mean, std=std)
+    for s in skipped:
+        report(f"skipping {s.path}: {s.reason}")
+    bad = {s.path for s in skipped}
+    line = upscale_notice([f for f in files if f not in bad], size)
+    if line:
+        (notice or report)(line)
+    return pixels, images, names
