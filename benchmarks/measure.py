@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import pathlib
 import statistics
 import time
@@ -432,3 +433,38 @@ def print_and_append(table: str, append: bool) -> str:
         with open(RESULTS, "a", encoding="utf-8") as f:
             f.write("\n" + table)
     return table
+
+
+def latest_section(heading_prefix: str, results: str | os.PathLike = RESULTS) -> str:
+    """The newest section of ``RESULTS.md`` whose ``## `` heading starts with ``heading_prefix`` (heading
+    and body, up to the next ``## `` heading): what a benchmark wrote, for the README."""
+    text = pathlib.Path(results).read_text(encoding="utf-8")
+    sections = ["## " + part for part in text.split("\n## ")[1:]]
+    found = [s for s in sections if s[3:].startswith(heading_prefix)]
+    if not found:
+        raise SystemExit(f"{results}: no section whose heading starts with {heading_prefix!r}")
+    return found[-1].strip() + "\n"
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.measure readme HEADING SECTION [README]``: copy the newest RESULTS.md section
+    whose heading starts with HEADING into README's section SECTION (between its markers)."""
+    import argparse
+
+    from gag_jax.experiments.readme import replace_section
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.measure")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("readme", help="copy a RESULTS.md section into the README")
+    p.add_argument("heading")
+    p.add_argument("section")
+    p.add_argument("readme", nargs="?", default=str(ROOT / "README.md"))
+    args = parser.parse_args(argv)
+    body = latest_section(args.heading).split("\n", 1)[1].strip()  # the heading stays the README's own
+    replace_section(args.readme, args.section, body)
+    print(f"wrote the newest '{args.heading}...' section of {RESULTS.name} into {args.readme} ({args.section})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
