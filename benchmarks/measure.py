@@ -435,6 +435,26 @@ def print_and_append(table: str, append: bool) -> str:
     return table
 
 
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def photo_files(folder: str | os.PathLike, count: int | None = None) -> list[str]:
+    """The first ``count`` photos of ``folder`` in name order (read in place, never copied)."""
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(PHOTO_EXTENSIONS))
+    return [os.path.join(folder, f) for f in names[:count]]
+
+
+def real_photos(folder: str | os.PathLike, count: int, size: int, model):
+    """``(images (count, size, size, 3) jnp, names)``: the first ``count`` photos of ``folder`` prepared
+    with ``model``'s own input scaling (``gj.data.load_image_files``)."""
+    import jax.numpy as jnp
+
+    import gag_jax as gj
+
+    _, images, names = gj.data.load_image_files(photo_files(folder, count), size, model=model)
+    return jnp.asarray(images), names
+
+
 def latest_section(heading_prefix: str, results: str | os.PathLike = RESULTS) -> str:
     """The newest section of ``RESULTS.md`` whose ``## `` heading starts with ``heading_prefix`` (heading
     and body, up to the next ``## `` heading): what a benchmark wrote, for the README."""

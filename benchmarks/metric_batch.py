@@ -21,6 +21,7 @@ import jax
 
 import gag_jax as gj
 from gag_jax import models
+from benchmarks import measure
 from benchmarks.measure import print_and_append
 from gag_jax.metrics._common import chunk_plan
 
@@ -42,12 +43,10 @@ def main(argv=None) -> str:
     args = p.parse_args(argv)
     sizes = tuple(None if s.strip() == "all" else int(s) for s in args.sizes.split(","))
 
-    files = sorted(f for f in os.listdir(args.photos) if f.lower().endswith((".jpg", ".jpeg", ".png")))
     module, variables = models.load("efficientnet_lite0")
     model = models.model_functions(module, variables)
     logits = model.logits
-    _, images, _ = gj.data.load_image_files([os.path.join(args.photos, f) for f in files[:args.images]], args.size,
-                                            model=model)
+    images, _ = measure.real_photos(args.photos, args.images, args.size, model)
     images = jax.numpy.asarray(images)
     labels = jax.numpy.argmax(logits(images), axis=-1).astype(jax.numpy.int32)
     maps = gj.explain("vg", logits, images, labels, key=jax.random.PRNGKey(0))

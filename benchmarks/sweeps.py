@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import gag_jax as gj
+from benchmarks import measure
 from benchmarks.measure import print_and_append
 from gag_jax import models
 
@@ -45,11 +46,8 @@ def main(argv=None) -> str:
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
 
-    files = sorted(f for f in os.listdir(args.photos) if f.lower().endswith((".jpg", ".jpeg", ".png")))[:args.images]
     model = models.model_functions(*models.load("efficientnet_lite0"))
-    _, images, names = gj.data.load_image_files([os.path.join(args.photos, f) for f in files], args.size,
-                                                model=model)
-    images = jnp.asarray(images)
+    images, names = measure.real_photos(args.photos, args.images, args.size, model)
     labels = jnp.argmax(model(images), axis=-1).astype(jnp.int32)
     keys = gj.keys.image_keys(0, names)
 
