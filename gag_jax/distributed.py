@@ -48,7 +48,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gag_jax import explainers as explainers_lib
-from gag_jax.model import ModelFunctions, as_model_functions
+from gag_jax.model import as_model_functions
 from gag_jax.data._common import pad_rows  # one padding rule (repeat the last row)
 
 AXIS = "batch"

@@ -79,4 +79,5 @@ __all__ = [
     "shape_mask",
     "synthetic_batches",
     "upscale_notice",
+    "UPSCALE_NOTICE_FACTOR",
 ]
