@@ -19,6 +19,8 @@ from flax import nnx
 import gag_jax as gj
 from gag_jax import attention
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 PATCH, DIM, HEADS, DEPTH, CLASSES = 8, 16, 2, 2, 5
 
 

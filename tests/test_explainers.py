@@ -352,6 +352,7 @@ def test_defaults_and_valid_options_come_from_the_preset_signatures():
                    percentile=0.5)
 
 
+@pytest.mark.slow  # ~15 s: several compositions compiled
 def test_table3_processing_is_one_wrapper_over_any_composition():
     """interpretation= / guide= on a method = gj.variant of its composition = the four seams by hand."""
     _, _, model_fn = tiny_conv_net(size=8)

@@ -15,6 +15,8 @@ from test_attention import (DEPTH, data, linen_vit, linen_weights, nnx_vit, rand
 import gag_jax as gj
 from gag_jax.gradcam import layer_gradcam
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 
 @jax.jit
 def _reference_norm1(w, x, labels):

@@ -17,6 +17,8 @@ import pytest
 import gag_jax as gj
 from toy_models import tiny_conv_net
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 SIZE, CLASSES = 12, 5
 LABELS = np.array([[0, 3, 4], [2, 1, 0]], np.int32)  # (B, K) = (2, 3), a repeated class across images
 KEY = jax.random.PRNGKey(1)

@@ -14,6 +14,8 @@ import gag_jax.metrics as gm
 from gag_jax.metrics import axioms as A
 from gag_jax.metrics.complexity import effective_complexity
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 B, H, W, C, K = 3, 8, 8, 3, 4
 TRACES = {"n": 0}
 

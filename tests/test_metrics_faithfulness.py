@@ -12,6 +12,8 @@ import pytest
 import gag_jax as gj
 from gag_jax.metrics import faithfulness as F
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 B, H, W, C, K = 3, 12, 12, 3, 5
 TRACES = {"n": 0}
 

@@ -9,6 +9,8 @@ import pytest
 import gag_jax.metrics as gm
 from gag_jax.metrics import localisation as L
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 B, H, W, C = 4, 16, 16, 3
 N = H * W
 

@@ -18,6 +18,8 @@ import scipy.stats
 import gag_jax as gj
 from gag_jax.metrics import randomisation as Rn
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 B, H, W, C, M, K = 3, 8, 8, 3, 16, 4
 SAMPLES = 3  # smooth MPRT: 2 noisy copies and the image
 TRACES = {"n": 0}

@@ -16,6 +16,8 @@ import gag_jax as gj
 from gag_jax.metrics import robustness as R
 from gag_jax.metrics._explainer import as_explainer
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 B, H, W, C, M, K, S = 3, 8, 8, 3, 16, 4, 4
 TRACES = {"n": 0}
 METRICS = ("max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "relative_input_stability",

@@ -20,6 +20,8 @@ from gag_jax import models
 from gag_jax.models import vit
 from gag_jax.models.porter import CheckpointMismatchError, save_variables
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 RTOL = 1e-4
 erf = np.vectorize(math.erf)  # exact GELU's erf, float64, without scipy
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])

@@ -19,6 +19,8 @@ import gag_jax.metrics as gm
 from gag_jax import modifications, perturbation_methods, pixels
 from gag_jax.model import as_model_functions
 
+pytestmark = pytest.mark.slow  # many compiled programs: CI runs them, the quick loop (-m "not slow") skips them
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 KEY = jax.random.PRNGKey(0)
