@@ -42,7 +42,7 @@ from gag_jax import sanity
 from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._explainer import as_explainer
-from gag_jax.metrics.robustness import EXPLAIN_SALT, NOISE_SALT, _prepare, check_labels, explain_copies
+from gag_jax.metrics.robustness import _prepare, check_labels, copy_keys, explain_copies
 from gag_jax.model import ModelFunctions, _Apply, _Linen, as_model_functions, jit_with_model
 
 __all__ = ["LAYER_ORDERS", "SIMILARITIES", "discrete_entropy", "efficient_mprt", "random_logit",
@@ -353,15 +353,13 @@ def _smooth_mprt_core(images, labels, maps, keys, fresh, noise, *, model_fn, exp
         model = _randomised(model_fn, fresh, ranks, step, cascading)
 
         def chunk(index, *given):
-            copy_keys = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(keys))(index)  # (c, B, 2)
+            noise_keys, explain_keys = copy_keys(keys, index)
             if given:
                 z = given[0].astype(jnp.float32)
             else:
-                noise_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, NOISE_SALT)))(copy_keys)
                 z = jax.vmap(jax.vmap(lambda k: jax.random.normal(k, (H, W, Ch), jnp.float32)))(noise_keys)
             last = (index == samples - 1)[:, None, None, None, None]  # the image itself, as Quantus
             xp = x[None] + jnp.where(last, 0.0, z * std[None])
-            explain_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, EXPLAIN_SALT)))(copy_keys)
             return explain_copies(explainer, model, xp, labels, explain_keys)  # (c, B, H, W)
 
         arrays = () if noise is None else (jnp.concatenate([noise, jnp.zeros_like(noise[:1])]),)

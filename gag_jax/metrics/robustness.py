@@ -151,6 +151,19 @@ def explain_copies(explainer, model, copies, labels, keys):
 # the one compiled program
 # ----------------------------------------------------------------------------------------------
 
+
+def copy_keys(keys: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(noise keys, explain keys)``, each ``(c, B, 2)``, of copies ``index (c,)`` of every image: copy ``s``
+    of image ``b`` draws its noise from ``fold_in(fold_in(key_b, s), NOISE_SALT)`` and is explained with
+    ``fold_in(fold_in(key_b, s), EXPLAIN_SALT)`` (the one key policy of the re-explaining metrics)."""
+    per_copy = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(keys))(index)
+
+    def salted(salt):
+        return jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, salt)))(per_copy)
+
+    return salted(NOISE_SALT), salted(EXPLAIN_SALT)
+
+
 @jit_with_model(("model_fn", "explainer", "kind", "samples", "per_call", "noise", "normalise", "absolute",
                  "nan_changed", "norms", "eps", "aggregate"))
 def _robustness_core(images, labels, maps, keys, perturbations, *, model_fn, explainer, kind, samples, per_call,
@@ -162,14 +175,12 @@ def _robustness_core(images, labels, maps, keys, perturbations, *, model_fn, exp
     h = model_fn(x).astype(jnp.float32) if need_logits else None
 
     def chunk(index, *given):
-        copy_keys = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(keys))(index)  # (c, B, 2)
+        noise_keys, explain_keys = copy_keys(keys, index)
         if given:
             delta = given[0].astype(jnp.float32)
         else:
-            noise_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, NOISE_SALT)))(copy_keys)
             delta = jax.vmap(jax.vmap(lambda k: _draw(k, (H, W, Ch), noise)))(noise_keys)
         xp = x[None] + delta  # (c, B, H, W, C)
-        explain_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, EXPLAIN_SALT)))(copy_keys)
         ap = _prepare(explain_copies(explainer, model_fn, xp, labels, explain_keys), normalise, absolute)
         c = xp.shape[0]
         hp = model_fn(xp.reshape(c * B, H, W, Ch)).astype(jnp.float32).reshape(c, B, -1) if need_logits else None
