@@ -460,13 +460,15 @@ def unregister_method(name: str) -> None:
         table.pop(name, None)
 
 
-def _hashable(value):
+def hashable(value):
+    """An option value as a hashable, comparable one: mappings -> sorted (key, value) tuples, lists and
+    arrays -> tuples (recursively); everything else as it is."""
     if isinstance(value, Mapping):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+        return tuple(sorted((k, hashable(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
+        return tuple(hashable(v) for v in value)
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _hashable(value.tolist())
+        return hashable(value.tolist())
     return value
 
 
@@ -487,7 +489,7 @@ def resolve_options(method, options: Mapping[str, Any]) -> tuple[tuple[str, Any]
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {record.name!r}; "
                          f"valid options: {', '.join(sorted(defaults))}")
-    return tuple(sorted({**defaults, **{k: _hashable(v) for k, v in options.items()}}.items()))
+    return tuple(sorted({**defaults, **{k: hashable(v) for k, v in options.items()}}.items()))
 
 
 def _split(options: tuple) -> tuple[dict[str, Any], str]:

@@ -286,10 +286,6 @@ def _jsonable(value):
 # ----------------------------------------------------------------------------- reading and orchestration
 
 
-def _hashable(value):
-    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
-
-
 def _known_metric(described: Mapping[str, Any]) -> None:
     """Make a run's metric known to the tables of this process: a user's metric is imported again from
     its ``module:attribute`` when it can be, else registered from its description in the manifest (its
@@ -334,7 +330,7 @@ def load_run(run_dir: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
     specs = [MethodSpec(name=m["name"], label=m["label"], method=m["method"],
-                        options=tuple(sorted((k, _hashable(v)) for k, v in m.get("options", {}).items())),
+                        options=tuple(sorted((k, gj.explainers.hashable(v)) for k, v in m.get("options", {}).items())),
                         reverse=m.get("reverse", False), part=m.get("part", 1), base=m.get("base"),
                         variant=m.get("variant")) for m in manifest["methods"]]
     metrics = tuple(manifest["config"]["metrics"])

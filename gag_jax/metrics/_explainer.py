@@ -97,7 +97,7 @@ def as_explainer(explainer) -> ExplainerFn:
         postprocess = extra.pop("postprocess", True)
         explainers_lib.resolve_options(record, extra)  # unknown option names: ValueError now
         key_method = method if isinstance(method, str) else record
-        items = tuple(sorted({**{k: explainers_lib._hashable(v) for k, v in extra.items()},
+        items = tuple(sorted({**{k: explainers_lib.hashable(v) for k, v in extra.items()},
                               **({} if postprocess is True else {"postprocess": postprocess})}.items()))
         return _Explain(key_method, items)
     if options:
