@@ -19,6 +19,7 @@ tracebacks instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -118,20 +119,34 @@ class _OneLineWarnings(warnings.catch_warnings):
         return result
 
 
-def _setup_compile_cache(directory: str | None) -> None:
-    """Persist XLA executables between runs (a second ``demo`` skips most compilation)."""
-    if not directory or directory.lower() == "none":
-        return
+@contextlib.contextmanager
+def _compile_cache(directory: str | None):
+    """Persist XLA executables between runs (a second ``demo`` skips most compilation) for the
+    duration of one command, then put JAX's cache settings back.
+
+    ``main`` is also called in-process (tests, notebooks): the process's JAX configuration is left as
+    it was found, so a later, unrelated compilation never reads or writes this cache.
+    """
     import jax
 
-    if jax.config.jax_compilation_cache_dir:  # the user configured one: keep it
+    if not directory or directory.lower() == "none" or jax.config.jax_compilation_cache_dir:
+        yield  # no cache asked for, or the user configured their own: keep theirs
         return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    previous_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
     try:
         os.makedirs(directory, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", directory)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except Exception as err:  # noqa: BLE001 - a cache is an optimisation only
         _warn(f"compilation cache disabled ({type(err).__name__}: {err})")
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", previous_min_time)
+        compilation_cache.reset_cache()
 
 
 def _default_cache_dir() -> str:
@@ -783,8 +798,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if hasattr(args, "compile_cache"):
-        _setup_compile_cache(args.compile_cache)
+    with _compile_cache(getattr(args, "compile_cache", None)):
+        return _run_command(args, argv)
+
+
+def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run one parsed command; a refusal prints one line and returns its exit status."""
     debug = getattr(args, "debug", False)
     prefix = f"{PROG} {args.command}"
     out = getattr(args, "out", None) if args.command in OUT_DIR_COMMANDS else None

@@ -1,6 +1,7 @@
 """Test-suite wide settings: tests marked ``gpu`` skip cleanly where JAX sees no GPU; torch is
 imported before anything imports TensorFlow."""
 import importlib.util
+import os
 
 import jax
 import pytest
@@ -11,6 +12,12 @@ import pytest
 if importlib.util.find_spec("torchvision") is not None:
     import torchvision  # noqa: F401
     import torchvision.ops  # noqa: F401
+
+
+# The commands' persistent XLA cache (~/.cache/gag-jax/xla) is off for the suite and for the commands it
+# starts in subprocesses: tests never read executables another run wrote, nor write into the home directory.
+# (A test that wants the cache passes --compile-cache DIR.)
+os.environ["GAG_JAX_COMPILE_CACHE"] = "none"
 
 
 def _has_gpu() -> bool:

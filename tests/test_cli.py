@@ -162,6 +162,30 @@ def test_explain_skips_an_undecodable_image_and_names_it(tmp_path, capsys):
     assert "skipped 1 unreadable file" in out
 
 
+def test_a_command_uses_its_compile_cache_and_leaves_jax_configured_as_it_found_it(tmp_path, capsys, monkeypatch):
+    """main() runs in-process (tests, notebooks): the persistent cache is the command's, not the process's."""
+    import jax
+
+    monkeypatch.setattr(cli, "_warn", lambda text: None)
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photo)
+    cache = tmp_path / "cache"
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    seen = {}
+    original = cli._run_command
+
+    def spy(args, argv):
+        seen["dir"] = jax.config.jax_compilation_cache_dir
+        return original(args, argv)
+
+    monkeypatch.setattr(cli, "_run_command", spy)
+    rc, _, err = _main(["explain", photo, "--method", "vg", "--size", "32", "--out", tmp_path / "out",
+                        "--compile-cache", cache, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert seen["dir"] == str(cache) and cache.is_dir()
+    assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == before
+
+
 def test_explain_refuses_a_size_below_what_the_model_takes_and_names_the_smallest(tmp_path, capsys):
     import re
 
