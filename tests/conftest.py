@@ -1,5 +1,6 @@
 """Test-suite wide settings: tests marked ``gpu`` skip cleanly where JAX sees no GPU; torch is
 imported before anything imports TensorFlow."""
+import gc
 import importlib.util
 import os
 
@@ -34,3 +35,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free every test module's compiled programs when it ends (``jax.clear_caches``).
+
+    Each XLA:CPU executable holds about three memory mappings for as long as JAX's caches keep it; the
+    suite compiles tens of thousands of programs in one process, which reached the kernel's limit of
+    65,530 mappings per process (``vm.max_map_count``) after ~30 minutes: the next compilation
+    segfaulted inside XLA (seen on CI and reproduced here). Cleared per module, the count stays at a
+    few thousand.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
+

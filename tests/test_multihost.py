@@ -219,14 +219,19 @@ def _command(out, checkpoint, *extra):
             *map(str, extra)]
 
 
-def _start(out, checkpoint, process, count=2, port=None, timeout=60, extra=()):
+# the processes of the tests that should succeed wait long for each other: on a loaded 2-core CI machine one
+# of them may import and compile minutes after the other (a failing process is still named at once)
+PATIENT = 240
+
+
+def _start(out, checkpoint, process, count=2, port=None, timeout=PATIENT, extra=()):
     args = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", count, "--process-id", process,
             "--host-timeout", timeout, *extra]
     return subprocess.Popen(_command(out, checkpoint, *args), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _finish(procs, limit=300):
+def _finish(procs, limit=600):
     outputs = []
     try:
         for p in procs:
@@ -241,7 +246,7 @@ def _finish(procs, limit=300):
     return [p.returncode for p in procs], outputs
 
 
-def _two(out, checkpoint, timeout=60, extra=((), ())):
+def _two(out, checkpoint, timeout=PATIENT, extra=((), ())):
     port = _free_port()
     procs = [_start(out, checkpoint, p, port=port, timeout=timeout, extra=extra[p]) for p in (0, 1)]
     return _finish(procs)

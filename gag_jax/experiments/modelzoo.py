@@ -70,7 +70,7 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
       ``ModelFunctions`` carries the model's input scaling (:func:`model_normalization`).
 
     Raises:
-      ValueError: unknown name or missing checkpoint; FileNotFoundError: no such checkpoint;
+      ValueError: unknown name, or a checkpoint missing or not a file (:func:`check_model`);
       ``models.CheckpointMismatchError``: a checkpoint for another architecture.
     """
     if user_code.is_reference(name):
@@ -81,34 +81,44 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, *, num_cl
             raise ValueError(f"model {name!r} must map images (B, H, W, 3) to logits (B, K); got shape {shape}")
         return model, {"name": name, "checkpoint": None, "num_classes": int(shape[1]),
                        "source": source_of(user_code.load_attribute(name, "model")[0])}
-    check_model_name(name)
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-    if name == TINY and checkpoint is None:
-        raise ValueError("model 'tiny' needs --checkpoint (evaluate --case synthetic trains one for you)")
+    check_model(name, checkpoint)
     module, variables = models.load(name, checkpoint, num_classes=num_classes, dtype=dtype or jnp.float32)
     return models.model_functions(module, variables, **models.input_normalization(name)), {
         "name": name, "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
         "num_classes": int(module.num_classes)}
 
 
-def check_model(name: str, checkpoint: str | os.PathLike | None = None) -> None:
-    """Check a model name and its checkpoint before anything is loaded.
+BUILT_IN_WEIGHTS = ("efficientnet_lite0",)
+"""The models that load without a checkpoint (their weights ship with the package)."""
+
+
+def check_model(name: str, checkpoint: str | os.PathLike | None = None, *, trains_tiny: bool = False) -> None:
+    """The one checkpoint rule, checked before anything is loaded.
+
+    A built-in model loads from a checkpoint file (only :data:`BUILT_IN_WEIGHTS` without one); ``tiny``
+    too, unless the command trains it (``trains_tiny``: ``evaluate --case synthetic`` trains it into a
+    checkpoint path that does not exist yet); a ``module:attribute`` factory loads its own weights.
 
     Raises:
-      ValueError: an unknown name (the valid ones listed), a checkpoint file that does not exist
-        (``tiny`` excepted: it is trained there), or no checkpoint for a model other than
-        ``efficientnet_lite0`` (built-in weights) and ``tiny``.
+      ValueError: an unknown name (the valid ones listed), a checkpoint that is not a file, no
+        checkpoint where one is needed, or a checkpoint given to a factory of the user's.
     """
     check_model_name(name)
     if user_code.is_reference(name):
         if checkpoint is not None:
             raise ValueError(f"model {name!r} is your own factory: it loads its own weights (drop --checkpoint)")
         return
-    if checkpoint is not None and not os.path.isfile(checkpoint) and name != TINY:
+    if name == TINY and trains_tiny:
+        return  # trained into the checkpoint path (or the run folder) when the file is not there yet
+    if checkpoint is None:
+        if name == TINY:
+            raise ValueError("model 'tiny' needs --checkpoint (a file written by gag_jax.experiments.tiny.save_tiny; "
+                             "evaluate --case synthetic trains one for you)")
+        if name not in BUILT_IN_WEIGHTS:
+            raise ValueError(f"model {name!r} needs --checkpoint (only {', '.join(BUILT_IN_WEIGHTS)} has built-in "
+                             "weights)")
+    elif not os.path.isfile(checkpoint):
         raise ValueError(f"--checkpoint {os.fspath(checkpoint)}: no such file")
-    if checkpoint is None and name not in ("efficientnet_lite0", TINY):
-        raise ValueError(f"model {name!r} needs --checkpoint (only efficientnet_lite0 has built-in weights)")
 
 
 def load_or_train(name: str, checkpoint: str | os.PathLike | None, *, num_classes: int | None = None,

@@ -255,9 +255,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
     model_name = model_name or modelzoo.CASE_MODELS[case]
     tables = sorted(set(tables))
     try:
-        modelzoo.check_model(model_name, checkpoint)
-        if model_name == modelzoo.TINY and case != "synthetic" and checkpoint is None:
-            raise ValueError("model 'tiny' is trained on the synthetic case only; give --checkpoint for other cases")
+        modelzoo.check_model(model_name, checkpoint, trains_tiny=case == "synthetic")
         specs = specs_lib.specs_for(tables, methods)
     except ValueError as err:
         raise OptionError(str(err)) from None

@@ -48,37 +48,26 @@ def sanity_check(model_name: str, image_paths: Sequence[str], out_dir: str, *, c
     import jax
 
     import gag_jax as gj
-    from gag_jax import user_code
     from gag_jax.data import read_images
     from gag_jax.data._common import list_image_files
-    from gag_jax.experiments.modelzoo import TINY, class_probabilities, model_normalization, top1_of
+    from gag_jax.experiments.modelzoo import class_probabilities, load_model, top1_of
     from gag_jax.experiments.specs import input_scaling
 
-    if user_code.is_reference(model_name):
-        parts = user_code.user_model(model_name).linen_parts()
-        if parts is None:
-            raise ValueError(f"sanity --model {model_name}: the layer randomisation needs a Flax linen model "
-                             "(gj.ModelFunctions.from_module); for an NNX model call gj.sanity.model_randomisation "
-                             "in Python")
-        module, variables = parts
-    elif model_name == TINY:
-        from gag_jax.experiments.tiny import load_tiny
-
-        if checkpoint is None:
-            raise ValueError("model 'tiny' needs --checkpoint")
-        module, variables = load_tiny(checkpoint)
-    else:
-        from gag_jax.models import load
-
-        module, variables = load(model_name, checkpoint)
+    model, _ = load_model(model_name, checkpoint, image_size=size)  # the loader of every command
+    parts = model.linen_parts()
+    if parts is None:
+        raise ValueError(f"sanity --model {model_name}: the layer randomisation needs a Flax linen model "
+                         "(gj.ModelFunctions.from_module); for an NNX model call gj.sanity.model_randomisation "
+                         "in Python")
+    module, variables = parts
     paths = []  # folders listed here so that max_images reads only the images it uses
     for path in image_paths:
         paths += list_image_files(path) if os.path.isdir(path) else [path]
-    mean, std = model_normalization(model_name)
+    mean, std = model.mean, model.std
     pixels, images, names = read_images(paths[:max_images], size, report=warn, mean=mean, std=std)
     if not names:
         return None
-    probs = class_probabilities(gj.ModelFunctions.from_module(module, variables), images)  # (N, K)
+    probs = class_probabilities(model, images)  # (N, K)
     if labels is None:
         y = top1_of(probs)[0]
     else:
