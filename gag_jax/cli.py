@@ -364,10 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=_confidence, default=0.9,
                    help="keep images with probability above this on the explained class (paper 0.9; "
                    "'none' keeps all; default %(default)s)")
-    p.add_argument("--target", choices=("auto", "label", "predicted"), default="auto",
+    p.add_argument("--target", type=_target, default="auto",
                    help="the class each map explains: 'label' (the ground truth; unlabelled images are left "
-                   "out), 'predicted' (the model's top-1 class; unlabelled images work); default auto: label "
-                   "when the data has labels, else predicted")
+                   "out), 'predicted' (the model's top-1 class; unlabelled images work), 'top-K' (e.g. top-5: "
+                   "a map for each of the model's K most probable classes from one sweep, each (image, class) "
+                   "pair scored as a row; images kept on the top-1 probability); default auto: label when the "
+                   "data has labels, else predicted")
     p.add_argument("--resize", choices=("squash", "center_crop", "imagenet_eval"), default=None,
                    help="how images are brought to --image-size: squash (aspect ignored), center_crop (shorter "
                    "side to fit, centre cut out), imagenet_eval (shorter side to size / 0.875, centre cut out: "
@@ -490,6 +492,20 @@ def _parse_labels(text: str) -> list[int] | None:
         return [int(t) for t in _comma_list(text)]
     except ValueError:
         raise UsageError(f"--labels must be 'top-1' or comma-separated class indices, got {text!r}") from None
+
+
+def _target(text: str) -> str:
+    """``--target``: auto, label, predicted or top-K (K >= 1)."""
+    from gag_jax.experiments.records import target_count
+
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    try:
+        target_count(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("target must be", "must be 'auto',")) from None
+    return value
 
 
 def _parse_top_k(text: str) -> int | None:

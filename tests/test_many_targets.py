@@ -263,3 +263,52 @@ def test_explain_command_top_k_writes_one_map_per_class_named_by_it(tmp_path, ca
                                    np.load(tmp_path / "one" / f"{image[0]}_vg.npy"), atol=1e-5)
     assert cli.main(["explain", str(folder), "--labels", "top-x", "--out", str(tmp_path / "bad"), *common]) == 2
     assert "top-K" in capsys.readouterr().err
+
+
+def test_evaluate_top_k_scores_each_image_and_class_and_its_first_class_is_the_predicted_run(tmp_path, capsys):
+    """``evaluate --target top-2``: one record row per (image, class) pair, the classes the model's two
+    most probable (numpy argsort of its own logits), rank 0's maps and metrics those of ``--target
+    predicted`` (same image keys), rank 1 scored for the second class; the tables count the pairs."""
+    import glob
+
+    from gag_jax import cli
+    from gag_jax.experiments import modelzoo
+
+    common = ["--case", "synthetic", "--limit", "6", "--batch-size", "4", "--n", "2", "--confidence", "none",
+              "--methods", "gag,sg_r", "--metrics", "rcap,dauc", "--image-size", "16", "--no-figures",
+              "--no-progress", "--compile-cache", "none"]
+    checkpoint = tmp_path / "tiny.msgpack"
+    assert cli.main(["evaluate", *common, "--target", "predicted", "--checkpoint", str(checkpoint),
+                     "--out", str(tmp_path / "one")]) == 0
+    assert cli.main(["evaluate", *common, "--target", "top-2", "--checkpoint", str(checkpoint),
+                     "--out", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out
+    assert "2 most probable classes" in out
+    model, _ = modelzoo.load_model("tiny", checkpoint, image_size=16)
+    for row in ("gag", "sg_r"):
+        one = [dict(np.load(f)) for f in sorted(glob.glob(str(tmp_path / "one" / "records" / row / "*.npz")))]
+        two = [dict(np.load(f)) for f in sorted(glob.glob(str(tmp_path / "two" / "records" / row / "*.npz")))]
+        assert len(one) == len(two) == 2
+        for a, b in zip(one, two):
+            np.testing.assert_array_equal(b["names"], np.repeat(a["names"], 2))
+            np.testing.assert_array_equal(b["valid"], np.repeat(a["valid"], 2))
+            np.testing.assert_array_equal(b["target_rank"], np.tile([0, 1], a["names"].shape[0]))
+            np.testing.assert_array_equal(b["labels"][0::2], a["labels"])  # rank 0 = the top-1 class
+            for metric in ("rcap", "dauc"):
+                np.testing.assert_allclose(b[metric][0::2], a[metric], atol=1e-5, err_msg=f"{row} {metric}")
+            assert not np.allclose(b["rcap"][1::2], a["rcap"])  # the second class is explained on its own
+    # the classes are the model's two most probable, computed here from its logits
+    from gag_jax.data import load_case
+
+    batches = load_case("synthetic", None, image_size=16, batch_size=6, num_images=6, seed=0,
+                        mean=model.mean, std=model.std)
+    images = next(iter(batches))["images"][:6]
+    expected = np.argsort(-np.asarray(model(images)), axis=-1, kind="stable")[:, :2]
+    records = [dict(np.load(f)) for f in sorted(glob.glob(str(tmp_path / "two" / "records" / "gag" / "*.npz")))]
+    labels = np.concatenate([r["labels"][r["valid"]] for r in records]).reshape(-1, 2)
+    np.testing.assert_array_equal(labels, expected)
+    with open(tmp_path / "two" / "table2.csv") as f:
+        assert ",12," in f.read()  # n = 6 images x 2 classes
+    assert cli.main(["evaluate", *common, "--target", "top-0", "--checkpoint", str(checkpoint),
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert "'top-K' with K >= 1" in capsys.readouterr().err

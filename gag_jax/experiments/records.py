@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +23,24 @@ from gag_jax import user_code
 from gag_jax.experiments.specs import MethodSpec
 
 
-TARGETS = ("label", "predicted")
+TARGETS = ("label", "predicted", "top-K")
+"""What each map explains: the label, the model's top-1 class, or each of its K most probable classes
+(``"top-5"``: five maps per image, each scored as its own (image, class) pair)."""
+
+
+def target_count(target: str) -> int:
+    """Classes explained per image: 1 for ``"label"`` / ``"predicted"``, K for ``"top-K"`` (K >= 1).
+
+    Raises:
+      ValueError: anything else (the valid forms named).
+    """
+    if target in ("label", "predicted"):
+        return 1
+    found = re.fullmatch(r"top-([0-9]+)", target or "")
+    if found is None or int(found.group(1)) < 1:
+        raise ValueError(f"target must be 'label', 'predicted' or 'top-K' with K >= 1 (e.g. top-5); got {target!r}")
+    return int(found.group(1))
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3
 """3: the config names the model ``model_name`` and holds ``metric_options``; 2: one key per image from its
@@ -195,8 +213,7 @@ class RunConfig:
     metric_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {self.target!r}")
+        target_count(self.target)
 
     def result_keys(self) -> dict[str, Any]:
         """The options that must match for a run to be resumed (checkpoint by digest, not path)."""

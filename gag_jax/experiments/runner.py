@@ -42,6 +42,7 @@ import jax
 import gag_jax as gj
 from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runner's public names)
     TARGETS,
+    target_count,
     MANIFEST,
     FORMAT_VERSION,
     RunMismatchError,
@@ -175,7 +176,8 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
 def run_note(case: str, model: str, plan: Mapping, confidence: float | None, target: str, seed: int) -> str:
     """The line under a table's caption: case, model, images kept, selection, target, seed."""
     selection = f"(confidence > {confidence})" if confidence is not None else "(no confidence selection)"
-    explained = "top-1 class" if target == "predicted" else "label"
+    explained = {"predicted": "top-1 class", "label": "label"}.get(
+        target, f"{target_count(target)} most probable classes (each image and class scored as one row)")
     return (f"Case {case}, model {model}, {plan['images_kept']} of {plan['images_seen']} images {selection}, "
             f"maps explain the {explained}, seed {seed}.")
 

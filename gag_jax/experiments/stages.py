@@ -16,15 +16,15 @@ import numpy as np
 
 import gag_jax as gj
 from gag_jax.experiments.records import (
-    TARGETS,
     RunConfig,
     _atomic_savez,
     _is_record,
     _load_npz,
     record_path,
     selection_path,
+    target_count,
 )
-from gag_jax.experiments.modelzoo import predict_top1
+from gag_jax.experiments.modelzoo import class_probabilities, top1_of
 from gag_jax.experiments.specs import MethodSpec, input_scaling
 
 @dataclasses.dataclass
@@ -34,7 +34,8 @@ class Plan:
     Attributes:
       rows: ``(N_kept, 2)`` int array of (data batch, row) in data order.
       targets: ``(N_kept,)`` int32 class each kept row's map explains (its label, or the model's
-        top-1 class with ``target="predicted"``).
+        top-1 class with ``target="predicted"``); ``(N_kept, K)`` with ``target="top-K"`` (the
+        model's K most probable classes, most probable first).
       batch_size: evaluated batch size.
       num_seen: real data rows looked at; num_kept: rows kept.
       num_unlabelled: real rows left out because their label is unknown (``target="label"``).
@@ -60,9 +61,10 @@ class Plan:
         return self.rows[k * self.batch_size:(k + 1) * self.batch_size]
 
     def batch_targets(self, k: int) -> np.ndarray:
-        """``(batch_size,)`` int32 target classes of evaluated batch ``k``, padded by repeating the last."""
+        """``(batch_size,)`` (``(batch_size, K)`` for top-K) int32 target classes of evaluated batch ``k``,
+        padded by repeating the last row."""
         t = self.targets[k * self.batch_size:(k + 1) * self.batch_size]
-        return np.concatenate([t, np.repeat(t[-1:], self.batch_size - t.shape[0])]).astype(np.int32)
+        return np.concatenate([t, np.repeat(t[-1:], self.batch_size - t.shape[0], axis=0)]).astype(np.int32)
 
 
 class _Reader:
@@ -109,8 +111,14 @@ def explain_batch(spec: MethodSpec, model: gj.ModelFunctions, images, labels, ke
 
 
 def _reverse_each(maps, keys):
-    """``gj.reverse`` image by image, each with its own key (a map does not depend on its batch)."""
-    return jax.vmap(lambda m, k: gj.reverse(m[None], k)[0])(maps, gj.keys.reverse_keys(keys))
+    """``gj.reverse`` image by image, each with its own key (a map does not depend on its batch);
+    maps ``(B, K, H, W)``: each of an image's K maps with the image's key."""
+    def one(m, k):
+        return gj.reverse(m[None], k)[0]
+
+    if maps.ndim == 4:
+        one = jax.vmap(one, in_axes=(0, None))
+    return jax.vmap(one)(maps, gj.keys.reverse_keys(keys))
 
 
 def _row_request(spec: MethodSpec, overrides: Mapping) -> tuple[str, dict]:
@@ -180,13 +188,13 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
 
     ``target="label"`` keeps the real rows with a known label whose probability on it is above
     ``confidence`` (None: every labelled row); ``target="predicted"`` explains the model's top-1
-    class and keeps the real rows whose top-1 probability is above ``confidence``. One record per
+    class and keeps the real rows whose top-1 probability is above ``confidence``; ``target="top-K"``
+    keeps the same rows and explains each one's K most probable classes. One record per
     data batch in ``out_dir/selection``; existing records are reused. ``only``: compute the
     missing records of these data batches only (one process's share, :mod:`.hosts`; the returned
     plan then covers just the records found or computed).
     """
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    count = target_count(target)
     bar = _progress(batches.num_examples, 0, "select", progress)
     rows, targets, seen, unlabelled = [], [], 0, 0
     reader_iter = None
@@ -203,8 +211,13 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
                 reader_iter = batches.iter_from(b)
             batch = next(reader_iter)
             real = np.asarray(batch["valid"], bool)
-            if target == "predicted":
-                top, probs = predict_top1(model, batch["images"])
+            if target != "label":  # the model's most probable classes; kept on the top-1 probability
+                all_probs = class_probabilities(model, batch["images"])  # (B, C)
+                if count > all_probs.shape[1]:
+                    raise ValueError(f"target {target!r}: the model has {all_probs.shape[1]} classes")
+                top, probs = top1_of(all_probs)
+                if target != "predicted":  # top-K: (B, K), most probable first (ties: the lower index)
+                    top = np.argsort(-all_probs, axis=-1, kind="stable")[:, :count].astype(np.int32)
                 valid = real
             else:
                 valid = real & (np.asarray(batch["labels"]) >= 0)
@@ -224,7 +237,7 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
             unlabelled += int((rec["valid"] & (rec["labels"] < 0)).sum())
         kept = np.flatnonzero(rec["keep"])
         rows += [(b, int(r)) for r in kept]
-        targets += [int(t) for t in rec["targets"][kept]]
+        targets += list(rec["targets"][kept])
         if bar is not None:
             bar.update(n_real)
             bar.set_postfix(kept=len(rows))
@@ -234,8 +247,9 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
     # several local devices: a multiple of their count, so the batch shards evenly (padding flagged)
     batch_size = max(1, min(batch_size, len(rows)))
     batch_size = gj.distributed.round_to_devices(batch_size, gj.distributed.local_mesh())
-    return Plan(np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(targets, np.int32), batch_size, seen,
-                unlabelled)
+    targets_shape = (-1,) if target in ("label", "predicted") else (-1, count)
+    return Plan(np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(targets, np.int32).reshape(targets_shape),
+                batch_size, seen, unlabelled)
 
 
 def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence[MethodSpec], out_dir: str, *,
@@ -275,22 +289,23 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
         if bar is not None:
             bar.set_postfix(methods=len(todo), batch=f"{k + 1}/{len(plan)}")
         start = time.perf_counter()
-        all_maps = explain_rows(todo, model, images, labels, rng_keys, overrides)
+        all_maps = explain_rows(todo, model, images, labels, rng_keys, overrides)  # (B, H, W) or (B, K, H, W)
         explain_seconds = (time.perf_counter() - start) / len(todo)
+        pairs = _target_pairs(images, labels, masks, rng_keys, data, rows)  # top-K: one scored row per pair
         scored: dict[tuple, dict] = {}
         for spec in todo:
             start = time.perf_counter()
             identity = row_identity(spec, overrides)
             if identity not in scored:  # equal rows (gag, gag-85) are scored once
-                scored[identity] = score_batch(model, images, labels, all_maps[spec.name], masks, config.metrics,
+                maps = all_maps[spec.name]
+                scored[identity] = score_batch(model, pairs["images"], pairs["labels"],
+                                               maps.reshape((-1,) + maps.shape[-2:]), pairs["masks"], config.metrics,
                                                mean=batches.mean, std=batches.std,
                                                metric_batch_size=metric_batch_size,
-                                               explainer=_row_request(spec, overrides), keys=rng_keys,
+                                               explainer=_row_request(spec, overrides), keys=pairs["keys"],
                                                options=config.metric_options)
             values = scored[identity]
-            _atomic_savez(record_path(out_dir, spec.name, k), names=data["names"].astype(str),
-                          labels=np.asarray(labels), data_labels=np.asarray(data["labels"]), valid=data["valid"],
-                          source_rows=rows,
+            _atomic_savez(record_path(out_dir, spec.name, k), **pairs["record"],
                           seconds=np.float64(explain_seconds + time.perf_counter() - start), **values)
             computed += 1
             if on_record is not None:
@@ -300,6 +315,32 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     if bar is not None:
         bar.close()
     return {"computed": computed, "reused": len(done)}
+
+
+def _target_pairs(images, labels, masks, keys, data: Mapping, rows: np.ndarray) -> dict:
+    """What the metrics score and a record holds for one evaluated batch.
+
+    One target per image (``labels (B,)``): the batch itself. ``labels (B, K)`` (``--target top-K``):
+    each (image, target) pair is a row of its own: images, masks and keys repeated K times, the
+    ``(B, K, H, W)`` maps read as ``(B * K, H, W)``, and the record's per-row arrays (names, labels,
+    validity, source rows) repeated, with ``target_rank`` (0 = the most probable class) beside them.
+    """
+    names, valid = np.asarray(data["names"]).astype(str), np.asarray(data["valid"])
+    record = {"names": names, "labels": np.asarray(labels), "data_labels": np.asarray(data["labels"]),
+              "valid": valid, "source_rows": rows}
+    if labels.ndim == 1:
+        return {"images": images, "labels": labels, "masks": masks, "keys": keys, "record": record}
+    count = labels.shape[1]
+
+    def repeat(x):
+        return None if x is None else jnp.repeat(x, count, axis=0)
+
+    record.update(names=np.repeat(names, count), labels=np.asarray(labels).reshape(-1),
+                  data_labels=np.repeat(np.asarray(data["labels"]), count), valid=np.repeat(valid, count),
+                  source_rows=np.repeat(np.asarray(rows).reshape(-1, 2), count, axis=0),
+                  target_rank=np.tile(np.arange(count, dtype=np.int32), names.shape[0]))
+    return {"images": repeat(images), "labels": labels.reshape(-1), "masks": repeat(masks), "keys": repeat(keys),
+            "record": record}
 
 
 def run_cost(specs, overrides: Mapping, metrics: Sequence[str], image_size: int | None,
