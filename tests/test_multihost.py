@@ -184,6 +184,21 @@ def test_a_meeting_names_the_process_that_failed_went_silent_or_is_elsewhere():
         _meetings(client, 0, 2).meet("plan")
 
 
+def test_a_process_that_arrived_and_ended_between_two_reads_is_not_called_gone():
+    """Process 1 arrives and exits after process 0 read the arrivals but before it asked who is alive
+    (seen on a loaded CI machine): process 0 reads the arrivals again before naming anyone."""
+
+    class ArrivesWhileAsked(FakeClient):
+        def get_live_nodes(self, ids):
+            self.key_value_set("gag_jax/meet/00001/1", '{"step": "records", "payload": 1}')
+            self.alive.discard(1)  # arrived, passed the meeting and ended
+            return super().get_live_nodes(ids)
+
+    client = ArrivesWhileAsked(alive={0, 1})
+    m = hosts._Meetings(client, 0, 2, poll=0.01, live_every=0.0)
+    assert m.meet("records", 0) == [0, 1]
+
+
 def test_one_process_meets_itself():
     assert hosts.meet("anything", {"x": 1}) == [{"x": 1}]
     with hosts.main_first("the model"):

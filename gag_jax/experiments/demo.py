@@ -25,9 +25,9 @@ from gag_jax.experiments import figures
 from gag_jax.experiments import readme as readme_sections
 from gag_jax.experiments.explain_command import (
     BadInputError,
-    _checked_model,
     explain_arrays,
     image_keys,
+    load_checked_model,
     method_options,
     probability_text,
 )
@@ -221,7 +221,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
 
     t0 = time.perf_counter()
     methods = list(gj.METHODS) if not methods else list(methods)
-    model, info, mean, std = _checked_model(methods, model_name, checkpoint, size)
+    model, info = load_checked_model(methods, model_name, checkpoint, size)
+    mean, std = model.mean, model.std
     paths = list(images) if images else demo_image_paths()
     pixels, x, names = read_images(paths, size, report=warn or report, mean=mean, std=std)
     if not names:

@@ -76,22 +76,26 @@ def method_options(method: str, *, n: int | None, chunk_size: int | None, mean, 
     return {k: v for k, v in options.items() if v is not None and k in gj.METHOD_RECORDS[method].defaults}
 
 
-def _checked_model(methods: Sequence[str], model_name: str, checkpoint: str | None, size: int):
-    """Check the method names, load the model, check ``size`` against it: ``(model, info, mean, std)``."""
-    from gag_jax.experiments.modelzoo import (
-        check_input_size,
-        load_model,
-        model_normalization,
-    )
+def load_checked_model(methods: Sequence[str], model_name: str, checkpoint: str | None,
+                       size: int) -> tuple[gj.ModelFunctions, dict]:
+    """What ``demo`` and ``explain`` start with: the method names checked, the model loaded
+    (``modelzoo.load_model``: built-in name, checkpoint or ``module:attribute``) and ``size`` checked
+    against it. The model carries its input scaling (``model.mean`` / ``model.std``).
+
+    Returns:
+      ``(model, info)`` as ``modelzoo.load_model``.
+
+    Raises:
+      ValueError: an unknown method or model (the valid ones named); ``modelzoo.InputTooSmallError``.
+    """
+    from gag_jax.experiments.modelzoo import check_input_size, load_model
 
     for m in methods:
         if m not in gj.METHOD_RECORDS:
             raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHOD_RECORDS)}")
     model, info = load_model(model_name, checkpoint, image_size=size)
     check_input_size(model, size, name=model_name, option="--size")
-    mean, std = model_normalization(model_name)
-    return model, info, mean, std
-
+    return model, info
 
 
 EXPLAIN_CSV_COLUMNS = ("image", "file_stem", "method", "label", "class_name", "probability")
@@ -170,9 +174,14 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
       InputTooSmallError: ``size`` below the smallest input side the model takes (named).
       FileNotFoundError: a path that does not exist.
     """
-    from gag_jax.experiments.modelzoo import class_probabilities, imagenet_class_names, top1_of
+    from gag_jax.experiments.modelzoo import (
+        class_probabilities,
+        imagenet_class_names,
+        top1_of,
+    )
 
-    model, info, mean, std = _checked_model(methods, model_name, checkpoint, size)
+    model, info = load_checked_model(methods, model_name, checkpoint, size)
+    mean, std = model.mean, model.std
     bad: list[str] = []
 
     def note(line: str) -> None:

@@ -315,6 +315,9 @@ class _Meetings:
             if now - checked >= self.live_every:
                 checked = now
                 gone = [p for p in missing if p not in self._alive(missing)]
+                if gone:  # it may have arrived, passed the meeting and ended since the arrivals were read
+                    arrived = self._dir(prefix)
+                    gone = [p for p in gone if p not in arrived]
                 if gone:
                     raise HostError(f"{label}: process {', '.join(map(str, gone))} stopped answering before {step!r} "
                                     "(no heartbeat within --host-timeout: killed, crashed or its host lost); every "

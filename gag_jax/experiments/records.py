@@ -22,7 +22,6 @@ import gag_jax as gj
 from gag_jax import user_code
 from gag_jax.experiments.specs import MethodSpec
 
-
 TARGETS = ("label", "predicted", "top-K")
 """What each map explains: the label, the model's top-1 class, or each of its K most probable classes
 (``"top-5"``: five maps per image, each scored as its own (image, class) pair)."""

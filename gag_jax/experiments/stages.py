@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
+from gag_jax.experiments.modelzoo import class_probabilities, top1_of
 from gag_jax.experiments.records import (
     RunConfig,
     _atomic_savez,
@@ -24,8 +25,8 @@ from gag_jax.experiments.records import (
     selection_path,
     target_count,
 )
-from gag_jax.experiments.modelzoo import class_probabilities, top1_of
 from gag_jax.experiments.specs import MethodSpec, input_scaling
+
 
 @dataclasses.dataclass
 class Plan:
