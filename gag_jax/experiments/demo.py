@@ -250,9 +250,8 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     for m in methods:
         if bar is not None:
             bar.set_postfix(method=m)
-        # scaling: IG's black baseline; n: the paper's 20 for its methods unless given
-        opts = method_options(m, n=n if n is not None or m not in gj.METHODS else DEMO_N, chunk_size=chunk_size,
-                              mean=mean, std=std)
+        # n: the paper's 20 for its methods unless given (the input scaling is the model's)
+        opts = method_options(m, n=n if n is not None or m not in gj.METHODS else DEMO_N, chunk_size=chunk_size)
         start = time.perf_counter()
         with CompileTimer() as compiled:
             try:

@@ -18,7 +18,7 @@ import numpy as np
 import gag_jax as gj
 from gag_jax.data import pad_rows, read_images
 from gag_jax.experiments import figures
-from gag_jax.experiments.specs import input_scaling, label_of
+from gag_jax.experiments.specs import label_of
 
 
 class BadInputError(ValueError):
@@ -69,10 +69,11 @@ def image_keys(seed: int, files: Sequence[str]) -> jax.Array:
     return gj.keys.file_keys(seed, files)
 
 
-def method_options(method: str, *, n: int | None, chunk_size: int | None, mean, std) -> dict:
-    """The options the CLI jobs pass to ``gj.explain``: ``n``, ``chunk_size`` and the input scaling, where
-    ``method`` takes them; ``n=None`` keeps the method's default."""
-    options = {"n": n, "chunk_size": chunk_size, **input_scaling(mean, std)}
+def method_options(method: str, *, n: int | None, chunk_size: int | None) -> dict:
+    """The options the CLI jobs pass to ``gj.explain``: ``n`` and ``chunk_size`` where ``method`` takes
+    them (``None`` keeps the method's default). The input scaling is not among them: ``gj.explain``
+    reads it from the model."""
+    options = {"n": n, "chunk_size": chunk_size}
     return {k: v for k, v in options.items() if v is not None and k in gj.METHOD_RECORDS[method].defaults}
 
 
@@ -234,7 +235,7 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
             bar.set_postfix(method=m)
         try:
             return explain_arrays(model, x, y, m, key=keys, batch_size=batch_size,
-                                  options=method_options(m, n=n, chunk_size=chunk_size, mean=mean, std=std),
+                                  options=method_options(m, n=n, chunk_size=chunk_size),
                                   progress=None if bar is None else bar.update, batches=batches)
         except ValueError as err:  # gj.explain: an option that does not fit the images or the model
             raise BadInputError(f"method {m!r}: {' '.join(str(err).split())}") from None

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 import gag_jax as gj
 from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runner's public names)
@@ -63,7 +64,7 @@ from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runne
     _jsonable,
     load_run,
 )
-from gag_jax.experiments.specs import MethodSpec, input_scaling
+from gag_jax.experiments.specs import MethodSpec
 from gag_jax.experiments import hosts
 from gag_jax.experiments.stages import (  # noqa: F401  (re-exported)
     Plan,
@@ -111,6 +112,7 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
       KeyboardInterrupt: Ctrl-C; the manifest then says ``"interrupted"`` and every finished
         record is kept.
     """
+    model = model_with_scaling(model, config.mean, config.std)
     os.makedirs(out_dir, exist_ok=True)
     job = hosts.hello()  # {"processes": 1}, or every process's host and devices (one meeting)
     save = _atomic_json if hosts.is_main() else (lambda path, data: None)  # process 0 alone writes the manifest
@@ -127,7 +129,7 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
         "format_version": FORMAT_VERSION, "created": manifest.get("created", now), "updated": now,
         "status": "running", "config": config.result_keys(), "checkpoint_path": config.checkpoint,
         "method_options_resolved": {s.name: {k: _jsonable(v) for k, v in s.explain_options(
-            {**config.method_overrides, **input_scaling(config.mean, config.std)}).items()}
+            config.method_overrides).items()}
                                     for s in specs},
         "methods": list(known.values()), "table": table, "versions": versions(),
         "metrics": [gj.metrics.metric(m).as_dict() for m in config.metrics],
@@ -149,8 +151,7 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
                         "images_unlabelled": plan.num_unlabelled,
                         "skipped_files": skipped or manifest.get("plan", {}).get("skipped_files", [])}
     save(manifest_file, manifest)
-    overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
-    manifest["cost"] = {**run_cost(specs, overrides, config.metrics, config.image_size, config.metric_options),
+    manifest["cost"] = {**run_cost(specs, config.method_overrides, config.metrics, config.image_size, config.metric_options),
                         "devices": {"count": jax.device_count(), "kind": str(jax.devices()[0].device_kind)},
                         "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     save(manifest_file, manifest)
@@ -171,6 +172,28 @@ def run(config: RunConfig, specs: Sequence[MethodSpec], out_dir: str, *, batches
     save(manifest_file, manifest)
     results = collect(out_dir, specs, len(plan), config.metrics) if hosts.is_main() else {}  # tables: process 0
     return {"results": results, "plan": manifest["plan"], "counts": counts, "manifest": manifest_file}
+
+
+def model_with_scaling(model, mean, std) -> gj.ModelFunctions:
+    """The one scaling rule of a run: the evaluated model carries the input scaling its data were
+    normalised with (``mean`` / ``std``, the run's), and every method reads it from the model.
+
+    A model without a scaling gets the run's; a model whose own scaling differs is refused.
+
+    Raises:
+      ValueError: the model's scaling is not the data's (naming both).
+    """
+    from gag_jax.model import as_model_functions, check_scaling
+
+    model = as_model_functions(model)
+    mean, std = check_scaling(mean, std)
+    if model.mean is None or model.std is None:
+        return model.replace(mean=mean, std=std)
+    own = check_scaling(model.mean, model.std)
+    if not (np.allclose(own[0], mean) and np.allclose(own[1], std)):
+        raise ValueError(f"the model's input scaling (mean {own[0]}, std {own[1]}) is not the one the images were "
+                         f"normalised with (mean {mean}, std {std})")
+    return model
 
 
 def run_note(case: str, model: str, plan: Mapping, confidence: float | None, target: str, seed: int) -> str:

@@ -25,7 +25,7 @@ from gag_jax.experiments.records import (
     selection_path,
     target_count,
 )
-from gag_jax.experiments.specs import MethodSpec, input_scaling
+from gag_jax.experiments.specs import MethodSpec
 
 
 @dataclasses.dataclass
@@ -265,7 +265,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
     """
     keys = ["images", "labels", "names"] + (["masks"] if batches.has_masks else [])
     needs_masks = any("masks" in gj.metrics.metric(m).needs for m in config.metrics)
-    overrides = {**config.method_overrides, **input_scaling(config.mean, config.std)}
+    overrides = config.method_overrides  # the input scaling is the model's (gj.explain_many reads it)
     batch_ids = [k for k in range(len(plan)) if only is None or k in only]
     total = sum(len(plan.batch_rows(k)) for k in batch_ids) * len(specs)
     done = {(s.name, k) for s in specs for k in batch_ids if _is_record(record_path(out_dir, s.name, k))}
