@@ -392,3 +392,18 @@ def test_an_images_map_does_not_depend_on_the_batch_size_and_the_manifest_counts
     # selection 1 + 5 distinct maps x (RCAP 5 + deletion / insertion 20)
     assert cost["forward_passes_per_image"] == 1 + 5 * 25
     assert cost["devices"]["count"] == jax.device_count() and "selection" in cost["seconds"]
+
+
+def test_a_run_gives_its_scaling_to_a_model_without_one_and_refuses_a_model_with_another(tmp_path, tiny_setup):
+    """One source of the input scaling: the model. A scaling-less model is given the run's (its IG black
+    baseline then is the data's pixel 0, as for the shipped models); a model with another is refused."""
+    assert tiny_setup.mean is None
+    given = runner.model_with_scaling(tiny_setup, gj.IMAGENET_MEAN, gj.IMAGENET_STD)
+    np.testing.assert_allclose(given.mean, gj.IMAGENET_MEAN)
+    np.testing.assert_allclose(given.std, gj.IMAGENET_STD)
+    other = tiny_setup.replace(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    batches = load_case("synthetic", batch_size=4, image_size=16, num_images=4, seed=3)
+    with pytest.raises(ValueError, match=r"model's input scaling \(mean \(0.5, 0.5, 0.5\).*normalised with"):
+        runner.run(_config(), specs.parse_methods(["ig"]), str(tmp_path / "run"), batches=batches, model=other,
+                   progress=False)
+    assert not os.path.exists(tmp_path / "run")  # refused before anything is written
