@@ -12,6 +12,7 @@ import pathlib
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -277,3 +278,54 @@ def test_the_metric_catalogue_is_generated_from_the_records(section):
     text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     start, end = (text.index(m) for m in markers(section))
     assert text[start + len(markers(section)[0]):end].strip() == registry.catalogue_markdown().strip()
+
+
+USER_VIT = """
+    import jax
+    import numpy as np
+
+    import gag_jax as gj
+    from gag_jax.models.vit import ViT
+
+
+    def build():
+        module = ViT(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_dim=32, num_classes=7)
+        variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))
+        return gj.ModelFunctions.from_module(module, variables, mean=(0.5,) * 3, std=(0.5,) * 3)
+"""
+
+
+@pytest.mark.slow  # a ViT's attention methods end to end: CI runs it
+def test_a_users_vit_runs_the_attention_methods_and_token_gradcam_through_evaluate(tmp_path, monkeypatch, capsys):
+    """A transformer of the user's (``module:attribute``) in ``evaluate``: attention rollout, generic
+    attention and Grad-CAM on tokens are rows like the others; each row's per-image RCAP in the records
+    equals ``gj.metrics.rcap`` of ``gj.explain``'s maps computed here on the same images."""
+    name = f"vitlab_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / "code" / name).mkdir(parents=True)
+    (tmp_path / "code" / name / "__init__.py").write_text("")
+    (tmp_path / "code" / name / "nets.py").write_text(textwrap.dedent(USER_VIT))
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    photos = _folder(tmp_path / "photos", count=2)
+    out = tmp_path / "run"
+    methods = ("attention_rollout", "generic_attention", "gradcam")
+    rc, _, err = _main(["evaluate", "--case", "folder", "--data-dir", photos, "--model", f"{name}.nets:build",
+                        "--methods", ",".join(methods), "--metrics", "rcap", "--image-size", "16",
+                        "--confidence", "none", "--batch-size", "2", "--backend", "files", "--out", out, *FAST],
+                       capsys)
+    assert rc == 0, err
+    assert {r["method"] for r in read_table_csv(str(out / "table2.csv"))} == set(methods)
+
+    model = user_code.user_model(f"{name}.nets:build")
+    from gag_jax.data import load_case
+
+    data = next(iter(load_case("folder", str(photos), image_size=16, batch_size=2, backend="files",
+                               mean=model.mean, std=model.std)))
+    images, labels = jnp.asarray(data["images"]), jnp.asarray(data["labels"])
+    for method in methods:
+        record = np.load(runner.record_path(str(out), method, 0))
+        np.testing.assert_array_equal(record["labels"], np.asarray(labels))
+        maps = gj.explain(method, model, images, labels)
+        expected = gj.metrics.rcap(model, images, labels, maps)["rcap"]
+        np.testing.assert_allclose(record["rcap"], np.asarray(expected), atol=1e-5, err_msg=method)
+    for module in [m for m in sys.modules if m.startswith(name)]:
+        del sys.modules[module]
