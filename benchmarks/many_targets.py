@@ -20,7 +20,6 @@ import datetime
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +29,6 @@ import gag_jax as gj
 from benchmarks import measure
 from benchmarks.measure import print_and_append
 from gag_jax import models
-
-
-def _time(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - start, out
 
 
 def main(argv=None) -> str:
@@ -66,10 +59,10 @@ def main(argv=None) -> str:
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     first, warm, maps = {}, {"one": [], "each": []}, {}
     for label, fn in (("one", one_call), ("each", k_calls)):
-        first[label], maps[label] = _time(fn)
+        first[label], maps[label] = measure.timed(fn)
     for _ in range(args.rounds):
         for label, fn in (("one", one_call), ("each", k_calls)):
-            warm[label].append(_time(fn)[0])
+            warm[label].append(measure.timed(fn)[0])
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     difference = np.abs(np.asarray(maps["one"]) - np.asarray(maps["each"]))
     b, k = labels.shape

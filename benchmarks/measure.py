@@ -127,6 +127,13 @@ def peak_device_bytes(device) -> Optional[int]:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """``(seconds, result)`` of one call of ``fn``, its arrays waited for (``jax.block_until_ready``)."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - start, out
+
+
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (``jax.block_until_ready``)."""
     for _ in range(warmup):

@@ -15,20 +15,14 @@ import datetime
 import os
 import platform
 import statistics
-import time
 
 import jax
 
 import gag_jax as gj
-from gag_jax import models
 from benchmarks import measure
 from benchmarks.measure import print_and_append
+from gag_jax import models
 from gag_jax.metrics._common import chunk_plan
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> str:
@@ -57,11 +51,11 @@ def main(argv=None) -> str:
         d = gj.metrics.deletion_insertion(logits, images, labels, maps, copies_per_call=bs)
         return r["rcap"], d["dauc"]
 
-    cold = {bs: _time(lambda bs=bs: run(bs)) for bs in sizes}
+    cold = {bs: measure.timed(lambda bs=bs: run(bs))[0] for bs in sizes}
     warm: dict = {bs: [] for bs in sizes}
     for _ in range(args.rounds):
         for bs in sizes:
-            warm[bs].append(_time(lambda bs=bs: run(bs)))
+            warm[bs].append(measure.timed(lambda bs=bs: run(bs))[0])
 
     def calls(n, bs):
         size, full, rest = chunk_plan(n, bs)

@@ -16,7 +16,6 @@ import datetime
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +27,6 @@ from gag_jax import models
 
 ROWS = ([("gag", {"percentile": p / 100}) for p in (0, 15, 25, 35, 45, 55, 65, 75, 85)]
         + ["vargrad", "sg", "ig", "guided_ig", "blur_ig", "vg", "gb", "gradcam"])
-
-
-def _time(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - start, out
 
 
 def main(argv=None) -> str:
@@ -65,10 +58,10 @@ def main(argv=None) -> str:
 
     first, warm, maps = {}, {"many": [], "each": []}, {}
     for label, fn in (("many", many), ("each", each)):
-        first[label], maps[label] = _time(fn)
+        first[label], maps[label] = measure.timed(fn)
     for _ in range(args.rounds):
         for label, fn in (("many", many), ("each", each)):
-            warm[label].append(_time(fn)[0])
+            warm[label].append(measure.timed(fn)[0])
     diff = max(float(jnp.abs(maps["many"][k] - maps["each"][k]).max()) for k in maps["many"])
     plan = gj.explainers.sweep_plan(ROWS, n=args.n)
     gradients = {"many": sum(g["gradients"] for g in plan),

@@ -21,16 +21,16 @@ import datetime
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gag_jax.models import VIT_MEAN, VIT_STD, model_functions, vit
 from PIL import Image
 
 import gag_jax as gj
+from benchmarks import measure
 from benchmarks.measure import print_and_append
-from gag_jax.models import VIT_MEAN, VIT_STD, model_functions, vit
 
 DEFAULT_PHOTOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared",
                               "data", "imagenet_val_sample")
@@ -41,12 +41,6 @@ METHODS = ("gag", "gradcam", "attention_rollout", "generic_attention", "vg")
 
 def _load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-
-
-def _time(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - start, out
 
 
 def photo_batch(folder: str, count: int, size: int, model) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -98,12 +92,12 @@ def main(argv=None) -> str:
     load_start = _load_average()
     first, warm, shapes = {}, {m: [] for m in methods}, {}
     for m in methods:
-        first[m], maps = _time(call(m))
+        first[m], maps = measure.timed(call(m))
         shapes[m] = tuple(maps.shape)
         print(f"{m}: first call {first[m]:.1f} s", flush=True)
     for r in range(args.rounds):
         for m in methods:
-            warm[m].append(_time(call(m))[0])
+            warm[m].append(measure.timed(call(m))[0])
         print(f"round {r + 1}: " + ", ".join(f"{m} {warm[m][-1]:.2f} s" for m in methods), flush=True)
     load_end = _load_average()
 
