@@ -7,10 +7,11 @@ Relative error = ``max |flax - reference| / max |reference|``.
 from __future__ import annotations
 
 import math
+import os
 import time
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -531,3 +532,22 @@ def test_vit_b16_matches_torchvision_at_224_through_the_registry(tmp_path):
     err = rel_err(ours, theirs)
     print(f"ViT-B/16 vs torchvision vit_b_16: relative error {err:.2e}")
     assert err < RTOL
+
+
+def test_vit_on_synthetic_shapes_trains_explains_scores_and_writes_the_readme_section(tmp_path):
+    """``gag_jax.experiments.vit_shapes``: a small ViT trained on the synthetic shapes, every transformer
+    method's map scored against the masks (values in [0, 1]), the figure and table written, and the README
+    section replaced between its markers."""
+    from gag_jax.experiments import vit_shapes
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n<!-- {vit_shapes.README_SECTION}:start -->\nold\n<!-- {vit_shapes.README_SECTION}:end -->\n")
+    result = vit_shapes.main(["--out", str(tmp_path / "out"), "--steps", "3", "--images", "3", "--n", "2",
+                              "--update-readme", str(readme)])
+    assert set(result["scores"]) == set(vit_shapes.METHODS)
+    for method, values in result["scores"].items():
+        assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= values["relevance_mass"] <= 1.0, method
+    assert os.path.getsize(result["files"]["figure"]) > 0
+    text = readme.read_text()
+    assert "old" not in text and "| Attention rollout |" in text and "--steps 3" in text
+

@@ -27,7 +27,7 @@ TRAIN_SEED_OFFSET = 1000
 def train_tiny(num_classes: int = 5, image_size: int = 32, *, seed: int = 0, steps: int = 300,
                num_images: int = 640, batch_size: int = 64, learning_rate: float = 3e-3,
                width: int = 16) -> tuple[TinyCNN, dict, dict]:
-    """Train a :class:`TinyCNN` on synthetic shapes (adam, softmax cross-entropy, label smoothing 0).
+    """Train a :class:`TinyCNN` on synthetic shapes (:func:`train_on_synthetic`).
 
     Deterministic for fixed arguments on a given device. Takes a few seconds on a CPU.
 
@@ -44,12 +44,30 @@ def train_tiny(num_classes: int = 5, image_size: int = 32, *, seed: int = 0, ste
     Returns:
       ``(module, variables, info)``: info has ``train_accuracy``, ``seconds``, ``steps``.
     """
+    module = TinyCNN(num_classes=num_classes, width=width)
+    variables, info = train_on_synthetic(module, num_classes, image_size, seed=seed, steps=steps,
+                                         num_images=num_images, batch_size=batch_size, learning_rate=learning_rate)
+    return module, variables, info
+
+
+def train_on_synthetic(module, num_classes: int, image_size: int, *, seed: int = 0, steps: int = 300,
+                       num_images: int = 640, batch_size: int = 64,
+                       learning_rate: float = 3e-3) -> tuple[dict, dict]:
+    """Train any Flax linen classifier ``module`` (``(B, S, S, 3) -> (B, num_classes)``, parameters only)
+    on synthetic shapes: adam, softmax cross-entropy, batches drawn with ``jax.random.choice``.
+
+    Args:
+      module: the classifier (e.g. :class:`TinyCNN`, a small ``gag_jax.models.vit.ViT``).
+      num_classes, image_size, seed, steps, num_images, batch_size, learning_rate: as :func:`train_tiny`.
+
+    Returns:
+      ``(variables, info)``: info has ``train_accuracy``, ``seconds``, ``steps``, ``num_images``, ``seed``.
+    """
     from gag_jax.data import make_synthetic
 
     start = time.perf_counter()
     data = make_synthetic(num_images, image_size, seed + TRAIN_SEED_OFFSET, num_classes)
     x_all, y_all = jnp.asarray(data["images"]), jnp.asarray(data["labels"])
-    module = TinyCNN(num_classes=num_classes, width=width)
     params = module.init(jax.random.PRNGKey(seed), x_all[:1])["params"]
     opt = optax.adam(learning_rate)
     opt_state = opt.init(params)
@@ -71,8 +89,8 @@ def train_tiny(num_classes: int = 5, image_size: int = 32, *, seed: int = 0, ste
     logits = module.apply({"params": params}, x_all)
     accuracy = float(jnp.mean(jnp.argmax(logits, -1) == y_all))
     variables = {"params": jax.device_get(params)}
-    return module, variables, {"train_accuracy": accuracy, "seconds": time.perf_counter() - start,
-                               "steps": steps, "num_images": num_images, "seed": seed}
+    return variables, {"train_accuracy": accuracy, "seconds": time.perf_counter() - start,
+                       "steps": steps, "num_images": num_images, "seed": seed}
 
 
 def trained_tiny(path: str | os.PathLike, num_classes: int, image_size: int, *, seed: int = 0,
