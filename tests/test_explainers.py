@@ -79,6 +79,7 @@ def test_ig_matches_numpy_riemann_sum():
     np.testing.assert_allclose(raw[0], expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_blur_ig_sum_approximates_output_difference():
     _, _, model_fn = tiny_conv_net(size=10)
     x = jax.random.normal(jax.random.PRNGKey(6), (1, 10, 10, 3))

@@ -201,6 +201,7 @@ def test_a_bad_reference_is_one_line_exit_2_and_writes_nothing(user_package, tmp
     assert not out.exists()
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_throwaway_method_and_metric_through_the_public_registry_run_evaluate(tmp_path):
     """No file of the package changes: a method and a metric registered in Python are rows and columns."""
     def doubled_vg():

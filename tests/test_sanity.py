@@ -183,6 +183,7 @@ def test_vanilla_gradient_loses_similarity_on_a_trained_net(trained_tiny, synthe
     assert result["passed"] is True
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_independent_variant_and_step_subset(trained_tiny, synthetic):
     module, variables = trained_tiny
     images, labels = synthetic

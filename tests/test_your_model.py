@@ -80,6 +80,7 @@ def _changed(variables, seed):
 # 1. weights are never baked in
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_linen_model_with_new_variables_gives_new_maps_and_rcap():
     module, variables, images, labels = _linen()
     new_variables = _changed(variables, 11)
@@ -260,6 +261,7 @@ def test_layer_gradcam_on_an_nnx_submodule_matches_a_hand_computation():
         gj.explain("gradcam", net, images, labels, layer="conv9")
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_nnx_model_scored_and_sanity_checked():
     net = NnxNet(nnx.Rngs(0))
     model = gj.ModelFunctions.from_nnx(net, mean=(0.5,) * 3, std=(0.25,) * 3)
