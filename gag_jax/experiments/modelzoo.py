@@ -190,7 +190,8 @@ def top1_of(probs) -> tuple[np.ndarray, np.ndarray]:
 def predict_top1(model: gj.ModelFunctions, images, *, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The model's top-1 class of each image and its softmax probability, ``((N,) int32, (N,) float32)``:
     :func:`top1_of` of :func:`class_probabilities` (batched and sharded over the local devices). The
-    one top-1 prediction of ``demo``, ``explain``, ``sanity`` and ``evaluate --target predicted``."""
+    one top-1 prediction of ``demo``, ``explain`` and ``sanity`` (``evaluate``'s selection applies
+    :func:`top1_of` to the :func:`class_probabilities` it also ranks for ``--target top-K``)."""
     return top1_of(class_probabilities(model, images, batch_size=batch_size))
 
 

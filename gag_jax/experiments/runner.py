@@ -189,10 +189,9 @@ def model_with_scaling(model, mean, std) -> gj.ModelFunctions:
     mean, std = check_scaling(mean, std)
     if model.mean is None or model.std is None:
         return model.replace(mean=mean, std=std)
-    own = check_scaling(model.mean, model.std)
-    if not (np.allclose(own[0], mean) and np.allclose(own[1], std)):
-        raise ValueError(f"the model's input scaling (mean {own[0]}, std {own[1]}) is not the one the images were "
-                         f"normalised with (mean {mean}, std {std})")
+    if not (np.allclose(model.mean, mean) and np.allclose(model.std, std)):  # (checked when the model was built)
+        raise ValueError(f"the model's input scaling (mean {model.mean}, std {model.std}) is not the one the images "
+                         f"were normalised with (mean {mean}, std {std})")
     return model
 
 

@@ -76,7 +76,7 @@ def run(out_dir: str, *, image_size: int = 32, num_classes: int = 5, steps: int 
         scores[method] = {"pointing_game": float(np.mean(pointing)),
                           "relevance_mass": float(np.nanmean(np.asarray(mass["relevance_mass_accuracy"])))}
     mask_share = float(masks.mean())
-    lines = [f"ViT ({tiny_vit(num_classes, image_size).depth} blocks, {module.embed_dim} wide, "
+    lines = [f"ViT ({module.depth} blocks, {module.embed_dim} wide, "
              f"{module.num_heads} heads, {(image_size // module.patch_size) ** 2} patches of "
              f"{module.patch_size}² + CLS) trained {steps} steps on {train['num_images']} synthetic {image_size}² "
              f"shapes ({num_classes} classes; train accuracy {train['train_accuracy']:.3f}, held-out "
