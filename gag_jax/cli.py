@@ -447,7 +447,7 @@ def cmd_demo(args) -> int:
     """``gag-jax demo``."""
     import gag_jax as gj
     from gag_jax.experiments.demo import DEMO_N, run_demo, update_readme
-    from gag_jax.experiments.explain_command import BadInputError
+    from gag_jax.experiments.jobs import BadInputError, Job
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
     methods = _check_methods(args.methods or list(gj.METHODS))
@@ -457,9 +457,8 @@ def cmd_demo(args) -> int:
     _say(f"gag-jax demo: EfficientNet-Lite0 (real ImageNet weights), {len(methods)} method(s), "
          f"n = {args.n or DEMO_N}, {args.size}x{args.size}")
     try:
-        result = run_demo(args.out, methods=methods, n=args.n, size=args.size, images=args.images, seed=args.seed,
-                          batch_size=args.batch_size, metric_batch_size=args.metric_batch_size,
-                          chunk_size=args.chunk_size, report=_say, warn=_warn, progress=not args.no_progress)
+        result = run_demo(Job.from_args(args, methods=methods), size=args.size, images=args.images, report=_say,
+                          warn=_warn)
     except (InputTooSmallError, BadInputError) as err:
         raise UsageError(str(err)) from None
     _say("")
@@ -525,7 +524,8 @@ def _parse_top_k(text: str) -> int | None:
 
 def cmd_explain(args) -> int:
     """``gag-jax explain``."""
-    from gag_jax.experiments.explain_command import BadInputError, run_explain
+    from gag_jax.experiments.explain_command import run_explain
+    from gag_jax.experiments.jobs import BadInputError, Job
     from gag_jax.experiments.modelzoo import InputTooSmallError
 
     args.method = _check_methods(args.method)
@@ -534,11 +534,8 @@ def cmd_explain(args) -> int:
     top_k = _parse_top_k(args.labels)
     labels = None if top_k is not None else _parse_labels(args.labels)
     try:
-        result = run_explain(args.paths, args.out, methods=args.method, model_name=args.model,
-                             checkpoint=args.checkpoint, labels=labels, size=args.size, n=args.n,
-                             seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             resize_mode=args.resize, report=_warn, notice=_warn, progress=not args.no_progress,
-                             top_k=top_k)
+        result = run_explain(Job.from_args(args, methods=args.method), args.paths, labels=labels, size=args.size,
+                             resize_mode=args.resize, report=_warn, notice=_warn, top_k=top_k)
     except (InputTooSmallError, BadInputError) as err:
         raise UsageError(str(err)) from None
     if not result["images"]:
@@ -578,19 +575,17 @@ def _evaluate(args) -> int:
     """The evaluate command on this process (process 0 alone prints the tables)."""
     from gag_jax.data import DatasetLayoutError
     from gag_jax.experiments import hosts, runner
+    from gag_jax.experiments.jobs import Job
 
     try:
         with _OneLineWarnings():
             out = runner.evaluate_case(
-                args.case, args.out, data_dir=args.data_dir, model_name=args.model, checkpoint=args.checkpoint,
-                num_classes=args.num_classes, tables=args.table, methods=args.methods, metrics=args.metrics,
-                batch_size=args.batch_size, metric_batch_size=args.metric_batch_size, limit=args.limit,
-                confidence=args.confidence, image_size=args.image_size, split=args.split, n=args.n,
-                chunk_size=args.chunk_size, seed=args.seed, case_options=_case_options(args.case_option),
+                Job.from_args(args), args.case, data_dir=args.data_dir, num_classes=args.num_classes,
+                tables=args.table, metrics=args.metrics, limit=args.limit, confidence=args.confidence,
+                image_size=args.image_size, split=args.split, case_options=_case_options(args.case_option),
                 metric_options=_metric_options(args.metric_option),
                 backend=args.backend, resize=args.resize, target=args.target, train_steps=args.train_steps,
-                figures=not args.no_figures, progress=not args.no_progress, report=_say,
-                command=shlex.join([PROG, *args.argv]))
+                figures=not args.no_figures, report=_say, command=shlex.join([PROG, *args.argv]))
     except (runner.OptionError, runner.RunMismatchError, DatasetLayoutError) as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
@@ -760,6 +755,7 @@ def cmd_sanity(args) -> int:
     """``gag-jax sanity``: ``sanity_command.sanity_check`` with the command-line options."""
     import gag_jax as gj
     from gag_jax.experiments import readme
+    from gag_jax.experiments.jobs import Job
     from gag_jax.experiments.sanity_command import sanity_check
 
     methods = _check_methods(args.methods or list(gj.METHODS))
@@ -768,9 +764,8 @@ def cmd_sanity(args) -> int:
     _check_readme(args.update_readme, "sanity-table")
     test_options = {"by": args.by, "batch_size": args.batch_size, **({"steps": args.steps} if args.steps else {})}
     try:
-        run = sanity_check(args.model, args.images, args.out, checkpoint=args.checkpoint, methods=methods,
-                           labels=_parse_labels(args.labels), max_images=args.max_images, size=args.size,
-                           n=args.n, chunk_size=args.chunk_size, seed=args.seed, cascading=not args.independent,
+        run = sanity_check(Job.from_args(args, methods=methods), args.images, labels=_parse_labels(args.labels),
+                           max_images=args.max_images, size=args.size, cascading=not args.independent,
                            report=_say, warn=_warn, **test_options)
     except ValueError as err:
         raise UsageError(str(err)) from None

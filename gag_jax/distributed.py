@@ -39,23 +39,24 @@ import itertools
 import math
 import os
 import warnings
-from typing import Any
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gag_jax import explainers as explainers_lib
-from gag_jax.model import as_model_functions
 from gag_jax.data._common import pad_rows  # one padding rule (repeat the last row)
+from gag_jax.model import as_model_functions
 
 AXIS = "batch"
 
 __all__ = [
     "AXIS", "ShardedExplainer", "batch_sharding", "explain_sharded", "gather", "initialize", "make_mesh",
-    "num_steps", "pad_rows", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
+    "map_batches", "num_steps", "pad_rows", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
     "round_to_devices", "shard_batch",
 ]
 
@@ -216,6 +217,65 @@ def shard_rows(arrays: Sequence[Any], mesh: Mesh | None) -> list:
         return list(arrays)
     sharding = batch_sharding(mesh)
     return [jax.device_put(a, sharding) for a in arrays]
+
+
+def map_batches(fn, arrays: Sequence[Any], *, batch_size: int | None = None, shared: Sequence[Any] = (),
+                mesh: Mesh | None | str = "local", batches: Iterable[int] | None = None,
+                on_batch=None) -> Any:
+    """``fn(*shared, *batch)`` over fixed-size batches of ``arrays``' leading axis: the one host-side
+    batch loop of the commands (``demo``, ``explain``, ``sanity``, the model's class probabilities).
+
+    Each batch is ``batch_size`` rows (rounded up to the device count, :func:`round_to_devices`);
+    the last one is padded by repeating its last row (:func:`pad_rows`), so every call has one
+    shape and ``fn`` (jit-compiled by the caller) compiles once; the rows are sharded over ``mesh``
+    (:func:`shard_rows`), ``shared`` (e.g. the model) is replicated on its devices once, and the
+    padding rows are dropped from the result. A row's result does not depend on its batch as long
+    as ``fn`` treats rows independently (per-image keys: ``gj.keys``).
+
+    Args:
+      fn: ``fn(*shared, *batch) -> array (B, ...) or pytree of them``.
+      arrays: arrays ``(N, ...)`` sharing ``N >= 1`` (host or device).
+      batch_size: rows per call (None: all ``N`` in one call).
+      shared: arguments passed whole to every call (replicated over the mesh).
+      mesh: ``"local"`` (:func:`local_mesh`, the default), a mesh, or None (no sharding).
+      batches: only these batch indices (0-based, in order); their rows' results are returned.
+      on_batch: called with the number of real rows after each batch (progress bars).
+
+    Returns:
+      ``fn``'s output with every leaf a numpy array ``(M, ...)``: the real rows of the batches
+      computed, in order (``M = N`` without ``batches``).
+
+    Raises:
+      ValueError: arrays of different lengths or none at all.
+
+    Examples:
+      >>> out = map_batches(lambda x: x * 2, [np.arange(5.0)], batch_size=2, mesh=None)
+      >>> out.tolist()
+      [0.0, 2.0, 4.0, 6.0, 8.0]
+    """
+    lengths = {int(np.shape(a)[0]) for a in arrays}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"map_batches needs arrays sharing a leading axis of length >= 1; got lengths "
+                         f"{sorted(lengths)}")
+    (n,) = lengths
+    mesh = local_mesh() if isinstance(mesh, str) and mesh == "local" else mesh
+    size = round_to_devices(min(batch_size or n, n), mesh)
+    if mesh is not None and shared:
+        shared = replicate(tuple(shared), mesh)
+    wanted = None if batches is None else set(batches)
+    parts = []
+    for index, start in enumerate(range(0, n, size)):
+        if wanted is not None and index not in wanted:
+            continue
+        stop = min(start + size, n)
+        padded, _ = pad_rows([a[start:stop] for a in arrays], size)
+        out = fn(*shared, *shard_rows(padded, mesh))
+        parts.append(jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[: stop - start], out))
+        if on_batch is not None:
+            on_batch(stop - start)
+    if not parts:
+        raise ValueError(f"map_batches: no batch among {sorted(wanted)} (there are {-(-n // size)})")
+    return jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *parts)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -452,6 +452,12 @@ class ModelFunctions:
             statics = dataclasses.replace(statics, mean=new_mean, std=new_std)
         return self._make(statics, self._variables if variables is dataclasses.MISSING else variables)
 
+    @property
+    def kind(self) -> str:
+        """How the model was built: ``"linen"`` (:meth:`from_module`), ``"nnx"`` (:meth:`from_nnx`),
+        ``"apply"`` (:meth:`from_apply`) or ``"plain"`` (a function)."""
+        return type(self._statics.logits).__name__.strip("_").lower()
+
     def linen_parts(self):
         """``(module, variables)`` of a model built with :meth:`from_module` (a Flax linen module and
         its variables, e.g. for a layer-randomisation check); None for other models."""
@@ -472,8 +478,7 @@ class ModelFunctions:
 
     def __repr__(self):
         parts = [p for p in _PARTS if getattr(self._statics, p) is not None]
-        kind = type(self._statics.logits).__name__.strip("_").lower()
-        return (f"ModelFunctions({kind}, parts={parts}, scaling="
+        return (f"ModelFunctions({self.kind}, parts={parts}, scaling="
                 f"{'unknown' if self.mean is None else (self.mean, self.std)})")
 
 

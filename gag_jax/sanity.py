@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gag_jax.distributed import map_batches
 from gag_jax.explainers import DEFAULTS, PRESETS, ModelFunctions, explain
 
 __all__ = ["METRICS", "layer_blocks", "model_randomisation", "passes", "randomised_variables", "similarities"]
@@ -326,27 +327,26 @@ def similarities(original, randomised, *, hog_orientations: int = 9, hog_pixels_
 
 
 class _NnxView:
-    """An NNX model in the ``gj.ModelFunctions`` contract (:meth:`ModelFunctions.from_nnx`: an
-    eval-mode copy, its state the pytree leaves), seen by the block trace and the re-initialisation
-    as the dicts a linen model has: ``variables = {"params": {...}, "batch_stats": {...}}`` (top-level
-    names = the module's attributes; everything that is not an ``nnx.Param`` goes to
-    ``"batch_stats"`` and keeps its trained value). ``apply(variables, x)`` runs the model with them;
-    ``init`` returns the parameters of ``fresh``, a freshly constructed instance of the same class
-    (its own initialisers: Adebayo et al.'s re-initialisation). Each step's model is
-    ``model.replace(variables=...)``: the same compiled programs as ``gj.explain``, layers included."""
+    """An NNX model (a ``gj.ModelFunctions`` of :meth:`ModelFunctions.from_nnx`: an eval-mode copy,
+    its state the pytree leaves), seen by the block trace and the re-initialisation as the dicts a
+    linen model has: ``variables = {"params": {...}, "batch_stats": {...}}`` (top-level names = the
+    module's attributes; everything that is not an ``nnx.Param`` goes to ``"batch_stats"`` and keeps
+    its trained value). ``apply(variables, x)`` runs the model with them; ``init`` returns the
+    parameters of ``fresh``, a freshly constructed instance of the same class (its own initialisers:
+    Adebayo et al.'s re-initialisation). Each step's model is ``model.replace(variables=...)``: the
+    same compiled programs as ``gj.explain``, layers and input scaling included."""
 
-    def __init__(self, trained, fresh):
+    def __init__(self, model: ModelFunctions, fresh):
         from flax import nnx
 
-        for name, value in (("module", trained), ("fresh", fresh)):
-            if not isinstance(value, nnx.Module):
-                raise ValueError(f"for an NNX model, {name} must be an nnx.Module (the fresh one: a newly "
-                                 f"constructed instance of the same class); got {type(value)}")
-        self.model = ModelFunctions.from_nnx(trained)
+        if not isinstance(fresh, nnx.Module):
+            raise ValueError("for an NNX model, fresh must be an nnx.Module: a newly constructed instance of the "
+                             f"same class (e.g. MyCNN(rngs=nnx.Rngs(1))); got {type(fresh)}")
+        self.model = model
         self._params, self._rest = nnx.split_state(self.model.variables, nnx.Param, ...)
         self.variables = {"params": self._params.to_pure_dict(), "batch_stats": self._rest.to_pure_dict()}
         fresh_model = ModelFunctions.from_nnx(fresh)
-        if jax.tree_util.tree_structure(fresh_model) != jax.tree_util.tree_structure(self.model):
+        if jax.tree_util.tree_structure(fresh_model.variables) != jax.tree_util.tree_structure(model.variables):
             raise ValueError("the fresh NNX module does not have the structure of the trained one: build it "
                              "with the same class and arguments")
         self._fresh = nnx.split_state(fresh_model.variables, nnx.Param, ...)[0].to_pure_dict()
@@ -368,37 +368,47 @@ class _NnxView:
         return {"params": self._fresh}
 
 
-def _linen_view(module, variables):
-    """``(module, variables)`` for the test: linen as given; NNX through :class:`_NnxView`."""
+def _randomisation_view(model, fresh) -> tuple[Any, Mapping, Callable[[Mapping], ModelFunctions]]:
+    """``(module, variables, model_of)`` for the test: the linen module (or an NNX model seen as one,
+    :class:`_NnxView`), its trained variables as dicts, and ``model_of(variables)``, the model with
+    other weights (same apply functions and input scaling: no new compilation)."""
     from flax import nnx
 
-    if isinstance(module, nnx.Module):
-        view = _NnxView(module, variables)
-        return view, view.variables
-    return module, variables
-
-
-def _model_of(module, variables) -> ModelFunctions:
-    if isinstance(module, _NnxView):
-        return module.model_of(variables)
-    return ModelFunctions.from_module(module, variables)
+    if isinstance(model, nnx.Module):
+        model = ModelFunctions.from_nnx(model)
+    if not isinstance(model, ModelFunctions):
+        raise ValueError("model must be a gj.ModelFunctions built with from_module (linen) or from_nnx, or an "
+                         f"nnx.Module; got {type(model).__name__}")
+    if model.kind == "linen":
+        if fresh is not None:
+            raise ValueError("fresh is for NNX models; a linen model is re-initialised by its module's own init")
+        module, variables = model.linen_parts()
+        return module, variables, lambda v: model.replace(variables=v)
+    if model.kind == "nnx":
+        if fresh is None:
+            raise ValueError("an NNX model needs fresh=: a newly constructed instance of the same class, whose "
+                             "parameters (its own initialisers) are the re-initialisation")
+        view = _NnxView(model, fresh)
+        return view, view.variables, view.model_of
+    built = "with from_apply" if model.kind == "apply" else "from a plain function"
+    raise ValueError(f"the layer randomisation needs the model's layers, and a model built {built} has none: "
+                     "build it with gj.ModelFunctions.from_module (linen) or from_nnx")
 
 
 def _attributions(method, model: ModelFunctions, images, labels, key, options: dict, batch_size: int) -> np.ndarray:
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        k = key[start:start + batch_size]  # one key per image: a map does not depend on the batching
+    """Raw maps of every image, ``batch_size`` per call (``gj.distributed.map_batches``: padded,
+    sharded over the local devices); one key per image, so a map does not depend on the batching."""
+
+    def explain_batch(m, x, y, k):
         if callable(method):
-            raw = method(model, x, y, k)
-        else:
-            raw = explain(method, model, x, y, key=k, postprocess=False, **options)
-        out.append(np.asarray(raw, np.float32))
-    raw = np.concatenate(out)
+            return jnp.asarray(method(m, x, y, k), jnp.float32)
+        return explain(method, m, x, y, key=k, postprocess=False, **options)
+
+    raw = map_batches(explain_batch, [images, labels, key], batch_size=batch_size, shared=(model,))
     if raw.ndim not in (3, 4) or raw.shape[:3] != tuple(images.shape[:3]):
         raise ValueError(f"the method returned shape {raw.shape}; expected (B, H, W) or (B, H, W, C) with "
                          f"(B, H, W) = {tuple(images.shape[:3])}")
-    return raw
+    return raw.astype(np.float32)
 
 
 def passes(result: Mapping, *, threshold: float = 0.5, metric: str = "spearman_abs", summary: str = "mean") -> bool:
@@ -428,20 +438,22 @@ def passes(result: Mapping, *, threshold: float = 0.5, metric: str = "spearman_a
     return bool(value < threshold)
 
 
-def model_randomisation(method: str | Callable, module, variables: Mapping, images, labels, key, *,
+def model_randomisation(method: str | Callable, model, images, labels, key, *, fresh=None,
                         cascading: bool = True, **options) -> dict[str, Any]:
     """Cascading (or independent) model-parameter randomisation test of a saliency method.
 
     Args:
       method: a name in ``gj.PRESETS`` (explained with ``gj.explain(..., postprocess=False)``) or a
         callable ``method(model: gj.ModelFunctions, images, labels, key) -> (B, H, W[, C])`` raw maps.
-      module: the Flax linen module (e.g. from ``models.load``), or a trained Flax NNX module.
-      variables: the linen module's trained variables; for an NNX module, a freshly constructed
-        instance of the same class (``MyCNN(rngs=nnx.Rngs(1))``): its parameters, drawn by the
-        model's own initialisers, are the re-initialisation (the trained module is not changed).
-      images: ``(B, H, W, C)`` normalised images.
+      model: the trained model, a ``gj.ModelFunctions`` built with ``from_module`` (Flax linen, e.g.
+        ``modelzoo.load_model``) or ``from_nnx``, or a trained ``nnx.Module``. Its input scaling is
+        the methods' (IG's black baseline); the model itself is not changed.
+      images: ``(B, H, W, C)`` images in the model's input scaling.
       labels: ``(B,)`` int target classes (kept at every step).
       key: PRNG key; split into the method's key (the same at every step) and the re-initialisation key.
+      fresh: NNX models only: a freshly constructed instance of the same class
+        (``MyCNN(rngs=nnx.Rngs(1))``): its parameters, drawn by the model's own initialisers, are the
+        re-initialisation (a linen model's is its module's ``init``).
       cascading: True: randomise from the top down, cumulatively; False: one block at a time.
       **options: the test's own options, then the method's (``n``, ``noise_level``, ...):
 
@@ -463,8 +475,8 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
       min-max normalised absolute maps in [0, 1].
 
     Raises:
-      ValueError: unknown method or option, bad shapes, an unknown step label, variables that do
-        not belong to the module.
+      ValueError: unknown method or option, bad shapes, an unknown step label, a model without layers
+        (a plain function), an NNX model without ``fresh``.
     """
     test_options = {k: options.pop(k) for k in list(options) if k in _SANITY_OPTIONS}
     by = test_options.get("by", "layer")
@@ -501,7 +513,7 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
         explain_keys = jax.vmap(jax.random.fold_in, (None, 0))(explain_key, jnp.arange(images.shape[0]))
     elif np.shape(explain_keys)[0] != images.shape[0]:
         raise ValueError(f"image_keys needs one key per image: got {np.shape(explain_keys)[0]} for {images.shape[0]}")
-    module, variables = _linen_view(module, variables)
+    module, variables, model_of = _randomisation_view(model, fresh)
     shape = (1,) + tuple(images.shape[1:])
     spec = (layer_blocks(module, variables, shape, by=by) if blocks_spec is None
             else _check_blocks(blocks_spec, set(variables.get("params", {}))))
@@ -511,7 +523,7 @@ def model_randomisation(method: str | Callable, module, variables: Mapping, imag
     if missing:
         raise ValueError(f"unknown step(s) {missing}; the blocks are {labels_all}")
     def explain_with(v):  # same apply functions at every step: one compilation, the weights traced
-        return _attributions(method, _model_of(module, v), images, labels, explain_keys, options, batch_size)
+        return _attributions(method, model_of(v), images, labels, explain_keys, options, batch_size)
 
     original = explain_with(variables)
     name = method if isinstance(method, str) else getattr(method, "__name__", "method")

@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import gag_jax as gj
 from gag_jax import cli
 from gag_jax.experiments import demo, explain_command, figures, specs, tables, timing
+from gag_jax.experiments.jobs import Job
 from gag_jax.experiments.tables import read_table_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -136,7 +138,7 @@ def test_a_method_that_fails_leaves_no_empty_output_folder(tiny_ckpt, tmp_path, 
     def fails(*args, **kwargs):
         raise ValueError("this option does not fit")
 
-    monkeypatch.setattr(explain_command, "explain_arrays", fails)
+    monkeypatch.setattr(gj, "explain", fails)
     rc, _, err = _explain([photo], tmp_path / "new", tiny_ckpt, capsys, "--no-progress")
     assert rc == 2 and _error_lines(err) == ["gag-jax explain: error: method 'gag': this option does not fit"]
     assert not (tmp_path / "new").exists()
@@ -146,8 +148,8 @@ def test_a_refused_evaluate_removes_the_empty_folders_it_made_but_not_an_existin
                                                                                        monkeypatch):
     from gag_jax.experiments import runner
 
-    def refuses(case, out_dir, **kwargs):
-        os.makedirs(os.path.join(out_dir, "records", "gag"))
+    def refuses(job, case, **kwargs):
+        os.makedirs(os.path.join(job.out_dir, "records", "gag"))
         raise runner.OptionError("no image of this case fits the model")
 
     monkeypatch.setattr(runner, "evaluate_case", refuses)
@@ -311,9 +313,9 @@ def test_demo_reports_compile_and_run_time_separately_and_titles_with_the_probab
                         lambda path, pixels, saliency, *, title="": titles.append(title) or original(
                             path, pixels, saliency, title=title))
     photos = [_photo(tmp_path / "in" / f"p{i}.png", seed=i) for i in range(2)]
-    result = demo.run_demo(str(tmp_path / "out"), methods=["vg", "gradcam", "gag"], n=2, size=16, images=photos,
-                           model_name="tiny", checkpoint=str(tiny_ckpt), batch_size=2, report=lambda line: None,
-                           progress=False)
+    job = Job(str(tmp_path / "out"), methods=("vg", "gradcam", "gag"), n=2, model_name="tiny",
+              checkpoint=str(tiny_ckpt), batch_size=2, progress=False)
+    result = demo.run_demo(job, size=16, images=photos, report=lambda line: None)
     md = (tmp_path / "out" / "demo_table.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Method |"))
     assert header.endswith("| compile s | run s |") and "seconds" not in header

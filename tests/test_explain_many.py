@@ -65,16 +65,15 @@ def test_an_images_maps_depend_only_on_its_own_key(setup):
 def test_one_key_policy_across_entry_points(setup):
     """The same (method, image, seed) gives the same map from gj.explain with gj.keys.image_keys, the
     demo / explain commands' batching (any batch size), evaluate's stage 2 and the sanity test."""
-    from gag_jax.experiments import explain_command, specs, stages
+    from gag_jax.experiments import jobs, specs, stages
 
     model, images, labels, _ = setup
     files = ["a/cat.png", "b/dog.jpg"]
     keys = gj.keys.image_keys(7, ["cat.png", "dog.jpg"])
     reference = np.asarray(gj.explain("gag", model, images, labels, key=keys, n=4))
     for batch_size in (1, 2):
-        got = explain_command.explain_arrays(model, np.asarray(images), np.asarray(labels), "gag",
-                                             key=explain_command.image_keys(7, files), batch_size=batch_size,
-                                             options={"n": 4})
+        job = jobs.Job("unused", seed=7, n=4, batch_size=batch_size)
+        got = job.explain(model, np.asarray(images), np.asarray(labels), job.keys(files), "gag")
         np.testing.assert_allclose(got, reference, atol=2e-5)
     rows = stages.explain_rows(specs.parse_methods("gag,ag"), model, images, labels,
                                stages.batch_keys(7, files), {"n": 4})

@@ -44,3 +44,81 @@ def test_round_to_devices_is_the_next_multiple_of_the_device_count():
     for b in range(1, 3 * d + 2):
         got = gj.distributed.round_to_devices(b, mesh)
         assert got % d == 0 and b <= got < b + d  # the smallest multiple of d not below b
+
+
+# ---------------------------------------------------------------------------- the one batch loop
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 2, 3, 7, 10])
+def test_map_batches_equals_one_call_and_compiles_one_shape(batch_size):
+    """Every batch size gives the rows of one call on all images (numpy reference); the last batch is
+    padded, so each batch size traces once; the shared argument is passed whole."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    y = np.arange(7, dtype=np.int32)
+    w = rng.normal(size=(4,)).astype(np.float32)
+    traces = []
+
+    @jax.jit
+    def fn(weights, xs, ys):
+        traces.append(xs.shape)
+        return {"score": xs @ weights + ys, "twice": 2 * xs}
+
+    out = gj.distributed.map_batches(fn, [x, y], batch_size=batch_size, shared=(w,))
+    np.testing.assert_allclose(out["score"], x.astype(np.float64) @ w + y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["twice"], 2 * x)
+    assert isinstance(out["score"], np.ndarray) and out["score"].shape == (7,)
+    assert len(set(traces)) == 1 and len(traces) == 1
+
+
+def test_map_batches_runs_only_the_batches_asked_for_and_reports_their_rows():
+    x = np.arange(10.0)
+    seen = []
+    out = gj.distributed.map_batches(lambda a: a + 1, [x], batch_size=4, batches=[0, 2], on_batch=seen.append,
+                                     mesh=None)
+    np.testing.assert_array_equal(out, [1, 2, 3, 4, 9, 10])  # rows 0-3 and 8-9
+    assert seen == [4, 2]
+    with pytest.raises(ValueError, match="no batch among"):
+        gj.distributed.map_batches(lambda a: a, [x], batch_size=4, batches=[5], mesh=None)
+    with pytest.raises(ValueError, match="leading axis"):
+        gj.distributed.map_batches(lambda a, b: a, [x, x[:3]], batch_size=4, mesh=None)
+
+
+def test_map_batches_over_every_local_device_equals_no_mesh():
+    """Sharded over a mesh of every local device (the batch rounded up to the device count)."""
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    mesh = gj.distributed.make_mesh()
+    fn = jax.jit(lambda s, a: jnp.tanh(a) * s)
+    sharded = gj.distributed.map_batches(fn, [x], batch_size=3, shared=(np.float32(2.0),), mesh=mesh)
+    np.testing.assert_allclose(sharded, np.tanh(x) * 2, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the job options
+
+
+def test_job_is_built_once_from_each_commands_flags():
+    from gag_jax import cli
+    from gag_jax.experiments.jobs import Job
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["explain", "a.png", "--method", "gag,ig", "--n", "3", "--seed", "5", "--out", "o",
+                              "--batch-size", "2", "--no-progress"])
+    job = Job.from_args(args, methods=args.method)
+    assert job == Job("o", methods=("gag", "ig"), model_name="efficientnet_lite0", n=3, seed=5, batch_size=2,
+                      progress=False)
+    args = parser.parse_args(["evaluate", "--case", "synthetic", "--out", "r", "--methods", "gag,sg_r",
+                              "--chunk-size", "4", "--metric-batch-size", "6"])
+    job = Job.from_args(args)
+    assert (job.out_dir, job.methods, job.model_name, job.chunk_size, job.metric_batch_size, job.batch_size,
+            job.progress) == ("r", ("gag", "sg_r"), None, 4, 6, 16, True)
+
+
+def test_job_method_options_only_where_the_method_takes_them():
+    from gag_jax.experiments.jobs import Job
+
+    job = Job("o", n=3, chunk_size=2)
+    assert job.method_options("gag") == {"n": 3, "chunk_size": 2}
+    assert job.method_options("gradcam") == {} and job.method_options("xrai") == {}  # neither option
+    assert job.method_options("occlusion") == {"chunk_size": 2}
+    assert Job("o").method_options("sg", default_n=20) == {"n": 20}
+    np.testing.assert_array_equal(job.keys(["x/cat.png"]), gj.keys.file_keys(0, ["cat.png"]))

@@ -20,6 +20,7 @@ from PIL import Image
 import gag_jax as gj
 from gag_jax import cli, user_code
 from gag_jax.experiments import runner
+from gag_jax.experiments.jobs import Job
 from gag_jax.experiments.tables import read_table_csv
 
 FAST = ["--compile-cache", "none", "--no-progress"]
@@ -214,9 +215,9 @@ def test_throwaway_method_and_metric_through_the_public_registry_run_evaluate(tm
     gj.register_method("doubled_vg", doubled_vg, label="VG²")
     gj.metrics.register("map_mean", map_mean, label="Mean", higher_is_better=False)
     try:
-        out = runner.evaluate_case("synthetic", str(tmp_path / "run"), methods="vg,doubled_vg",
-                                   metrics="rcap,map_mean", limit=4, batch_size=4, confidence=None,
-                                   train_steps=20, figures=False, progress=False, report=lambda *_: None)
+        job = Job(str(tmp_path / "run"), methods=("vg", "doubled_vg"), batch_size=4, progress=False)
+        out = runner.evaluate_case(job, "synthetic", metrics="rcap,map_mean", limit=4, confidence=None,
+                                   train_steps=20, figures=False, report=lambda *_: None)
         assert set(out["results"]) == {"vg", "doubled_vg"}
         for name in ("vg", "doubled_vg"):
             assert np.isfinite(out["results"][name]["map_mean"])

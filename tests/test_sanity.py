@@ -55,9 +55,12 @@ def trained_tiny():
     return module, variables
 
 
-def test_signature_matches_spec():
+def test_signature_takes_the_model_contract():
+    """SPEC's (method, module, variables, images, labels, key), with the model as one gj.ModelFunctions
+    (issue 22: one model contract; an NNX model's re-initialisation comes as fresh=)."""
     params = inspect.signature(gj.sanity.model_randomisation).parameters
-    assert list(params)[:6] == ["method", "module", "variables", "images", "labels", "key"]
+    assert list(params)[:5] == ["method", "model", "images", "labels", "key"]
+    assert params["fresh"].kind is inspect.Parameter.KEYWORD_ONLY and params["fresh"].default is None
     assert params["cascading"].kind is inspect.Parameter.KEYWORD_ONLY and params["cascading"].default is True
     assert params["options"].kind is inspect.Parameter.VAR_KEYWORD
 
@@ -160,7 +163,7 @@ def test_model_independent_method_keeps_similarity_one_and_fails(synthetic):
     images, labels = synthetic
     module = TinyCNN(num_classes=5, width=4)
     variables = module.init(jax.random.PRNGKey(0), images[:1])
-    result = gj.sanity.model_randomisation(edge_filter, module, variables, images, labels, jax.random.PRNGKey(1),
+    result = gj.sanity.model_randomisation(edge_filter, gj.ModelFunctions.from_module(module, variables), images, labels, jax.random.PRNGKey(1),
                                            **HOG_SMALL)
     assert result["steps"] == ["dense", "conv3", "conv2", "conv1"]
     for metric in gj.sanity.METRICS:
@@ -174,7 +177,7 @@ def test_model_independent_method_keeps_similarity_one_and_fails(synthetic):
 def test_vanilla_gradient_loses_similarity_on_a_trained_net(trained_tiny, synthetic):
     module, variables = trained_tiny
     images, labels = synthetic
-    result = gj.sanity.model_randomisation("vg", module, variables, images, labels, jax.random.PRNGKey(0),
+    result = gj.sanity.model_randomisation("vg", gj.ModelFunctions.from_module(module, variables), images, labels, jax.random.PRNGKey(0),
                                            **HOG_SMALL)
     curve = result["spearman_abs"].mean(axis=1)
     assert curve[-1] < 0.5, curve
@@ -187,7 +190,7 @@ def test_vanilla_gradient_loses_similarity_on_a_trained_net(trained_tiny, synthe
 def test_independent_variant_and_step_subset(trained_tiny, synthetic):
     module, variables = trained_tiny
     images, labels = synthetic
-    steps = gj.sanity.model_randomisation("vg", module, variables, images, labels, jax.random.PRNGKey(0),
+    steps = gj.sanity.model_randomisation("vg", gj.ModelFunctions.from_module(module, variables), images, labels, jax.random.PRNGKey(0),
                                           cascading=False, steps=["conv3", "conv1"], **HOG_SMALL)
     assert steps["steps"] == ["conv3", "conv1"] and steps["cascading"] is False
     assert steps["spearman_abs"].shape == (2, 3)
@@ -203,7 +206,7 @@ def test_noisy_method_with_options_and_gradcam(trained_tiny, synthetic):
     module, variables = trained_tiny
     images, labels = synthetic
     for method, options in (("gag", {"n": 2}), ("gradcam", {})):
-        result = gj.sanity.model_randomisation(method, module, variables, images[:2], labels[:2],
+        result = gj.sanity.model_randomisation(method, gj.ModelFunctions.from_module(module, variables), images[:2], labels[:2],
                                                jax.random.PRNGKey(0), steps=["dense"], **options, **HOG_SMALL)
         assert result["spearman_abs"].shape == (1, 2)
         assert np.all(np.abs(result["spearman_abs"]) <= 1.0)
@@ -215,21 +218,29 @@ def test_bad_input(synthetic):
     variables = module.init(jax.random.PRNGKey(0), images[:1])
     key = jax.random.PRNGKey(0)
     run = gj.sanity.model_randomisation
+    model = gj.ModelFunctions.from_module(module, variables)
     with pytest.raises(ValueError, match="unknown method"):
-        run("lime", module, variables, images, labels, key)
+        run("lime", model, images, labels, key)
     with pytest.raises(ValueError, match="unknown option"):
-        run("vg", module, variables, images, labels, key, noise=3)
+        run("vg", model, images, labels, key, noise=3)
     with pytest.raises(ValueError, match="unknown option"):
-        run(edge_filter, module, variables, images, labels, key, n=3)
+        run(edge_filter, model, images, labels, key, n=3)
     with pytest.raises(ValueError, match="unknown step"):
-        run(edge_filter, module, variables, images, labels, key, steps=["fc"])
+        run(edge_filter, model, images, labels, key, steps=["fc"])
     with pytest.raises(ValueError, match="labels"):
-        run(edge_filter, module, variables, images, labels[:2], key)
+        run(edge_filter, model, images, labels[:2], key)
     wider = TinyCNN(num_classes=5, width=8)
     with pytest.raises(ValueError, match="shape"):
-        run(edge_filter, wider, variables, images, labels, key, **HOG_SMALL)
+        run(edge_filter, gj.ModelFunctions.from_module(wider, variables), images, labels, key, **HOG_SMALL)
     with pytest.raises(ValueError, match="names"):
-        run(edge_filter, module, variables, images, labels, key, blocks=[("top", ("fc",))])
+        run(edge_filter, model, images, labels, key, blocks=[("top", ("fc",))])
+    # the model contract: layers needed, fresh= only for NNX
+    with pytest.raises(ValueError, match="built with from_apply has none: build it with gj.ModelFunctions.from_module"):
+        run(edge_filter, gj.ModelFunctions.from_apply(module.apply, variables), images, labels, key)
+    with pytest.raises(ValueError, match="fresh is for NNX models"):
+        run(edge_filter, model, images, labels, key, fresh=module)
+    with pytest.raises(ValueError, match="model must be a gj.ModelFunctions"):
+        run(edge_filter, module, images, labels, key)
 
 
 @pytest.mark.slow  # a few seconds: CI runs it, -m "not slow" skips it

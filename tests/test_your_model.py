@@ -269,7 +269,7 @@ def test_nnx_model_scored_and_sanity_checked():
     maps = gj.explain("gag", model, images, labels, key=KEY, n=4)
     values = gj.metrics.score(model, images, labels, maps, metrics="rcap,dauc,iauc")
     assert values["rcap"].shape == (2,) and np.all(np.isfinite(values["rcap"]))
-    result = gj.sanity.model_randomisation("gag", net, NnxNet(nnx.Rngs(9)), images, labels, KEY, n=4,
+    result = gj.sanity.model_randomisation("gag", model, images, labels, KEY, fresh=NnxNet(nnx.Rngs(9)), n=4,
                                            hog_pixels_per_cell=(4, 4))
     # forward order, top first; the batch norm joins the conv it normalises
     assert result["steps"] == ["fc", "body"]

@@ -5,8 +5,8 @@ rocket, a motorcycle; at 160 px EfficientNet-Lite0 classifies them as Egyptian c
 drilling platform and moped) with the real EfficientNet-Lite0 weights for every method of
 ``gj.METHODS``, scores every map with RCAP, DAUC and IAUC, and writes a Figure-1-style grid,
 per-image overlays, one Figure-3-style RCAP partition figure per photo, the Figure 4
-propositions and a Markdown + CSV table. The maps come from the ``explain`` job's batched step
-(:mod:`gag_jax.experiments.explain_command`).
+propositions and a Markdown + CSV table. The model, keys and batched maps come from the job layer
+(:mod:`gag_jax.experiments.jobs`) that every command shares.
 Nothing is downloaded.
 """
 from __future__ import annotations
@@ -20,17 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 import gag_jax as gj
-from gag_jax.data import pad_rows, read_images
+from gag_jax.data import read_images
 from gag_jax.experiments import figures
 from gag_jax.experiments import readme as readme_sections
-from gag_jax.experiments.explain_command import (
-    BadInputError,
-    explain_arrays,
-    image_keys,
-    load_checked_model,
-    method_options,
-    probability_text,
-)
+from gag_jax.experiments.explain_command import probability_text
+from gag_jax.experiments.jobs import BadInputError, Job
 from gag_jax.experiments.specs import label_of
 from gag_jax.experiments.timing import CompileTimer
 
@@ -66,21 +60,15 @@ def demo_image_paths() -> list[str]:
 
 
 def score_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, maps: np.ndarray, *,
-                 batch_size: int, metric_batch_size: int | None, mean=gj.data.IMAGENET_MEAN,
-                 std=gj.data.IMAGENET_STD) -> dict[str, np.ndarray]:
-    """Per-image RCAP (with ``ratios`` / ``probs``), DAUC and IAUC (``gj.metrics.score``), in
-    fixed-size batches (the last one padded)."""
-    parts: dict[str, list] = {}
-    n = images.shape[0]
-    bs = min(batch_size, n)
-    for a in range(0, n, bs):
-        b = min(a + bs, n)
-        (x, y, s), _ = pad_rows((images[a:b], labels[a:b].astype(np.int32), maps[a:b]), bs)
-        values = gj.metrics.score(model, x, y, s, metrics=("rcap", "dauc", "iauc"),
-                                  copies_per_call=metric_batch_size, mean=mean, std=std)
-        for k, v in values.items():
-            parts.setdefault(k, []).append(v[: b - a])
-    out = {k: np.concatenate(v) for k, v in parts.items()}
+                 batch_size: int, metric_batch_size: int | str | None) -> dict[str, np.ndarray]:
+    """Per-image RCAP (with ``ratios`` / ``probs``), DAUC and IAUC (``gj.metrics.score``; the black of
+    RCAP from the model's scaling), in fixed-size batches (``gj.distributed.map_batches``)."""
+
+    def score(m, x, y, s):
+        return gj.metrics.score(m, x, y, s, metrics=("rcap", "dauc", "iauc"), copies_per_call=metric_batch_size)
+
+    out = gj.distributed.map_batches(score, [images, labels.astype(np.int32), maps], batch_size=batch_size,
+                                     shared=(model,), mesh=None)
     out["ratios"], out["probs"] = out.pop("rcap_ratios"), out.pop("rcap_probs")
     return out
 
@@ -185,30 +173,22 @@ cat 0.62, espresso 0.98, drilling platform 0.70 and moped 0.99 (measured 2026-11
 costs about half of 224 px."""
 
 
-def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None, n: int | None = None,
-             size: int = DEMO_SIZE,
-             images: Sequence[str] | None = None, seed: int = 0, batch_size: int = 4,
-             metric_batch_size: int | str | None = "auto", chunk_size: int | None = None, model_name: str = "efficientnet_lite0",
-             checkpoint: str | None = None, report: Callable[[str], None] = print,
-             warn: Callable[[str], None] | None = None, progress: bool = True) -> DemoResult:
+def run_demo(job: Job, *, size: int = DEMO_SIZE, images: Sequence[str] | None = None,
+             report: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> DemoResult:
     """Explain real photos with a real model for every method and score the maps.
 
     Args:
-      out_dir: where everything is written (created).
-      methods: ``gj.PRESETS`` entries (default: the paper's ``gj.METHODS``).
-      n: modifications per method (None: :data:`DEMO_N`, the paper's 20, for the paper's methods and
-        their own defaults for occlusion, rise and xrai).
+      job: the shared options (:class:`~gag_jax.experiments.jobs.Job`): ``out_dir`` (created);
+        ``methods`` (``gj.PRESETS`` entries, default the paper's ``gj.METHODS``); ``n`` (None:
+        :data:`DEMO_N`, the paper's 20, for the paper's methods, their own defaults for occlusion,
+        rise and xrai); ``seed``; ``batch_size`` (images explained together, default 4);
+        ``metric_batch_size``; ``chunk_size``; ``model_name`` / ``checkpoint`` (default the shipped
+        EfficientNet-Lite0); ``progress`` (a tqdm bar over the methods).
       size: input side in pixels (default 160; EfficientNet-Lite0 was trained at 224, which costs
         about twice as much).
       images: image files / folders (default: the scikit-image photos).
-      seed: PRNG seed.
-      batch_size: images explained together (bounded memory; the last batch is padded).
-      metric_batch_size: perturbed copies per model call in the metrics.
-      chunk_size: modifications per vmapped chunk in the explainers (None: all n at once).
-      model_name, checkpoint: the classifier (default: the shipped EfficientNet-Lite0).
       report: receives the predictions, one line each.
       warn: receives one line per undecodable image file (default: ``report``).
-      progress: show a tqdm bar over the methods.
 
     Returns:
       a :class:`DemoResult`; ``seconds`` holds ``method_<m>`` (explain wall time), ``compile_<m>`` and
@@ -220,8 +200,9 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     from gag_jax.experiments.modelzoo import imagenet_class_names, predict_top1
 
     t0 = time.perf_counter()
-    methods = list(gj.METHODS) if not methods else list(methods)
-    model, info = load_checked_model(methods, model_name, checkpoint, size)
+    methods = list(job.methods or gj.METHODS)
+    out_dir, batch_size = job.out_dir, job.batch_size or 4
+    model, info = job.load_model(size, methods=methods)
     mean, std = model.mean, model.std
     paths = list(images) if images else demo_image_paths()
     pixels, x, names = read_images(paths, size, report=warn or report, mean=mean, std=std)
@@ -230,7 +211,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
                             "nothing written")
     os.makedirs(out_dir, exist_ok=True)
     demo_names = {file: label for label, file in DEMO_IMAGES} if not images else {}
-    keys = image_keys(seed, names)  # from the file names: the same maps as `gag-jax explain` of those files
+    keys = job.keys(names)  # from the file names: the same maps as `gag-jax explain` of those files
     names = [demo_names.get(nm, os.path.splitext(nm)[0]) for nm in names]
     t_load = time.perf_counter()
 
@@ -243,7 +224,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
     maps, scores, timing = {}, {}, {}
     scoring = {"compile": 0.0, "run": 0.0}
     bar = None
-    if progress:
+    if job.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(methods) * len(names), unit="img", desc="demo", dynamic_ncols=True)
@@ -251,19 +232,16 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
         if bar is not None:
             bar.set_postfix(method=m)
         # n: the paper's 20 for its methods unless given (the input scaling is the model's)
-        opts = method_options(m, n=n if n is not None or m not in gj.METHODS else DEMO_N, chunk_size=chunk_size)
+        opts = job.method_options(m, default_n=DEMO_N if m in gj.METHODS else None)
         start = time.perf_counter()
         with CompileTimer() as compiled:
-            try:
-                maps[m] = explain_arrays(model, x, labels, m, key=keys, batch_size=batch_size, options=opts)
-            except ValueError as err:  # gj.explain: an option that does not fit the images or the model
-                raise BadInputError(f"method {m!r}: {' '.join(str(err).split())}") from None
+            maps[m] = job.explain(model, x, labels, keys, m, options=opts, batch_size=batch_size)
         wall = time.perf_counter() - start
         timing[m] = {"compile": compiled.seconds, "run": max(wall - compiled.seconds, 0.0), "wall": wall}
         start = time.perf_counter()
         with CompileTimer() as compiled:
             scores[m] = score_arrays(model, x, labels, maps[m], batch_size=batch_size,
-                                     metric_batch_size=metric_batch_size, mean=mean, std=std)
+                                     metric_batch_size=job.metric_batch_size)
         wall = time.perf_counter() - start
         scoring["compile"] += compiled.seconds
         scoring["run"] += max(wall - compiled.seconds, 0.0)
@@ -294,7 +272,7 @@ def run_demo(out_dir: str = "gag_demo", *, methods: Sequence[str] | None = None,
                             repr(float(scores[m]["dauc"][i])), repr(float(scores[m]["iauc"][i]))])
     files["table_md"] = os.path.join(out_dir, "demo_table.md")
     with open(files["table_md"], "w", encoding="utf-8") as f:
-        f.write(demo_markdown(info["name"], size, n or DEMO_N, predictions, scores, timing, scoring=scoring))
+        f.write(demo_markdown(info["name"], size, job.n or DEMO_N, predictions, scores, timing, scoring=scoring))
 
     files["grid"] = figures.method_grid(
         os.path.join(out_dir, "method_grid.png"), pixels, {m: maps[m] for m in methods},

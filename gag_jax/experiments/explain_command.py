@@ -1,9 +1,6 @@
-"""``gag-jax explain`` as a function, and the batched explain step it shares with ``demo``.
-
-:func:`run_explain` writes an overlay PNG and a ``.npy`` map per (image, method) and an
-``explain.csv``; :func:`explain_arrays` explains images in fixed-size batches sharded over the local
-devices (one compile per method), with one key per image from its file name (:func:`image_keys`), so
-``demo``, ``explain`` and ``evaluate`` give the same map of the same image.
+"""``gag-jax explain`` as a function: :func:`run_explain` writes an overlay PNG and a ``.npy`` map per
+(image, method) and an ``explain.csv``. The model, the keys and the batched explain step are the
+job layer's (:mod:`gag_jax.experiments.jobs`), shared with ``demo``, ``evaluate`` and ``sanity``.
 """
 from __future__ import annotations
 
@@ -11,92 +8,19 @@ import csv
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
-from gag_jax.data import pad_rows, read_images
+from gag_jax.data import read_images
 from gag_jax.experiments import figures
+from gag_jax.experiments.jobs import BadInputError, Job
 from gag_jax.experiments.specs import label_of
-
-
-class BadInputError(ValueError):
-    """An input that cannot be explained as given (no readable image, labels that do not fit the
-    images or the model); the message names it. The command line reports it in one line, exit 2."""
 
 
 def probability_text(class_name: str, probability: float) -> str:
     """``"P(Egyptian cat) = 0.62"``: the model's probability of the class, spelled out (``p`` alone
     would read as RCAP's percentile)."""
     return f"P({class_name}) = {probability:.2f}"
-
-
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
-
-
-def explain_arrays(model: gj.ModelFunctions, images: np.ndarray, labels: np.ndarray, method: str, *, key,
-                   batch_size: int, options: dict | None = None,
-                   progress: Callable[[int], None] | None = None, batches: Sequence[int] | None = None) -> np.ndarray:
-    """Maps ``(N, H, W)`` of ``images`` in fixed-size batches (the last one padded), one compile per method;
-    ``key``: ``(N, 2)`` keys, one per image (``gj.keys.image_keys``: an image's map does not depend on
-    its batch). ``progress`` receives the number of images of each finished batch. ``batches``: compute
-    only these batch indices (the maps of those images, in order)."""
-    out = []
-    n = images.shape[0]
-    bs = min(batch_size, n)
-    mesh = gj.distributed.local_mesh()  # several local devices: the batch axis is sharded over them
-    bs = gj.distributed.round_to_devices(bs, mesh)
-    if mesh is not None:
-        model = gj.distributed.replicate(model, mesh)
-    for i, (a, b) in enumerate(_batches(n, bs)):
-        if batches is not None and i not in batches:
-            continue
-        (x, y, k), _ = pad_rows((jnp.asarray(images[a:b]), jnp.asarray(labels[a:b], jnp.int32), key[a:b]), bs)
-        x, y, k = gj.distributed.shard_rows([x, y, k], mesh)
-        maps = gj.explain(method, model, x, y, key=k, **(options or {}))
-        out.append(np.asarray(maps)[: b - a])
-        if progress is not None:
-            progress(b - a)
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
-
-
-def image_keys(seed: int, files: Sequence[str]) -> jax.Array:
-    """``(N, 2)`` keys from the seed and each image's file name (``gj.keys.image_keys`` of the base
-    names): the same image, seed and method give the same map from ``demo``, ``explain`` and ``evaluate``."""
-    return gj.keys.file_keys(seed, files)
-
-
-def method_options(method: str, *, n: int | None, chunk_size: int | None) -> dict:
-    """The options the CLI jobs pass to ``gj.explain``: ``n`` and ``chunk_size`` where ``method`` takes
-    them (``None`` keeps the method's default). The input scaling is not among them: ``gj.explain``
-    reads it from the model."""
-    options = {"n": n, "chunk_size": chunk_size}
-    return {k: v for k, v in options.items() if v is not None and k in gj.METHOD_RECORDS[method].defaults}
-
-
-def load_checked_model(methods: Sequence[str], model_name: str, checkpoint: str | None,
-                       size: int) -> tuple[gj.ModelFunctions, dict]:
-    """What ``demo`` and ``explain`` start with: the method names checked, the model loaded
-    (``modelzoo.load_model``: built-in name, checkpoint or ``module:attribute``) and ``size`` checked
-    against it. The model carries its input scaling (``model.mean`` / ``model.std``).
-
-    Returns:
-      ``(model, info)`` as ``modelzoo.load_model``.
-
-    Raises:
-      ValueError: an unknown method or model (the valid ones named); ``modelzoo.InputTooSmallError``.
-    """
-    from gag_jax.experiments.modelzoo import check_input_size, load_model
-
-    for m in methods:
-        if m not in gj.METHOD_RECORDS:
-            raise ValueError(f"unknown method {m!r}; expected one of {', '.join(gj.METHOD_RECORDS)}")
-    model, info = load_model(model_name, checkpoint, image_size=size)
-    check_input_size(model, size, name=model_name, option="--size")
-    return model, info
 
 
 EXPLAIN_CSV_COLUMNS = ("image", "file_stem", "method", "label", "class_name", "probability")
@@ -131,12 +55,9 @@ def _write_explain_csv(path: str, rows: Sequence[Mapping]) -> None:
     os.replace(tmp, path)
 
 
-def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], model_name: str,
-                checkpoint: str | None = None, labels: Sequence[int] | None = None, size: int = 224,
-                n: int | None = None, seed: int = 0, batch_size: int = 8, chunk_size: int | None = None,
+def run_explain(job: Job, paths: Sequence[str], *, labels: Sequence[int] | None = None, size: int = 224,
                 resize_mode: str = "center_crop", report: Callable[[str], None] = print,
-                notice: Callable[[str], None] | None = None, progress: bool = False,
-                top_k: int | None = None) -> dict:
+                notice: Callable[[str], None] | None = None, top_k: int | None = None) -> dict:
     """Explain image files (or folders of images): an overlay PNG and a ``.npy`` map per (image, method).
 
     Files written: ``<stem>_<method>.npy`` (float32 ``(size, size)`` in [0, 1]),
@@ -151,21 +72,16 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
     ``file_stem`` are then ``<stem>_top<r>_<class index>_<class name>`` (``cat_top1_285_egyptian_cat_gag.npy``).
 
     Args:
+      job: the shared options (:class:`~gag_jax.experiments.jobs.Job`): ``out_dir``, ``methods``
+        (``gj.PRESETS`` entries, default ``("gag",)``), ``model_name`` / ``checkpoint`` (default the
+        shipped Lite0), ``n``, ``chunk_size``, ``seed``, ``batch_size`` (default 8), ``progress``.
       paths: image files and / or folders.
-      out_dir: output directory.
-      methods: ``gj.PRESETS`` entries.
-      model_name, checkpoint: the classifier (see ``modelzoo.load_model``).
       labels: one target class per image in reading order, or None for the model's top-1.
       top_k: explain the model's ``top_k`` classes of each image instead (not with ``labels``).
       size: input side.
-      n: modifications per method (None: the method's default, 20 for the paper's).
-      seed: PRNG seed.
-      batch_size: images per explainer call.
-      chunk_size: modifications per vmapped chunk.
       resize_mode: ``center_crop`` or ``squash``.
       report: one line per skipped file.
       notice: one line naming the images much smaller than ``size`` (upscaled; default ``report``).
-      progress: show a tqdm bar (stderr) over images x methods.
 
     Returns:
       ``{"written": [paths], "skipped": [lines], "images": [names], "rows": rows in explain.csv}``.
@@ -181,7 +97,10 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         top1_of,
     )
 
-    model, info = load_checked_model(methods, model_name, checkpoint, size)
+    methods = list(job.methods or ("gag",))
+    out_dir = job.out_dir
+    batch_size = job.batch_size or 8
+    model, info = job.load_model(size, methods=methods)
     mean, std = model.mean, model.std
     bad: list[str] = []
 
@@ -219,13 +138,13 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
         if s in seen:
             stems[i] = f"{s}_{os.path.splitext(names[i])[1].lstrip('.')}"
         seen[s] = i
-    keys = image_keys(seed, names)
+    keys = job.keys(names)
     # one (file stem, class) per map of each image: its own stem, or one per top-k class named by it
     targets = [[(stem, int(y[i]))] if top_k is None else
                [(f"{stem}_top{r + 1}_{c}_{_file_slug(classes[c])}", int(c)) for r, c in enumerate(y[i])]
                for i, stem in enumerate(stems)]
     bar = None
-    if progress:
+    if job.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(methods) * len(names), unit="img", desc="explain", dynamic_ncols=True)
@@ -233,12 +152,8 @@ def run_explain(paths: Sequence[str], out_dir: str, *, methods: Sequence[str], m
     def explain(m: str, batches: Sequence[int]) -> np.ndarray:
         if bar is not None:
             bar.set_postfix(method=m)
-        try:
-            return explain_arrays(model, x, y, m, key=keys, batch_size=batch_size,
-                                  options=method_options(m, n=n, chunk_size=chunk_size),
-                                  progress=None if bar is None else bar.update, batches=batches)
-        except ValueError as err:  # gj.explain: an option that does not fit the images or the model
-            raise BadInputError(f"method {m!r}: {' '.join(str(err).split())}") from None
+        return job.explain(model, x, y, keys, m, batch_size=batch_size, batches=batches,
+                           on_batch=None if bar is None else bar.update)
 
     written = []
     try:

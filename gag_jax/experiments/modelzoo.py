@@ -11,7 +11,6 @@ import numpy as np
 import gag_jax as gj
 from gag_jax import models, user_code
 from gag_jax._signature import source_of
-from gag_jax.data import pad_rows
 
 TINY = "tiny"
 """Name of the small synthetic-case CNN (:mod:`gag_jax.experiments.tiny`)."""
@@ -158,25 +157,14 @@ def _softmax(model: gj.ModelFunctions, images: jax.Array) -> jax.Array:
 def class_probabilities(model: gj.ModelFunctions, images, *, batch_size: int | None = None) -> np.ndarray:
     """The model's softmax ``(N, K)`` float32 of ``images (N, H, W, C)``, as every command computes it.
 
-    Fixed-size batches of ``batch_size`` (None: all ``N`` in one), rounded up to the local device
-    count (``gj.distributed.round_to_devices``) and sharded over the local devices; the last batch
-    is padded by repeating its last image, and the padding dropped. One compile per batch shape
-    (the model is a jit argument).
+    Fixed-size batches of ``batch_size`` (None: all ``N`` in one) through ``gj.distributed.map_batches``
+    (rounded up to the local device count, sharded over the local devices, the last batch padded and
+    the padding dropped). One compile per batch shape (the model is a jit argument).
     """
     model = gj.model.as_model_functions(model)
-    n = int(images.shape[0])
-    if n == 0:
+    if int(images.shape[0]) == 0:
         raise ValueError("class_probabilities needs at least one image; got shape " + str(tuple(images.shape)))
-    mesh = gj.distributed.local_mesh()
-    bs = gj.distributed.round_to_devices(min(batch_size or n, n), mesh)
-    if mesh is not None:
-        model = gj.distributed.replicate(model, mesh)
-    out = []
-    for a in range(0, n, bs):
-        (x,), _ = pad_rows((jnp.asarray(images[a:a + bs]),), bs)
-        (x,) = gj.distributed.shard_rows([x], mesh)
-        out.append(np.asarray(_softmax(model, x))[: min(bs, n - a)])
-    return np.concatenate(out)
+    return gj.distributed.map_batches(_softmax, [images], batch_size=batch_size, shared=(model,))
 
 
 def top1_of(probs) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,7 @@ from gag_jax.experiments.records import (  # noqa: F401  (re-exported: the runne
 )
 from gag_jax.experiments.specs import MethodSpec
 from gag_jax.experiments import hosts
+from gag_jax.experiments.jobs import Job
 from gag_jax.experiments.stages import (  # noqa: F401  (re-exported)
     Plan,
     _Reader,
@@ -204,40 +205,35 @@ def run_note(case: str, model: str, plan: Mapping, confidence: float | None, tar
             f"maps explain the {explained}, seed {seed}.")
 
 
-def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model_name: str | None = None,
-                  checkpoint: str | None = None, num_classes: int | None = None, tables: Sequence[int] = (2,),
-                  methods: Sequence[str] | str | None = None, metrics: Sequence[str] | str | None = None,
-                  batch_size: int = 16, metric_batch_size: int | str | None = "auto", limit: int | None = None,
+def evaluate_case(job: Job, case: str, *, data_dir: str | None = None, num_classes: int | None = None,
+                  tables: Sequence[int] = (2,), metrics: Sequence[str] | str | None = None, limit: int | None = None,
                   confidence: float | None = 0.9, image_size: int | None = None, split: str | None = None,
-                  n: int | None = None, chunk_size: int | None = None, seed: int = 0,
                   case_options: Mapping[str, Any] | None = None, metric_options: Mapping[str, Mapping] | None = None,
                   backend: str = "auto", resize: str | None = None,
-                  target: str = "auto", train_steps: int = 300, figures: bool = True, progress: bool = True,
+                  target: str = "auto", train_steps: int = 300, figures: bool = True,
                   report: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
     """Evaluate one case end to end, as ``gag-jax evaluate`` does: load the data and the model,
     run (or resume) :func:`run`, write the tables and figures.
 
     Args:
+      job: the shared options (:class:`~gag_jax.experiments.jobs.Job`): ``out_dir`` (the results
+        directory; reuse it to resume); ``model_name`` (a ``modelzoo.model_names()`` entry or
+        ``module:attribute``, a factory of yours returning a ``gj.ModelFunctions``; None: the case's,
+        ``modelzoo.CASE_MODELS``); ``checkpoint`` (``tiny``: loaded if the file exists, else trained
+        there; default ``out_dir/tiny_model.msgpack``); ``methods`` (row names computed instead of
+        the tables' rows, ``specs.specs_for``); ``batch_size`` (images per evaluated batch, default
+        16); ``metric_batch_size``; ``n`` / ``chunk_size`` (None: the methods' own); ``seed`` (of the
+        explanations and the synthetic data / tiny model); ``progress`` (tqdm bars).
       case: a ``gag_jax.data.CASES`` entry (``folder``: any folder of images).
-      out_dir: the results directory (reuse it to resume).
       data_dir: the dataset directory (not for ``synthetic``).
-      model_name: a ``modelzoo.model_names()`` entry or ``module:attribute`` (a factory of yours returning a
-        ``gj.ModelFunctions``); None: the case's, ``modelzoo.CASE_MODELS``.
-      checkpoint: the model's weights (``tiny``: loaded if the file exists, else trained there;
-        default ``out_dir/tiny_model.msgpack``).
       num_classes: classifier outputs (None: from the checkpoint).
       tables: which of Tables 1, 2, 3 to write.
-      methods: row names computed instead of the tables' rows (``specs.specs_for``).
       metrics: metric names (``parse_metrics``; None: the paper's, with the mask metrics when the
         case has masks).
-      batch_size: images per evaluated batch.
-      metric_batch_size: perturbed copies per model call in the metrics.
       limit: the first ``limit`` examples only (synthetic: how many are generated, default 64).
       confidence: keep images whose probability on the explained class is above it (None: all).
       image_size: input side (None: the case's).
       split: dataset split (None: the case's).
-      n, chunk_size: modifications per method and per vmapped chunk (None: the methods' own).
-      seed: PRNG seed of the explanations (and the synthetic data / tiny model).
       case_options: loader options of the case (``load_case(**case_options)``).
       metric_options: options per metric option group (``{"max_sensitivity": {"samples": 5}}``; checked
         against the metrics asked for before anything is computed).
@@ -246,7 +242,6 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
       target: ``"label"``, ``"predicted"`` or ``"auto"`` (label when the data has labels).
       train_steps: optimisation steps when the ``tiny`` model is trained.
       figures: write ``rcap_curves.png`` and ``table1_p_ablation.png``.
-      progress: tqdm bars.
       report: receives one line per step (what is loaded, trained, run).
       command: the command line recorded in the manifest (default: ``sys.argv``).
 
@@ -269,6 +264,8 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
     from gag_jax.experiments import specs as specs_lib
     from gag_jax.experiments import tables as tables_lib
 
+    out_dir, checkpoint, methods, seed = job.out_dir, job.checkpoint, job.methods, job.seed
+    batch_size, metric_batch_size, progress = job.batch_size or 16, job.metric_batch_size, job.progress
     if case not in CASES:
         raise OptionError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
     if case != "synthetic":
@@ -276,7 +273,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
             raise OptionError(f"case {case!r} needs --data-dir (the directory of your copy of the dataset)")
         if not os.path.isdir(data_dir):
             raise OptionError(f"--data-dir {data_dir}: no such directory")
-    model_name = model_name or modelzoo.CASE_MODELS[case]
+    model_name = job.model_name or modelzoo.CASE_MODELS[case]
     tables = sorted(set(tables))
     try:
         modelzoo.check_model(model_name, checkpoint, trains_tiny=case == "synthetic")
@@ -328,7 +325,7 @@ def evaluate_case(case: str, out_dir: str, *, data_dir: str | None = None, model
         case=case, model_name=model_name, data_dir=data_dir, checkpoint=checkpoint,
         checkpoint_sha256=file_digest(checkpoint), image_size=image_size, batch_size=batch_size, limit=limit,
         confidence=confidence, seed=seed, metrics=metric_names,
-        method_overrides={k: v for k, v in {"n": n, "chunk_size": chunk_size}.items() if v is not None},
+        method_overrides={k: v for k, v in {"n": job.n, "chunk_size": job.chunk_size}.items() if v is not None},
         split=split, case_options=dict(case_options or {}), target=target,
         resize_mode=batches.resize_mode, mean=batches.mean, std=batches.std,
         metric_options={k: dict(v) for k, v in (metric_options or {}).items()})

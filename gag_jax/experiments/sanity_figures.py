@@ -197,15 +197,16 @@ def write_markdown(path: str, results: Mapping[str, Mapping], image_names: Seque
     return path
 
 
-def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels: np.ndarray,
+def run_sanity(model, pixels: np.ndarray, images: np.ndarray, labels: np.ndarray,
                image_names: Sequence[str], out_dir: str, *, methods: Sequence, key, cascading: bool = True,
                method_options: Mapping[str, Mapping] | None = None, report: Callable[[str], None] = print,
                prefix: str = "sanity", **test_options) -> dict:
     """Run ``gj.sanity.model_randomisation`` for each method; write CSVs and both figures.
 
     Args:
-      module, variables: the Flax model and its trained variables.
-      pixels: uint8 ``(B, H, W, 3)`` images for the grid; ``images`` the normalised inputs.
+      model: the trained model (``gj.ModelFunctions`` of a linen or NNX module; an NNX model also
+        needs ``fresh=`` among ``test_options``), carrying its input scaling.
+      pixels: uint8 ``(B, H, W, 3)`` images for the grid; ``images`` the inputs in the model's scaling.
       labels: ``(B,)`` targets.
       image_names: one name per image (CSV).
       out_dir: output directory.
@@ -229,7 +230,7 @@ def run_sanity(module, variables, pixels: np.ndarray, images: np.ndarray, labels
         name = m if isinstance(m, str) else getattr(m, "__name__", f"method{i}")
         start = time.perf_counter()
         results[name] = gj.sanity.model_randomisation(
-            m, module, variables, images, labels, jax.random.fold_in(key, i), cascading=cascading, report=report,
+            m, model, images, labels, jax.random.fold_in(key, i), cascading=cascading, report=report,
             **test_options, **dict((method_options or {}).get(name, {})))
         seconds[name] = time.perf_counter() - start
         r = results[name]
