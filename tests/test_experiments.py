@@ -115,6 +115,20 @@ def test_table2_layout_columns_best_in_bold(tmp_path):
     assert "SG^R" in md
 
 
+def test_table_cells_of_large_metrics_stay_readable_and_the_csv_keeps_every_digit(tmp_path):
+    """The suite's infidelity (~1e8) and effective complexity (~5e4) beside RCAP's six decimals."""
+    rows = [s for s in specs.table2_specs() if s.name in ("gag", "sg")]
+    res = {"gag": {"n": 3, "rcap": 0.5551384, "infidelity": 377093322.666667, "effective_complexity": 50175.0},
+           "sg": {"n": 3, "rcap": 0.2652561, "infidelity": 18494716.166667, "effective_complexity": 28181.0}}
+    metrics = {"folder": ("rcap", "infidelity", "effective_complexity")}
+    out = tables.write_tables(2, rows, {"folder": res}, metrics, str(tmp_path))
+    md = Path(out["md"]).read_text(encoding="utf-8")
+    gag_line = next(line for line in md.splitlines() if line.startswith("| GAG |"))
+    assert [cell.strip("* |") for cell in gag_line.split(" | ")[1:]] == ["0.555138", "3.771e+08", "50175.0"]
+    table = {r["method"]: r for r in tables.read_table_csv(out["csv"])}
+    assert float(table["gag"]["folder_infidelity"]) == pytest.approx(377093322.666667, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- runner
 
 

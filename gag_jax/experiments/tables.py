@@ -60,7 +60,14 @@ def _columns(results: Mapping[str, Mapping], metrics_by_case: Mapping[str, Seque
 
 
 def _fmt(value: float, digits: int) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    """``digits`` decimals (the paper's tables print 6); values of a million and more (the suite's
+    infidelity) in 4 significant digits and from a thousand (counts such as effective complexity) in one
+    decimal, so a column stays readable. The CSV keeps full precision."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if abs(value) >= 1e6:
+        return f"{value:.3e}"
+    return f"{value:.1f}" if abs(value) >= 1e3 else f"{value:.{digits}f}"
 
 
 def table3_values(specs: Sequence[MethodSpec], results: Mapping[str, Mapping[str, Mapping]],
