@@ -494,32 +494,32 @@ def _parse_labels(text: str) -> list[int] | None:
 
 
 def _target(text: str) -> str:
-    """``--target``: auto, label, predicted or top-K (K >= 1)."""
-    from gag_jax.experiments.records import target_count
+    """``--target``: auto, label, predicted or top-K (K >= 1; ``top5`` is read as ``top-5``)."""
+    from gag_jax.experiments.records import parse_top_k
 
     value = text.strip().lower()
-    if value == "auto":
+    if value in ("auto", "label", "predicted"):
         return value
     try:
-        target_count(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).replace("target must be", "must be 'auto',")) from None
-    return value
+        count = parse_top_k(value)
+    except ValueError:
+        count = None
+    if count is None:
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'label', 'predicted' or 'top-K' with K >= 1 (e.g. "
+                                         f"top-5); got {text!r}")
+    return f"top-{count}"
 
 
 def _parse_top_k(text: str) -> int | None:
     """K of ``--labels top-K`` for K >= 2 (``top-1`` is the default single map); None otherwise."""
-    low = text.strip().lower()
-    if not low.startswith("top") or low in ("top-1", "top1"):
-        return None
+    from gag_jax.experiments.records import parse_top_k
+
     try:
-        k = int(low[3:].lstrip("-"))
+        k = parse_top_k(text)
     except ValueError:
         raise UsageError(f"--labels must be 'top-1', 'top-K' (e.g. top-5) or comma-separated class indices, "
                          f"got {text!r}") from None
-    if k < 1:
-        raise UsageError(f"--labels top-K needs K >= 1, got {text!r}")
-    return None if k == 1 else k
+    return None if k in (None, 1) else k
 
 
 def cmd_explain(args) -> int:

@@ -122,3 +122,24 @@ def test_job_method_options_only_where_the_method_takes_them():
     assert job.method_options("occlusion") == {"chunk_size": 2}
     assert Job("o").method_options("sg", default_n=20) == {"n": 20}
     np.testing.assert_array_equal(job.keys(["x/cat.png"]), gj.keys.file_keys(0, ["cat.png"]))
+
+
+def test_one_top_k_reader_and_one_ranking():
+    """"top-K" is read in one place (evaluate --target, explain --labels) and ranked in one (numpy's
+    stable argsort of the negated probabilities: ties to the lower class)."""
+    from gag_jax import cli
+    from gag_jax.experiments.records import parse_top_k, target_count
+
+    assert [parse_top_k(t) for t in ("top-5", "TOP5", "top-1", "label", "3")] == [5, 5, 1, None, None]
+    for bad in ("top-0", "top-x", "top-"):
+        with pytest.raises(ValueError, match="K >= 1"):
+            parse_top_k(bad)
+    assert target_count("top-3") == 3 and target_count("predicted") == 1
+    parser = cli.build_parser()
+    assert parser.parse_args(["evaluate", "--case", "synthetic", "--out", "o", "--target", "Top5"]).target == "top-5"
+    assert cli._parse_top_k("top5") == 5 and cli._parse_top_k("top-1") is None and cli._parse_top_k("3,4") is None
+    probs = np.asarray([[0.1, 0.4, 0.4, 0.1], [0.7, 0.1, 0.05, 0.15]], np.float32)
+    np.testing.assert_array_equal(modelzoo.top_k_of(probs, 3), [[1, 2, 0], [0, 3, 1]])
+    np.testing.assert_array_equal(modelzoo.top1_of(probs)[0], [1, 0])
+    with pytest.raises(ValueError, match="1 <= K <= 4"):
+        modelzoo.top_k_of(probs, 5)

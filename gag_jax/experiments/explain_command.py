@@ -95,6 +95,7 @@ def run_explain(job: Job, paths: Sequence[str], *, labels: Sequence[int] | None 
         class_probabilities,
         imagenet_class_names,
         top1_of,
+        top_k_of,
     )
 
     methods = list(job.methods or ("gag",))
@@ -116,7 +117,7 @@ def run_explain(job: Job, paths: Sequence[str], *, labels: Sequence[int] | None 
     if top_k is not None:
         if labels is not None or not 1 <= top_k <= probs.shape[1]:
             raise BadInputError(f"top-{top_k} needs 1 <= K <= {probs.shape[1]} (the model's classes) and no labels")
-        y = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k].astype(np.int32)  # (N, K), most probable first
+        y = top_k_of(probs, top_k)  # (N, K), most probable first
     elif labels is None:
         y = top1_of(probs)[0]
     else:

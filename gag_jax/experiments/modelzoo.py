@@ -167,11 +167,25 @@ def class_probabilities(model: gj.ModelFunctions, images, *, batch_size: int | N
     return gj.distributed.map_batches(_softmax, [images], batch_size=batch_size, shared=(model,))
 
 
+def top_k_of(probs, k: int) -> np.ndarray:
+    """``(N, k)`` int32: the ``k`` most probable classes of each row of ``probs (N, K)``, most probable
+    first (ties: the lower class index first). The one ranking of ``evaluate --target top-K`` and
+    ``explain --labels top-K``.
+
+    Raises:
+      ValueError: ``k`` outside ``1 .. K``.
+    """
+    probs = np.asarray(probs)
+    if not 1 <= k <= probs.shape[-1]:
+        raise ValueError(f"top-{k} needs 1 <= K <= {probs.shape[-1]} (the model's classes)")
+    return np.argsort(-probs, axis=-1, kind="stable")[:, :k].astype(np.int32)
+
+
 def top1_of(probs) -> tuple[np.ndarray, np.ndarray]:
     """``(classes (N,) int32, probabilities (N,) float32)``: the most probable class of each row of
-    ``probs (N, K)`` (the first one on a tie) and its probability."""
+    ``probs (N, K)`` (the first one on a tie, as :func:`top_k_of`) and its probability."""
     probs = np.asarray(probs)
-    classes = probs.argmax(-1).astype(np.int32)
+    classes = top_k_of(probs, 1)[:, 0]
     return classes, np.take_along_axis(probs, classes[:, None], axis=-1)[:, 0]
 
 

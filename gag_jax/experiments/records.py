@@ -27,6 +27,26 @@ TARGETS = ("label", "predicted", "top-K")
 (``"top-5"``: five maps per image, each scored as its own (image, class) pair)."""
 
 
+def parse_top_k(text: str | None) -> int | None:
+    """K of ``"top-K"`` (also ``"topK"``, any case), K >= 1; None when ``text`` is not of that form. The
+    one reader of "top-K" (``evaluate --target``, ``explain --labels``).
+
+    Raises:
+      ValueError: ``"top"`` followed by anything but an integer K >= 1.
+
+    Examples:
+      >>> parse_top_k("top-5"), parse_top_k("Top3"), parse_top_k("label")
+      (5, 3, None)
+    """
+    low = (text or "").strip().lower()
+    if not low.startswith("top"):
+        return None
+    found = re.fullmatch(r"top-?([0-9]+)", low)
+    if found is None or int(found.group(1)) < 1:
+        raise ValueError(f"'top-K' needs an integer K >= 1 (e.g. top-5); got {text!r}")
+    return int(found.group(1))
+
+
 def target_count(target: str) -> int:
     """Classes explained per image: 1 for ``"label"`` / ``"predicted"``, K for ``"top-K"`` (K >= 1).
 
@@ -35,10 +55,14 @@ def target_count(target: str) -> int:
     """
     if target in ("label", "predicted"):
         return 1
-    found = re.fullmatch(r"top-([0-9]+)", target or "")
-    if found is None or int(found.group(1)) < 1:
+    try:
+        count = parse_top_k(target)
+    except ValueError:
+        count = None
+    if count is None:
         raise ValueError(f"target must be 'label', 'predicted' or 'top-K' with K >= 1 (e.g. top-5); got {target!r}")
-    return int(found.group(1))
+    return count
+
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gag_jax as gj
-from gag_jax.experiments.modelzoo import class_probabilities, top1_of
+from gag_jax.experiments.modelzoo import class_probabilities, top1_of, top_k_of
 from gag_jax.experiments.records import (
     RunConfig,
     _atomic_savez,
@@ -218,7 +218,7 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
                     raise ValueError(f"target {target!r}: the model has {all_probs.shape[1]} classes")
                 top, probs = top1_of(all_probs)
                 if target != "predicted":  # top-K: (B, K), most probable first (ties: the lower index)
-                    top = np.argsort(-all_probs, axis=-1, kind="stable")[:, :count].astype(np.int32)
+                    top = top_k_of(all_probs, count)
                 valid = real
             else:
                 valid = real & (np.asarray(batch["labels"]) >= 0)
