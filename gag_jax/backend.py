@@ -12,6 +12,11 @@ backend:
   ``CPU_METRIC_COPIES`` (= 2): Lite0 at 224 px, RCAP + DAUC + IAUC on 4 photos, best warm time
   2.52 s at 1 copy per call, 2.48 s at 2, 2.86 s at 4, 3.08 s at 8, 5.12 s with all 100 at once; on
   an accelerator ``ACCELERATOR_METRIC_COPIES`` (= 64, not measured: no GPU was lent so far);
+* **sorting the rows of the metrics** (:func:`host_sort`): XLA:CPU sorts with a compiled comparator,
+  about 25x slower than numpy (``(4, 150528)`` float32 rows: 76 ms per row with ``jnp.sort``, 3 ms
+  through numpy; a stable argsort 94 ms vs 35 ms; 2-core CPU, 2026-12-07), so on CPU the metrics'
+  sorts, argsorts and top-k run in numpy through ``jax.pure_callback`` (``gag_jax.ops.sort`` ...),
+  with the same results (stable order, ties to the lower index); on an accelerator in XLA;
 * **the depthwise convolution of the EfficientNets** (``depthwise="auto"``): XLA:CPU runs a grouped
   convolution with ``feature_group_count = C`` 2-5x slower than the same sum of strided slices,
   so ``"slices"`` on CPU and ``"grouped"`` elsewhere. (The written-out input-gradient conv of
@@ -28,7 +33,7 @@ import jax
 
 __all__ = [
     "ACCELERATOR_METRIC_COPIES", "CPU_IMAGES_PER_CALL", "CPU_METRIC_COPIES", "DEPTHWISE_FASTEST",
-    "depthwise_impl", "metric_copies_per_call", "platform_of", "sample_chunk",
+    "HOST_SORT_PLATFORMS", "depthwise_impl", "host_sort", "metric_copies_per_call", "platform_of", "sample_chunk",
 ]
 
 CPU_IMAGES_PER_CALL = 4
@@ -39,6 +44,9 @@ CPU_METRIC_COPIES = 2
 
 ACCELERATOR_METRIC_COPIES = 64
 """Perturbed copies per model call of the metrics on a GPU / TPU (not measured yet)."""
+
+HOST_SORT_PLATFORMS = ("cpu",)
+"""Platforms whose metrics sort in numpy (through ``jax.pure_callback``) rather than in XLA."""
 
 DEPTHWISE_FASTEST = {"cpu": "slices"}
 """Platform -> the depthwise implementation that measured fastest there (``"grouped"`` otherwise)."""
@@ -81,6 +89,11 @@ def sample_chunk(n: int, batch: int, platform: str | None = None) -> int:
 def metric_copies_per_call(platform: str | None = None) -> int:
     """Perturbed copies per model call of the metrics for ``batch_size="auto"``."""
     return CPU_METRIC_COPIES if (platform or jax.default_backend()) == "cpu" else ACCELERATOR_METRIC_COPIES
+
+
+def host_sort(platform: str | None = None) -> bool:
+    """True where the metrics' sorts run in numpy (:data:`HOST_SORT_PLATFORMS`: the CPU)."""
+    return (platform or jax.default_backend()) in HOST_SORT_PLATFORMS
 
 
 def depthwise_impl(platform: str | None = None) -> str:

@@ -354,3 +354,23 @@ def test_metrics_compose_under_an_outer_jit():
                gm.mae(sal, masks), gm.log_cosh_dice(sal, masks), gm.select_confident(linear_model, images, labels))
     for a, b in zip(inside, outside):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_the_metrics_sorts_equal_xla_and_numpy_with_ties_under_jit_and_vmap(host, monkeypatch):
+    """gag_jax.ops.sort / argsort / top_k_indices: numpy on CPU (gag_jax.backend.host_sort), XLA
+    elsewhere; both equal numpy's stable definitions, ties (many equal values) included."""
+    from gag_jax import backend, ops
+
+    monkeypatch.setattr(backend, "HOST_SORT_PLATFORMS", ("cpu",) if host else ())
+    assert backend.host_sort("cpu") is host
+    x = np.random.default_rng(5).integers(0, 9, (2, 3, 50)).astype(np.float32)  # many ties
+    sort, argsort = jax.jit(ops.sort), jax.jit(ops.argsort)
+    top = jax.jit(lambda a: ops.top_k_indices(a, 11))
+    np.testing.assert_array_equal(sort(x), np.sort(x, axis=-1))
+    np.testing.assert_array_equal(argsort(x), np.argsort(x, axis=-1, kind="stable"))
+    assert argsort(x).dtype == jnp.int32 and top(x).dtype == jnp.int32
+    expected = np.argsort(-x, axis=-1, kind="stable")[..., :11]  # largest first, ties to the lower index
+    np.testing.assert_array_equal(top(x), expected)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(lambda a: ops.top_k_indices(a, 11)))(x), expected)
+    np.testing.assert_array_equal(jax.vmap(ops.argsort)(x), np.argsort(x, axis=-1, kind="stable"))

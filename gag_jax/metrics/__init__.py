@@ -51,16 +51,13 @@ from gag_jax.metrics.localisation import (
     relevance_rank_accuracy,
     top_k_intersection,
 )
-from gag_jax.metrics.randomisation import efficient_mprt, random_logit, randomisation_layers, smooth_mprt
-from gag_jax.metrics.rcap import rcap, rcap_percentiles
-from gag_jax.metrics.road import noisy_linear_impute, road
-from gag_jax.metrics.robustness import (
-    avg_sensitivity,
-    local_lipschitz_estimate,
-    max_sensitivity,
-    relative_input_stability,
-    relative_output_stability,
+from gag_jax.metrics.randomisation import (
+    efficient_mprt,
+    random_logit,
+    randomisation_layers,
+    smooth_mprt,
 )
+from gag_jax.metrics.rcap import rcap, rcap_percentiles
 from gag_jax.metrics.registry import (
     CATEGORIES,
     Metric,
@@ -73,8 +70,22 @@ from gag_jax.metrics.registry import (
     unregister,
 )
 from gag_jax.metrics.registry import get as metric
+from gag_jax.metrics.road import noisy_linear_impute, road
+from gag_jax.metrics.robustness import (
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+)
 from gag_jax.metrics.scoring import score
-from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game, select_confident, target_probs
+from gag_jax.metrics.segmentation import (
+    log_cosh_dice,
+    mae,
+    pointing_game,
+    select_confident,
+    target_probs,
+)
 from gag_jax.metrics.streaming import RunningStat, StreamingEvaluator, evaluate_stream
 
 __all__ = [

@@ -24,7 +24,11 @@ import numpy as np
 from gag_jax import _validation as V
 from gag_jax.metrics import _common as C
 from gag_jax.metrics.complexity import preprocess_attributions
-from gag_jax.metrics.faithfulness import _baseline_values, _check_baseline, _scores_of_items
+from gag_jax.metrics.faithfulness import (
+    _baseline_values,
+    _check_baseline,
+    _scores_of_items,
+)
 from gag_jax.model import as_model_functions, jit_with_model
 
 _BASELINES = ("black", "white", "mean")  # Quantus's names

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
+from gag_jax import ops
 
 
 def _flat_abs(saliency: jax.Array) -> jax.Array:
@@ -19,7 +20,7 @@ def _flat_abs(saliency: jax.Array) -> jax.Array:
 
 @jax.jit
 def _sparseness_core(saliency):
-    a = jnp.sort(_flat_abs(saliency), axis=1)
+    a = ops.sort(_flat_abs(saliency))
     n = a.shape[1]
     k = jnp.arange(1, n + 1, dtype=jnp.float32)
     total = jnp.sum(a, axis=1)

@@ -27,12 +27,12 @@ import numpy as np
 from gag_jax._signature import source_of
 from gag_jax._validation import check_choice
 from gag_jax.metrics import axioms as _ax
+from gag_jax.metrics import faithfulness as _fa
 from gag_jax.metrics import localisation as _lo
 from gag_jax.metrics import randomisation as _ra
 from gag_jax.metrics import robustness as _ro
 from gag_jax.metrics.complexity import complexity, effective_complexity, sparseness
 from gag_jax.metrics.deletion_insertion import DEFAULT_FRACTIONS, deletion_insertion
-from gag_jax.metrics import faithfulness as _fa
 from gag_jax.metrics.rcap import rcap, rcap_percentiles
 from gag_jax.metrics.road import ROAD_FRACTIONS, road
 from gag_jax.metrics.segmentation import log_cosh_dice, mae, pointing_game

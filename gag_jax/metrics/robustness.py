@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from gag_jax import _validation as V
 from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C

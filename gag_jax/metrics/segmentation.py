@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from gag_jax import _validation as V
-from gag_jax.model import jit_with_model
 from gag_jax.metrics import _common as C
 from gag_jax.metrics._common import ModelFn
+from gag_jax.model import jit_with_model
 
 
 def _map_metric(core, saliency, masks, option):
