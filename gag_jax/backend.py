@@ -15,7 +15,7 @@ backend:
 * **sorting the rows of the metrics** (:func:`host_sort`): XLA:CPU sorts with a compiled comparator,
   about 25x slower than numpy (``(4, 150528)`` float32 rows: 76 ms per row with ``jnp.sort``, 3 ms
   through numpy; a stable argsort 94 ms vs 35 ms; 2-core CPU, 2026-12-07), so on CPU the metrics'
-  sorts, argsorts and top-k run in numpy through ``jax.pure_callback`` (``gag_jax.ops.sort`` ...),
+  sorts, argsorts and top-k run in numpy through ``jax.pure_callback`` (``gag_jax.metrics._sorting``),
   with the same results (stable order, ties to the lower index); on an accelerator in XLA;
 * **the depthwise convolution of the EfficientNets** (``depthwise="auto"``): XLA:CPU runs a grouped
   convolution with ``feature_group_count = C`` 2-5x slower than the same sum of strided slices,

@@ -358,9 +358,10 @@ def test_metrics_compose_under_an_outer_jit():
 
 @pytest.mark.parametrize("host", [True, False])
 def test_the_metrics_sorts_equal_xla_and_numpy_with_ties_under_jit_and_vmap(host, monkeypatch):
-    """gag_jax.ops.sort / argsort / top_k_indices: numpy on CPU (gag_jax.backend.host_sort), XLA
+    """gag_jax.metrics._sorting's sort / argsort / top_k_indices: numpy on CPU (gag_jax.backend.host_sort), XLA
     elsewhere; both equal numpy's stable definitions, ties (many equal values) included."""
-    from gag_jax import backend, ops
+    from gag_jax import backend
+    from gag_jax.metrics import _sorting as ops
 
     monkeypatch.setattr(backend, "HOST_SORT_PLATFORMS", ("cpu",) if host else ())
     assert backend.host_sort("cpu") is host

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops
+from gag_jax.metrics import _sorting
 
 
 def _flat_abs(saliency: jax.Array) -> jax.Array:
@@ -20,7 +20,7 @@ def _flat_abs(saliency: jax.Array) -> jax.Array:
 
 @jax.jit
 def _sparseness_core(saliency):
-    a = ops.sort(_flat_abs(saliency))
+    a = _sorting.sort(_flat_abs(saliency))
     n = a.shape[1]
     k = jnp.arange(1, n + 1, dtype=jnp.float32)
     total = jnp.sum(a, axis=1)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops
 from gag_jax.metrics import _common as C
+from gag_jax.metrics import _sorting
 from gag_jax.metrics._common import ModelFn
 from gag_jax.model import jit_with_model
 
@@ -32,7 +32,7 @@ def _deletion_insertion_core(images, labels, saliency, *, model_fn, fractions, b
     flags = V.saliency_flags(sal)
     flat = sal.reshape(B, H * W)
     # "most salient fraction f" = pixels strictly above the (1 - f) quantile; M > q  <=>  M > lo
-    lo, thr, _ = C.order_stats(ops.sort(flat), [1.0 - f for f in fractions])  # (B, T)
+    lo, thr, _ = C.order_stats(_sorting.sort(flat), [1.0 - f for f in fractions])  # (B, T)
     blurred = C.gaussian_blur(images, blur_kernel, blur_sigma)
 
     # items (mode, t, b), mode 0 = deletion, 1 = insertion

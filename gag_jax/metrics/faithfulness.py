@@ -55,9 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops
 from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C
+from gag_jax.metrics import _sorting
 from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.complexity import preprocess_attributions
 from gag_jax.model import jit_with_model
@@ -160,7 +160,7 @@ def _pixel_ranks(a: jax.Array, descending: bool) -> jax.Array:
     """``(B, P)`` int32 rank of every pixel of ``a (B, P)`` (0 = first), stable: ties by index."""
     b, p = a.shape
     key = jnp.where(a == 0, 0.0, a)  # -0.0 and 0.0 are one value
-    order = ops.argsort(-key if descending else key)
+    order = _sorting.argsort(-key if descending else key)
     return jnp.zeros((b, p), jnp.int32).at[jnp.arange(b)[:, None], order].set(jnp.arange(p, dtype=jnp.int32)[None])
 
 
@@ -192,7 +192,7 @@ def pearson(x: jax.Array, y: jax.Array) -> jax.Array:
 
 def average_ranks(x: jax.Array) -> jax.Array:
     """Ranks (1-based) of each row of ``x (B, S)``, ties given their average rank (``scipy.stats.rankdata``)."""
-    s = ops.sort(x)
+    s = _sorting.sort(x)
     left = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="left"))(s, x)
     right = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="right"))(s, x)
     return (left + right + 1).astype(jnp.float32) * 0.5
@@ -361,7 +361,7 @@ def _draw_subsets(keys: jax.Array, runs: int, subset_size: int, n: int) -> jax.A
     """``(B, runs, subset_size)`` distinct feature indices per run, uniformly: the ``subset_size``
     largest of ``n`` uniform numbers drawn from ``fold_in(key_b, run)`` (one run at a time in memory)."""
     def one(k):
-        return ops.top_k_indices(jax.random.uniform(k, (n,)), subset_size)
+        return _sorting.top_k_indices(jax.random.uniform(k, (n,)), subset_size)
 
     run_keys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(runs)))(keys)
     flat = run_keys.reshape((-1,) + run_keys.shape[2:])
@@ -693,7 +693,7 @@ def _irof_core(images, labels, maps, segments, counts, b_idx, k_idx, *, model_fn
     valid = jnp.arange(n_seg)[None, :] < counts[:, None]
     # descending mean attribution, stable; empty (padding) labels last
     rank = _pixel_ranks(jnp.where(valid, mean_a, -jnp.inf), descending=True)  # (B, n_seg): label -> step
-    order = ops.argsort(rank)  # step -> label
+    order = _sorting.argsort(rank)  # step -> label
     sums = _step_sums(jnp.sum(images, axis=-1).reshape(b, -1), seg, n_seg)  # sum over pixels and channels
     total = float(h * w * c)
 

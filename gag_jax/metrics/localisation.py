@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops
+from gag_jax.metrics import _sorting
 from gag_jax.metrics.complexity import check_metric_maps, preprocess_attributions
 
 _NON_FINITE = "maps contain NaN or inf; a saliency map must be finite"
@@ -49,7 +49,7 @@ def _run(core, name, images, labels, maps, masks, **static):
 def _descending_order(a: jax.Array) -> jax.Array:
     """Pixel indices by decreasing value, ties by index (``-0.0`` and ``0.0`` are one value)."""
     key = -jnp.where(a == 0, 0.0, a)
-    return ops.argsort(key)
+    return _sorting.argsort(key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def roc_auc(scores: jax.Array, positive: jax.Array) -> jax.Array:
     b, n = scores.shape
     n_pos = jnp.sum(positive, axis=1)
     n_neg = n - n_pos
-    negatives = ops.sort(jnp.where(positive, jnp.inf, scores))
+    negatives = _sorting.sort(jnp.where(positive, jnp.inf, scores))
     below = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(negatives, scores)
     upto = jax.vmap(functools.partial(jnp.searchsorted, side="right"))(negatives, scores)
     twice = jnp.where(positive, below + upto, 0).astype(jnp.int32)  # 2 #neg< + #neg==, at most 2n

@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops, sanity
+from gag_jax import sanity
 from gag_jax.keys import per_image_keys
 from gag_jax.metrics import _common as C
+from gag_jax.metrics import _sorting
 from gag_jax.metrics._explainer import as_explainer
 from gag_jax.metrics.robustness import _prepare, check_labels, copy_keys, explain_copies
 from gag_jax.model import (
@@ -91,7 +92,7 @@ def ssim(a: jax.Array, b: jax.Array, *, win_size: int = 7) -> jax.Array:
 
 def _average_ranks(v: jax.Array) -> jax.Array:
     """1-based ranks of each row, ties given their average rank (``scipy.stats.rankdata``)."""
-    s = ops.sort(v)
+    s = _sorting.sort(v)
     left = jax.vmap(lambda r, q: jnp.searchsorted(r, q, side="left"))(s, v)
     right = jax.vmap(lambda r, q: jnp.searchsorted(r, q, side="right"))(s, v)
     return (left + right + 1).astype(jnp.float32) / 2

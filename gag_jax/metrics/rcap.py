@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops, pixels
+from gag_jax import pixels
 from gag_jax.metrics import _common as C
+from gag_jax.metrics import _sorting
 from gag_jax.metrics._common import ModelFn
 from gag_jax.model import as_model_functions, jit_with_model
 
@@ -48,7 +49,7 @@ def _rcap_core(images, labels, saliency, *, model_fn, percentiles, baseline, mea
     flat = sal.reshape(B, H * W)
 
     # per-image percentiles (linear interpolation, like np.percentile) and exact ">=" masks
-    lo, thr, exact = C.order_stats(ops.sort(flat), [p / 100.0 for p in percentiles])  # (B, j)
+    lo, thr, exact = C.order_stats(_sorting.sort(flat), [p / 100.0 for p in percentiles])  # (B, j)
     keep = jnp.where(exact[:, :, None], flat[:, None, :] >= lo[:, :, None],
                      flat[:, None, :] > lo[:, :, None])  # (B, j, N)
     # ratio = sum(M[keep]) / sum(M) = 1 - sum(M[~keep]) / sum(M): exactly 1 when nothing is left out

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gag_jax import _validation as V
-from gag_jax import ops, pixels
+from gag_jax import pixels
 from gag_jax.metrics import _common as C
+from gag_jax.metrics import _sorting
 from gag_jax.metrics._common import ModelFn
 from gag_jax.metrics.deletion_insertion import trapezoid_auc
 from gag_jax.model import as_model_functions, jit_with_model
@@ -140,7 +141,7 @@ def removal_ranks(saliency: jax.Array) -> jax.Array:
     row-major index (the earlier pixel ranks first), so the order is deterministic."""
     b = saliency.shape[0]
     flat = saliency.reshape(b, -1)
-    order = ops.argsort(-flat)
+    order = _sorting.argsort(-flat)
     n = flat.shape[1]
     ranks = jnp.zeros((b, n), jnp.int32)
     return ranks.at[jnp.arange(b)[:, None], order].set(jnp.arange(n, dtype=jnp.int32)[None, :])
