@@ -161,6 +161,7 @@ def test_a_refused_evaluate_removes_the_empty_folders_it_made_but_not_an_existin
     assert rc == 2 and (tmp_path / "mine").is_dir()  # the user's folder stays
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_explain_shows_a_progress_bar_unless_told_not_to(tiny_ckpt, tmp_path, capsys):
     photos = [_photo(tmp_path / "in" / f"{i}.png", seed=i) for i in range(3)]
     rc, _, err = _explain(photos, tmp_path / "out", tiny_ckpt, capsys, "--method", "vg,gradcam", "--batch-size", "2")

@@ -53,6 +53,7 @@ def test_duplicate_rows_are_one_computation_and_repeated_keys_are_refused(setup)
         gj.explain_many(["gag", "gag"], model, images, labels, key=keys, n=4)
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_an_images_maps_depend_only_on_its_own_key(setup):
     model, images, labels, keys = setup
     both = gj.explain_many(["gag", "sg"], model, images, labels, key=keys, n=4)

@@ -105,6 +105,7 @@ def test_gaussian_blur_matches_numpy_reflect_convolution():
     np.testing.assert_allclose(gaussian_blur(jnp.asarray(img), sigma, radius)[0], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_gag_matches_numpy_on_conv_net():
     _, _, model_fn = tiny_conv_net(size=12)
     x = jax.random.normal(jax.random.PRNGKey(7), (2, 12, 12, 3))
@@ -170,6 +171,7 @@ def test_gb_on_a_model_it_cannot_guide_is_a_clear_error():
         gj.explain("gb", lambda x: jax.nn.silu(x).sum((1, 2))[:, :2], jnp.ones((1, 4, 4, 3)), jnp.array([0]))
 
 
+@pytest.mark.slow  # > 5 s: CI runs it, the quick loop skips it
 def test_gradcam_matches_hand_computation():
     module, variables, model_fn = tiny_conv_net(size=8)
     model = gj.ModelFunctions(model_fn, features=lambda x: module.apply(variables, x, method="features"),

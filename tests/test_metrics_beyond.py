@@ -166,6 +166,7 @@ def test_road_ties_and_orders():
     np.testing.assert_allclose(a["curve"], b["curve"], atol=1e-6)
 
 
+@pytest.mark.slow  # > 5 s: CI runs it, the quick loop skips it
 def test_road_errors():
     images, labels, maps = _data()
     with pytest.raises(ValueError, match="order"):

@@ -242,6 +242,7 @@ def test_xrai_end_to_end_on_a_small_image():
 # through gj.explain
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_explain_runs_the_perturbation_methods():
     import gag_jax as gj
 

@@ -4,6 +4,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import gag_jax as gj
 from gag_jax.models import load
@@ -39,6 +40,7 @@ def test_metric_and_reverse_signatures():
     assert list(params(load))[:2] == ["name", "checkpoint_path"]
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_returned_shapes_follow_the_contract():
     w = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 3))
 

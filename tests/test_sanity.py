@@ -212,6 +212,7 @@ def test_noisy_method_with_options_and_gradcam(trained_tiny, synthetic):
         assert np.all(np.abs(result["spearman_abs"]) <= 1.0)
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_bad_input(synthetic):
     images, labels = synthetic
     module = TinyCNN(num_classes=5, width=4)

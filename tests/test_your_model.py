@@ -100,6 +100,7 @@ def test_linen_model_with_new_variables_gives_new_maps_and_rcap():
     np.testing.assert_allclose(r_new, r_ref, rtol=1e-5)
 
 
+@pytest.mark.slow  # > 6 s: CI runs it, the quick loop skips it
 def test_model_functions_replace_reuses_the_compiled_program():
     module, variables, images, labels = _linen()
     model = gj.ModelFunctions.from_module(module, variables)
