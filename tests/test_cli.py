@@ -118,16 +118,20 @@ def test_evaluate_interrupted_then_resumed_equals_uninterrupted(evaluated, tmp_p
     assert rc == 2 and "seed" in err and len(err.strip().splitlines()) == 1
 
 
-def test_demo_explains_real_photos_for_every_method(tmp_path, capsys):
-    rc, out, err = _main(["demo", "--size", "64", "--n", "4", "--out", tmp_path, *FAST], capsys)
+def test_demo_explains_real_photos(tmp_path, capsys):
+    """The main job end to end with the real Lite0 on the scikit-image photos (two methods: every preset
+    runs on a small model in test_presets; the demo's default rows are checked below)."""
+    methods = ["gradcam", "gag"]
+    rc, out, err = _main(["demo", "--size", "64", "--n", "4", "--methods", ",".join(methods), "--out", tmp_path,
+                          *FAST], capsys)
     assert rc == 0, err
     rows = read_table_csv(str(tmp_path / "demo_table.csv"))
-    assert [r["method"] for r in rows] == list(gj.METHODS)
+    assert [r["method"] for r in rows] == methods
     assert all(0.0 <= float(r["rcap"]) <= 1.0 and float(r["images"]) == 4 for r in rows)
     md = (tmp_path / "demo_table.md").read_text()
-    assert all(f"| {specs.label_of(m)} |" in md for m in gj.METHODS)
+    assert all(f"| {specs.label_of(m)} |" in md for m in methods)
     assert "chelsea" in md and "coffee" in md
-    assert len(os.listdir(tmp_path / "overlays")) == 4 * len(gj.METHODS)
+    assert len(os.listdir(tmp_path / "overlays")) == 4 * len(methods)
     partitions = sorted(f for f in os.listdir(tmp_path) if f.startswith("rcap_partitions_") and f.endswith("_gag.png"))
     assert partitions == [f"rcap_partitions_{photo}_gag.png" for photo in ("chelsea", "coffee", "motorcycle", "rocket")]
     for name in ("method_grid.png", "figure4_propositions.png", "maps.npz", "demo_table.md"):
@@ -136,6 +140,21 @@ def test_demo_explains_real_photos_for_every_method(tmp_path, capsys):
     assert str(tmp_path / "rcap_partitions_<image>_gag.png") in out
     maps = np.load(tmp_path / "maps.npz")
     assert maps["gag"].shape == (4, 64, 64)
+
+
+def test_demo_runs_the_papers_ten_methods_by_default(tmp_path, capsys, monkeypatch):
+    from gag_jax.experiments import demo
+
+    jobs = []
+
+    def stop(job, **kwargs):
+        jobs.append(job)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _main(["demo", "--out", tmp_path / "d", *FAST], capsys)
+    assert jobs[0].methods == tuple(gj.METHODS)
 
 
 def test_explain_skips_an_undecodable_image_and_names_it(tmp_path, capsys):
