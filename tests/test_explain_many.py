@@ -77,7 +77,7 @@ def test_one_key_policy_across_entry_points(setup):
         got = job.explain(model, np.asarray(images), np.asarray(labels), job.keys(files), "gag")
         np.testing.assert_allclose(got, reference, atol=2e-5)
     rows = stages.explain_rows(specs.parse_methods("gag,ag"), model, images, labels,
-                               stages.batch_keys(7, files), {"n": 4})
+                               gj.keys.file_keys(7, files), {"n": 4})
     np.testing.assert_allclose(rows["gag"], reference, atol=2e-5)
     raw = gj.sanity._attributions("gag", model, images, labels, keys, {"n": 4}, batch_size=1)
     np.testing.assert_allclose(gj.postprocess.to_saliency(jnp.asarray(raw)), reference, atol=2e-5)

@@ -14,8 +14,10 @@ knows how to do:
 * :meth:`Job.explain`: maps in fixed-size batches sharded over the local devices
   (``gj.distributed.map_batches``, the one host-side batch loop: pad, shard, call, un-pad).
 
-``evaluate``'s resumable stages (``experiments.stages``) stream their batches from the dataset and
-write a record per (method, batch); they read the same options, keys and model from here.
+``evaluate``'s resumable stages (``experiments.stages``) stream their batches from the dataset, write a
+record per (method, batch) and split the batches between hosts, so they keep their own loop; they
+take the job's options through ``runner.evaluate_case`` and key each image with the same
+``gj.keys.file_keys``.
 """
 from __future__ import annotations
 

@@ -76,7 +76,6 @@ from gag_jax.experiments.stages import (  # noqa: F401  (re-exported)
     row_identity,
     run_cost,
     score_batch,
-    batch_keys,
     _progress,
     _SELECTION_KEYS,
     select,

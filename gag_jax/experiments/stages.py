@@ -160,13 +160,6 @@ def score_batch(model: gj.ModelFunctions, images, labels, maps, masks, metrics: 
                             mean=mean, std=std, explainer=explainer, key=keys, options=options)
 
 
-def batch_keys(seed: int, names: Sequence[str]) -> jax.Array:
-    """The PRNG keys of a batch: one per image, from the seed and the image's file name only
-    (:func:`gag_jax.keys.image_keys` of the base name, as ``demo`` and ``explain``), so a map does not
-    depend on batch size, position, method order, resuming or the command."""
-    return gj.keys.file_keys(seed, names)
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -283,7 +276,7 @@ def evaluate_plan(plan: Plan, batches, model: gj.ModelFunctions, specs: Sequence
         data = gather(reader, rows, plan.batch_size, keys)
         images, labels = jnp.asarray(data["images"]), jnp.asarray(plan.batch_targets(k))
         masks = jnp.asarray(data["masks"]) if needs_masks else None
-        rng_keys = batch_keys(config.seed, data["names"])
+        rng_keys = gj.keys.file_keys(config.seed, data["names"])  # as every command: seed + file name
         images, labels, rng_keys = gj.distributed.shard_rows([images, labels, rng_keys], mesh)
         if masks is not None:
             masks = gj.distributed.shard_rows([masks], mesh)[0]
