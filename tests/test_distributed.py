@@ -254,3 +254,30 @@ def test_evaluate_on_four_devices_gives_one_devices_records(tmp_path):
         for metric, value in values.items():  # same keys per image: equal up to float rounding
             np.testing.assert_allclose(out["4"][row][metric], value, rtol=1e-5, err_msg=f"{row} {metric}")
     assert out["4_cost"]["count"] == 4
+
+
+def test_explain_on_four_devices_with_fewer_images_than_batches_gives_one_devices_maps(tmp_path):
+    """3 images, --batch-size 2 on 4 devices: the batch is rounded up to 4 (one call, not two); the
+    command asks for the batches the loop really makes and writes the maps of one device."""
+    from PIL import Image
+
+    from gag_jax.experiments import tiny
+
+    module = tiny.TinyCNN(num_classes=5, width=4)
+    tiny.save_tiny(module.init(jax.random.PRNGKey(1), np.zeros((1, 16, 16, 3), np.float32)),
+                   str(tmp_path / "tiny.msgpack"), num_classes=5, width=4)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"p{i}.png")
+    for devices in (4, 1):
+        proc = subprocess.run(
+            [sys.executable, "-m", "gag_jax", "explain", str(tmp_path / "imgs"), "--model", "tiny", "--checkpoint",
+             str(tmp_path / "tiny.msgpack"), "--size", "16", "--batch-size", "2", "--n", "2", "--out",
+             str(tmp_path / f"out{devices}"), "--no-progress", "--compile-cache", "none"],
+            capture_output=True, text=True, timeout=240,
+            env=_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for i in range(3):
+        np.testing.assert_allclose(np.load(tmp_path / "out4" / f"p{i}_gag.npy"),
+                                   np.load(tmp_path / "out1" / f"p{i}_gag.npy"), atol=1e-6)
