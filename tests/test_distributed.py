@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import numpy as np
@@ -270,14 +271,16 @@ def test_explain_on_four_devices_with_fewer_images_than_batches_gives_one_device
     for i in range(3):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
             tmp_path / "imgs" / f"p{i}.png")
-    for devices in (4, 1):
-        proc = subprocess.run(
-            [sys.executable, "-m", "gag_jax", "explain", str(tmp_path / "imgs"), "--model", "tiny", "--checkpoint",
-             str(tmp_path / "tiny.msgpack"), "--size", "16", "--batch-size", "2", "--n", "2", "--out",
-             str(tmp_path / f"out{devices}"), "--no-progress", "--compile-cache", "none"],
-            capture_output=True, text=True, timeout=240,
-            env=_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["explain", str(tmp_path / "imgs"), "--model", "tiny", "--checkpoint", str(tmp_path / "tiny.msgpack"),
+            "--size", "16", "--batch-size", "2", "--n", "2", "--no-progress", "--compile-cache", "none"]
+    proc = subprocess.run([sys.executable, "-m", "gag_jax", *args, "--out", str(tmp_path / "out4")],
+                          capture_output=True, text=True, timeout=240,
+                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from gag_jax import cli
+
+    with mock.patch.dict(os.environ, {gd.DEVICES_ENV: "1"}):  # this process, one device
+        assert cli.main([*args, "--out", str(tmp_path / "out1")]) == 0
     for i in range(3):
         np.testing.assert_allclose(np.load(tmp_path / "out4" / f"p{i}_gag.npy"),
                                    np.load(tmp_path / "out1" / f"p{i}_gag.npy"), atol=1e-6)
