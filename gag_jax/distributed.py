@@ -56,8 +56,8 @@ AXIS = "batch"
 
 __all__ = [
     "AXIS", "ShardedExplainer", "batch_sharding", "explain_sharded", "gather", "initialize", "make_mesh",
-    "map_batches", "num_steps", "pad_rows", "prefetch", "process_indices", "process_rows", "replicate", "replicated_sharding",
-    "round_to_devices", "shard_batch",
+    "map_batches", "num_steps", "pad_rows", "prefetch", "process_indices", "process_rows", "replicate",
+    "replicated_sharding", "round_to_devices", "rows_per_call", "shard_batch",
 ]
 
 
@@ -219,6 +219,13 @@ def shard_rows(arrays: Sequence[Any], mesh: Mesh | None) -> list:
     return [jax.device_put(a, sharding) for a in arrays]
 
 
+def rows_per_call(n: int, batch_size: int | None, mesh: Mesh | None) -> int:
+    """Rows per call of :func:`map_batches` for ``n`` rows: ``batch_size`` (None: all ``n``), at most
+    ``n``, rounded up to the device count of ``mesh`` (:func:`round_to_devices`). A caller that asks
+    for some of the batches counts them with it: ``num_steps(n, rows_per_call(n, batch_size, mesh))``."""
+    return round_to_devices(min(batch_size or n, n), mesh)
+
+
 def map_batches(fn, arrays: Sequence[Any], *, batch_size: int | None = None, shared: Sequence[Any] = (),
                 mesh: Mesh | None | str = "local", batches: Iterable[int] | None = None,
                 on_batch=None) -> Any:
@@ -259,7 +266,7 @@ def map_batches(fn, arrays: Sequence[Any], *, batch_size: int | None = None, sha
                          f"{sorted(lengths)}")
     (n,) = lengths
     mesh = local_mesh() if isinstance(mesh, str) and mesh == "local" else mesh
-    size = round_to_devices(min(batch_size or n, n), mesh)
+    size = rows_per_call(n, batch_size, mesh)
     if mesh is not None and shared:
         shared = replicate(tuple(shared), mesh)
     wanted = None if batches is None else set(batches)

@@ -165,8 +165,8 @@ def run_explain(job: Job, paths: Sequence[str], *, labels: Sequence[int] | None 
         table = os.path.join(out_dir, "explain.csv")
         earlier = _read_explain_csv(table, out_dir)
         new_rows: dict[tuple[str, str], dict] = {}
-        per_call = gj.distributed.round_to_devices(min(batch_size, len(names)), gj.distributed.local_mesh())
-        num_batches = -(-len(names) // per_call)  # as map_batches splits them
+        num_batches = gj.distributed.num_steps(  # as map_batches splits them
+            len(names), gj.distributed.rows_per_call(len(names), batch_size, gj.distributed.local_mesh()))
         for m in methods:
             rest = explain(m, range(1, num_batches)) if num_batches > 1 else None
             maps = first.pop(m) if rest is None else np.concatenate([first.pop(m), rest])  # (N[, K], H, W)
