@@ -207,8 +207,6 @@ def select(batches, model: gj.ModelFunctions, out_dir: str, confidence: float | 
             real = np.asarray(batch["valid"], bool)
             if target != "label":  # the model's most probable classes; kept on the top-1 probability
                 all_probs = class_probabilities(model, batch["images"])  # (B, C)
-                if count > all_probs.shape[1]:
-                    raise ValueError(f"target {target!r}: the model has {all_probs.shape[1]} classes")
                 top, probs = top1_of(all_probs)
                 if target != "predicted":  # top-K: (B, K), most probable first (ties: the lower index)
                     top = top_k_of(all_probs, count)
