@@ -1,4 +1,4 @@
-"""The metrics' sorts: ``sort``, ``argsort`` and ``top_k_indices`` along the last axis, in numpy on
+"""The metrics' sorts: ``sort``, ``argsort``, ``top_k_indices`` and ``average_ranks`` along the last axis, in numpy on
 CPU (through ``jax.pure_callback``; XLA:CPU's comparator sort is ~25x slower, see
 :func:`gag_jax.backend.host_sort`) and in XLA elsewhere, with the same results (stable order, ties to
 the lower index). Not differentiable: the metrics sort data (maps, random draws), not parameters."""
@@ -73,3 +73,16 @@ def top_k_indices(x: jax.Array, k: int) -> jax.Array:
         return jax.lax.top_k(x, k)[1].astype(jnp.int32)
     return _on_host(lambda a: _top_k_rows(np.asarray(a), int(k)),
                     jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.int32), x)
+
+
+def average_ranks(x: jax.Array) -> jax.Array:
+    """1-based ranks of each row of ``x (B, S)``, ties given their average rank (``scipy.stats.rankdata``):
+    the ranks behind the Spearman correlations of the faithfulness and randomisation metrics.
+
+    Returns:
+      ``(B, S)`` float32.
+    """
+    s = sort(x)
+    left = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="left"))(s, x)
+    right = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="right"))(s, x)
+    return (left + right + 1).astype(jnp.float32) * 0.5

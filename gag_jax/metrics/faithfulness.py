@@ -190,17 +190,9 @@ def pearson(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.clip(r, -1.0, 1.0)
 
 
-def average_ranks(x: jax.Array) -> jax.Array:
-    """Ranks (1-based) of each row of ``x (B, S)``, ties given their average rank (``scipy.stats.rankdata``)."""
-    s = _sorting.sort(x)
-    left = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="left"))(s, x)
-    right = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="right"))(s, x)
-    return (left + right + 1).astype(jnp.float32) * 0.5
-
-
 def spearman(x: jax.Array, y: jax.Array) -> jax.Array:
     """Spearman rank correlation of each row of ``x`` and ``y`` ``(B, S)`` (``scipy.stats.spearmanr``)."""
-    return pearson(average_ranks(x), average_ranks(y))
+    return pearson(_sorting.average_ranks(x), _sorting.average_ranks(y))
 
 
 def _prepare(images, labels, maps, abs, normalise):  # noqa: A002

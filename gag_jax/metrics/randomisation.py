@@ -90,18 +90,10 @@ def ssim(a: jax.Array, b: jax.Array, *, win_size: int = 7) -> jax.Array:
     return jnp.mean(s, axis=-1)
 
 
-def _average_ranks(v: jax.Array) -> jax.Array:
-    """1-based ranks of each row, ties given their average rank (``scipy.stats.rankdata``)."""
-    s = _sorting.sort(v)
-    left = jax.vmap(lambda r, q: jnp.searchsorted(r, q, side="left"))(s, v)
-    right = jax.vmap(lambda r, q: jnp.searchsorted(r, q, side="right"))(s, v)
-    return (left + right + 1).astype(jnp.float32) / 2
-
-
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
     """Spearman rank correlation of the rows of ``a`` and ``b`` ``(n, N)`` -> ``(n,)`` (average ranks for
     ties, as ``scipy.stats.spearmanr``; a constant row gives NaN, as there)."""
-    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = _sorting.average_ranks(a), _sorting.average_ranks(b)
     ra = ra - jnp.mean(ra, axis=-1, keepdims=True)
     rb = rb - jnp.mean(rb, axis=-1, keepdims=True)
     return jnp.sum(ra * rb, axis=-1) / jnp.sqrt(jnp.sum(ra * ra, axis=-1) * jnp.sum(rb * rb, axis=-1))
