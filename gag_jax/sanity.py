@@ -401,7 +401,7 @@ def _attributions(method, model: ModelFunctions, images, labels, key, options: d
 
     def explain_batch(m, x, y, k):
         if callable(method):
-            return jnp.asarray(method(m, x, y, k), jnp.float32)
+            return method(m, x, y, k)
         return explain(method, m, x, y, key=k, postprocess=False, **options)
 
     raw = map_batches(explain_batch, [images, labels, key], batch_size=batch_size, shared=(model,))

@@ -77,7 +77,7 @@ class Job:
         values = {field: getattr(args, flag) for field, flag in _FLAG_OF_FIELD.items() if hasattr(args, flag)}
         if hasattr(args, "no_progress"):
             values["progress"] = not args.no_progress
-        values = {k: v for k, v in values.items() if v is not None or k in ("model_name", "checkpoint")}
+        values = {k: v for k, v in values.items() if v is not None}  # None: the field's default
         values.update(overrides)
         if values.get("methods") is not None:
             values["methods"] = tuple(values["methods"])
